@@ -1,0 +1,48 @@
+"""The loaded parts of one model, on one device, in one dtype."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from .presets import ModelPreset
+
+
+@dataclass
+class ModelComponents:
+    """UNet, VAE, text encoder, tokenizer and LCM scheduler of an SD1.5-family model, ready for inference."""
+
+    preset: ModelPreset
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: LCMScheduler
+    device: torch.device
+    dtype: torch.dtype
+    # Identifies the weights in prompt-cache keys: two models never share embeddings.
+    model_id: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def has_guidance_embedding(self) -> bool:
+        return self.unet.config.time_cond_proj_dim is not None
+
+    def to(self, device: torch.device | str, dtype: torch.dtype) -> ModelComponents:
+        """Move every module to `device`/`dtype` and put them in eval mode (returns self)."""
+        self.device = torch.device(device)
+        self.dtype = dtype
+        for module in (self.unet, self.vae, self.text_encoder):
+            module.to(device=self.device)
+            # Casting only when needed: diffusers warns on every dtype cast, even a no-op one.
+            if next(module.parameters()).dtype != dtype:
+                module.to(dtype=dtype)
+            module.eval()
+            module.requires_grad_(False)
+        return self

@@ -1,0 +1,129 @@
+"""Model presets: what each `--model` name loads, and how its guidance and schedule behave."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class GuidanceKind(str, Enum):
+    """How a model family takes `guidance_scale`."""
+
+    # LCM-distilled UNet: guidance enters through the w-embedding (`time_cond_proj_dim`); batch never doubled.
+    EMBEDDED = "embedded"
+    # LCM-LoRA on a base model: classifier-free guidance with the negative prompt, only when scale > 1.
+    CLASSIFIER_FREE = "classifier_free"
+    # Adversarially distilled (Turbo): no guidance at all.
+    NONE = "none"
+
+
+class ScheduleKind(str, Enum):
+    """Which diffusers img2img pipeline the timestep schedule follows."""
+
+    # LatentConsistencyModelImg2ImgPipeline: strength shortens the LCM origin schedule; `steps` steps always run.
+    LCM_IMG2IMG = "lcm_img2img"
+    # StableDiffusionImg2ImgPipeline: `steps` spaced over the full schedule, strength keeps the last int(steps*s).
+    SD_IMG2IMG = "sd_img2img"
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """One `--model` name: the repositories it needs and its sampling defaults."""
+
+    name: str
+    family: str  # "sd15" (SDXL arrives with its own presets)
+    guidance: GuidanceKind
+    schedule: ScheduleKind
+    repo: str | None = None  # full diffusers pipeline repository (or the base model for a LoRA)
+    lora: str | None = None  # LCM-LoRA repository fused into the base UNet
+    builtin: str | None = None  # name of a model built in code (no download)
+    default_steps: int = 2
+    default_guidance: float = 1.0
+    default_strength: float = 0.5
+    description: str = ""
+    max_steps: int = 4
+
+    @property
+    def repositories(self) -> list[str]:
+        """Hub repositories this preset reads, in load order."""
+        return [r for r in (self.repo, self.lora) if r]
+
+
+PRESETS: dict[str, ModelPreset] = {
+    p.name: p
+    for p in (
+        ModelPreset(
+            name="lcm-dreamshaper",
+            family="sd15",
+            guidance=GuidanceKind.EMBEDDED,
+            schedule=ScheduleKind.LCM_IMG2IMG,
+            repo="SimianLuo/LCM_Dreamshaper_v7",
+            default_steps=2,
+            default_guidance=8.0,
+            description="SD1.5 LCM (Dreamshaper v7), guidance through the w-embedding; default on CUDA",
+        ),
+        ModelPreset(
+            name="lcm-lora-sd15",
+            family="sd15",
+            guidance=GuidanceKind.CLASSIFIER_FREE,
+            schedule=ScheduleKind.SD_IMG2IMG,
+            repo="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            lora="latent-consistency/lcm-lora-sdv1-5",
+            default_steps=4,
+            default_guidance=1.0,
+            description="SD1.5 base with the LCM-LoRA fused; classifier-free guidance only when guidance > 1",
+        ),
+        ModelPreset(
+            name="sd-turbo",
+            family="sd15",
+            guidance=GuidanceKind.NONE,
+            schedule=ScheduleKind.SD_IMG2IMG,
+            repo="stabilityai/sd-turbo",
+            default_steps=2,
+            default_guidance=0.0,
+            description="SD-Turbo: one effective step (steps x strength), no guidance",
+        ),
+        ModelPreset(
+            name="tiny",
+            family="sd15",
+            guidance=GuidanceKind.EMBEDDED,
+            schedule=ScheduleKind.LCM_IMG2IMG,
+            builtin="tiny",
+            default_steps=2,
+            default_guidance=8.0,
+            description="built in code, seeded random weights, offline; output is noise-like",
+        ),
+        ModelPreset(
+            name="tiny-lcm-lora",
+            family="sd15",
+            guidance=GuidanceKind.CLASSIFIER_FREE,
+            schedule=ScheduleKind.SD_IMG2IMG,
+            builtin="tiny-lcm-lora",
+            default_steps=4,
+            default_guidance=1.0,
+            description="tiny base UNet with a tiny random LoRA fused through load_lora_weights; offline",
+        ),
+        ModelPreset(
+            name="sd15-arch",
+            family="sd15",
+            guidance=GuidanceKind.EMBEDDED,
+            schedule=ScheduleKind.LCM_IMG2IMG,
+            builtin="sd15-arch",
+            default_steps=1,
+            default_guidance=8.0,
+            description="real SD1.5 LCM shapes with random weights, for speed measurements; no download",
+        ),
+    )
+}
+
+DEFAULT_CUDA_PRESET = "lcm-dreamshaper"
+OFFLINE_PRESET = "tiny"
+
+
+def get_preset(name: str) -> ModelPreset:
+    """The preset called `name`, or a ValueError listing the known ones."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        known = ", ".join(sorted(PRESETS))
+        raise ValueError(f"unknown model preset {name!r}; known presets: {known}") from None
