@@ -45,4 +45,7 @@ class ModelComponents:
                 module.to(dtype=dtype)
             module.eval()
             module.requires_grad_(False)
+        # Channels-last convolutions are faster on both backends: oneDNN on the CPU, tensor cores on CUDA.
+        for module in (self.unet, self.vae):
+            module.to(memory_format=torch.channels_last)
         return self

@@ -103,7 +103,14 @@ def param_specs(preset: ModelPreset) -> dict[str, ParamSpec]:
             minimum=0.01,
             maximum=1.0,
         ),
-        ParamSpec("steps", int, preset.default_steps, "denoising steps per frame", minimum=1, maximum=preset.max_steps),
+        ParamSpec(
+            "steps",
+            int,
+            preset.default_steps,
+            "denoising steps per frame",
+            minimum=1,
+            maximum=preset.max_steps,
+        ),
         ParamSpec(
             "guidance_scale",
             float,

@@ -8,6 +8,7 @@ seeded noise are computed when the parameters (or the processing size) change.
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +31,8 @@ def processing_size(width: int, height: int, max_side: int | None = None) -> tup
     scale = min(1.0, max_side / max(width, height)) if max_side else 1.0
 
     def snap(side: float) -> int:
-        return max(SIZE_MULTIPLE, int(round(side * scale / SIZE_MULTIPLE)) * SIZE_MULTIPLE)
+        # Half-up rounding, not Python's half-to-even: a 288-pixel side becomes 320, not 256.
+        return max(SIZE_MULTIPLE, math.floor(side * scale / SIZE_MULTIPLE + 0.5) * SIZE_MULTIPLE)
 
     return snap(width), snap(height)
 
@@ -84,7 +86,7 @@ class StreamPipeline:
         params: StreamParams | None = None,
     ) -> None:
         self.components = components
-        self.prompt_cache = prompt_cache or PromptCache()
+        self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache()
         self.specs: dict[str, ParamSpec] = param_specs(components.preset)
         self._update_lock = threading.Lock()
         self._plan = self._make_plan(params or default_params(components.preset))
@@ -134,10 +136,12 @@ class StreamPipeline:
     def _to_model_input(self, frame: np.ndarray, width: int, height: int) -> torch.Tensor:
         c = self.components
         pixels = torch.from_numpy(np.ascontiguousarray(frame)).to(c.device, non_blocking=True)
-        # Same float32 arithmetic as diffusers' VaeImageProcessor: x / 255, then 2x - 1.
+        # Channels-last, like the modules (see ModelComponents.to). Then the same float32 arithmetic as diffusers'
+        # VaeImageProcessor: x / 255, then 2x - 1.
         image = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
         if image.shape[-2:] != (height, width):
             image = F.interpolate(image, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+        image = image.contiguous(memory_format=torch.channels_last)
         return (2.0 * image - 1.0).to(c.dtype)
 
     def _denoise(self, plan: FramePlan, image: torch.Tensor) -> torch.Tensor:

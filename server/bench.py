@@ -1,0 +1,162 @@
+"""`lcmlive bench`: the LCM guide's way (a diffusers pipeline called with a PIL image per frame) against the
+stream pipeline, same model, size, steps and strength."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import PIL.Image
+
+from pipelines import GuidanceKind, ModelComponents, StreamPipeline, load_model
+from pipelines.synthetic import moving_pattern
+from pipelines.timing import ModelCallTimer
+
+
+@dataclass
+class RunStats:
+    """Per-frame wall times of one way of running, and the part of each spent inside model calls.
+
+    Rates come from medians: a shared 2-core machine has pauses that would swamp a mean over 20 frames.
+    """
+
+    name: str
+    frame_seconds: list[float] = field(default_factory=list)
+    model_seconds: list[float] = field(default_factory=list)
+
+    @property
+    def median_ms(self) -> float:
+        return statistics.median(self.frame_seconds) * 1000
+
+    @property
+    def p95_ms(self) -> float:
+        ordered = sorted(self.frame_seconds)
+        return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))] * 1000
+
+    @property
+    def fps(self) -> float:
+        return 1000 / self.median_ms
+
+    @property
+    def model_ms(self) -> float:
+        return statistics.median(self.model_seconds) * 1000
+
+    @property
+    def overhead_ratio(self) -> float:
+        """Frame time over time inside the model, per frame, then the median."""
+        return statistics.median(f / m for f, m in zip(self.frame_seconds, self.model_seconds, strict=True))
+
+
+def reference_pipeline(components: ModelComponents):
+    """The diffusers img2img pipeline the LCM guide uses for this model family, on the same components."""
+    from diffusers import LatentConsistencyModelImg2ImgPipeline, LCMScheduler, StableDiffusionImg2ImgPipeline
+
+    cls = (
+        LatentConsistencyModelImg2ImgPipeline
+        if components.preset.guidance is GuidanceKind.EMBEDDED
+        else StableDiffusionImg2ImgPipeline
+    )
+    pipe = cls(
+        unet=components.unet,
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        scheduler=LCMScheduler.from_config(components.scheduler.config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_pipeline_bench(args: argparse.Namespace) -> dict:
+    components = load_model(args.model, device=args.device)
+    stream = StreamPipeline(components)
+    stream.update(steps=args.steps, strength=args.strength)
+    params = stream.params
+    naive = reference_pipeline(components)
+
+    def naive_frame(frame: np.ndarray) -> np.ndarray:
+        result = naive(
+            params.prompt,
+            image=PIL.Image.fromarray(frame),
+            num_inference_steps=params.steps,
+            strength=params.strength,
+            guidance_scale=params.guidance_scale,
+            output_type="pil",
+        ).images[0]
+        return np.asarray(result)
+
+    frames = [moving_pattern(args.size, args.size, i) for i in range(args.frames + args.warmup)]
+    for frame in frames[: args.warmup]:
+        naive_frame(frame)
+        stream(frame)
+    runs = {"naive": RunStats("diffusers pipeline + PIL"), "stream": RunStats("stream pipeline")}
+    ways: dict[str, Callable[[np.ndarray], np.ndarray]] = {"naive": naive_frame, "stream": stream}
+    timer = ModelCallTimer(components.device)
+    with timer.attach(components.unet, components.vae, components.text_encoder):
+        # Interleaved frame by frame, so that a noisy neighbour on the machine slows both ways alike.
+        for frame in frames[args.warmup :]:
+            for key, way in ways.items():
+                timer.reset()
+                start = time.perf_counter()
+                way(frame)
+                runs[key].frame_seconds.append(time.perf_counter() - start)
+                runs[key].model_seconds.append(timer.seconds)
+    naive_stats, stream_stats = runs["naive"], runs["stream"]
+    print(
+        f"model {args.model} on {components.device} ({str(components.dtype).removeprefix('torch.')}), "
+        f"{args.size}x{args.size}, steps {params.steps}, strength {params.strength}, {args.frames} frames"
+    )
+    print(f"{'way':<26}{'median ms':>10}{'p95 ms':>9}{'fps':>8}{'model ms':>10}{'overhead':>10}")
+    for run in (naive_stats, stream_stats):
+        print(
+            f"{run.name:<26}{run.median_ms:>10.1f}{run.p95_ms:>9.1f}{run.fps:>8.2f}"
+            f"{run.model_ms:>10.1f}{run.overhead_ratio:>10.3f}"
+        )
+    return {
+        "model": args.model,
+        "device": str(components.device),
+        "dtype": str(components.dtype).removeprefix("torch."),
+        "size": args.size,
+        "steps": params.steps,
+        "strength": params.strength,
+        "frames": args.frames,
+        "naive_fps": round(naive_stats.fps, 3),
+        "stream_fps": round(stream_stats.fps, 3),
+        "speedup": round(stream_stats.fps / naive_stats.fps, 3),
+        "naive_median_ms": round(naive_stats.median_ms, 2),
+        "stream_median_ms": round(stream_stats.median_ms, 2),
+        "stream_p95_ms": round(stream_stats.p95_ms, 2),
+        "stream_model_ms": round(stream_stats.model_ms, 2),
+        "naive_model_ms": round(naive_stats.model_ms, 2),
+        "overhead_ratio": round(stream_stats.overhead_ratio, 4),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="tiny", help="preset name or local diffusers folder (default: tiny)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--size", type=int, default=512, help="square frame side in pixels (default 512)")
+    parser.add_argument("--steps", type=int, default=4, help="LCM steps per frame, 1-4 (default 4)")
+    parser.add_argument("--strength", type=float, default=0.5, help="img2img strength (default 0.5)")
+    parser.add_argument("--frames", type=int, default=20, help="measured frames per way (default 20)")
+    parser.add_argument("--warmup", type=int, default=2, help="unmeasured frames first (default 2)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.size % 64 or args.size < 64:
+        raise SystemExit(f"lcmlive bench: --size must be a positive multiple of 64, got {args.size}")
+    if args.frames < 1:
+        raise SystemExit(f"lcmlive bench: --frames must be at least 1, got {args.frames}")
+    result = run_pipeline_bench(args)
+    if args.json:
+        print(json.dumps(result))
+    return 0

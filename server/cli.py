@@ -1,0 +1,36 @@
+"""The `lcmlive` command: `serve` runs the server, `bench` measures the pipeline."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import bench
+
+    parser = argparse.ArgumentParser(prog="lcmlive", description="Real-time webcam stylisation with LCM.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    bench.add_arguments(commands.add_parser("bench", help="measure the pipeline (no networking)"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from pipelines import ModelUnavailableError
+
+    try:
+        if args.command == "bench":
+            from . import bench
+
+            return bench.main(args)
+    except (ModelUnavailableError, ValueError) as error:
+        print(f"lcmlive: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

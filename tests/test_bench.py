@@ -1,0 +1,31 @@
+"""`lcmlive bench` runs end to end and reports the keys the issue names."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_bench_prints_a_table_and_a_json_line():
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "bench", "--model", "tiny", "--size", "64", "--frames", "3", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = result.stdout.strip().splitlines()
+    report = json.loads(lines[-1])
+    for key in ("naive_fps", "stream_fps", "speedup", "overhead_ratio"):
+        assert report[key] > 0, key
+    assert report["overhead_ratio"] >= 1.0  # frame time includes the model time
+    assert any("stream pipeline" in line for line in lines)
+
+
+def test_bench_rejects_a_bad_size():
+    result = subprocess.run(
+        [sys.executable, "-m", "server.cli", "bench", "--size", "100"], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "multiple of 64" in result.stderr

@@ -1,0 +1,54 @@
+"""GPU checks: fp16 parity with the reference pipeline. Skipped on machines without CUDA."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import LatentConsistencyModelImg2ImgPipeline
+
+from pipelines import StreamPipeline, load_model
+from pipelines.synthetic import moving_pattern
+
+pytestmark = pytest.mark.cuda
+
+FP16_TOLERANCE = 2e-2
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_fp16_cuda_parity_with_latent_consistency_img2img(steps):
+    components = load_model("tiny", device="cuda")
+    assert components.dtype == torch.float16
+    frame = moving_pattern(128, 128, 2)
+    pipe = StreamPipeline(components)
+    params = pipe.update(steps=steps, strength=0.6, seed=11)
+    reference = LatentConsistencyModelImg2ImgPipeline(
+        unet=components.unet,
+        vae=components.vae,
+        text_encoder=components.text_encoder,
+        tokenizer=components.tokenizer,
+        scheduler=components.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(
+        params.prompt,
+        image=PIL.Image.fromarray(frame),
+        num_inference_steps=steps,
+        strength=params.strength,
+        guidance_scale=params.guidance_scale,
+        generator=torch.Generator().manual_seed(11),
+        output_type="np",
+    ).images[0]
+    actual = pipe.render(frame)[0].permute(1, 2, 0).float().cpu().numpy()
+    assert np.abs(actual - expected).max() <= FP16_TOLERANCE
+
+
+def test_sd15_arch_runs_a_512_frame_in_fp16():
+    pipe = StreamPipeline(load_model("sd15-arch", device="cuda"))
+    pipe.update(steps=1, strength=0.5)
+    out = pipe(moving_pattern(512, 512, 0))
+    assert out.shape == (512, 512, 3) and out.dtype == np.uint8

@@ -1,0 +1,94 @@
+"""The stream pipeline equals diffusers' reference img2img pipelines given the same components, seed and input."""
+
+from __future__ import annotations
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from diffusers import LatentConsistencyModelImg2ImgPipeline, StableDiffusionImg2ImgPipeline
+
+from pipelines import StreamPipeline
+from pipelines.tiny import save_tiny_lora, tiny_sd15_parts
+
+TOLERANCE = 1e-4  # max abs difference on the float image in [0, 1], before quantisation
+SEED = 7
+PROMPT = "a stained glass window"
+NEGATIVE = "blurry, grey"
+
+
+def reference_kwargs(frame: np.ndarray, steps: int, strength: float, guidance: float) -> dict:
+    return {
+        "image": PIL.Image.fromarray(frame),
+        "num_inference_steps": steps,
+        "strength": strength,
+        "guidance_scale": guidance,
+        "generator": torch.Generator().manual_seed(SEED),
+        "output_type": "np",
+    }
+
+
+def stream_image(pipe: StreamPipeline, frame: np.ndarray) -> np.ndarray:
+    return pipe.render(frame)[0].permute(1, 2, 0).numpy()
+
+
+@pytest.fixture(scope="module")
+def lcm_reference() -> LatentConsistencyModelImg2ImgPipeline:
+    pipe = LatentConsistencyModelImg2ImgPipeline(
+        **tiny_sd15_parts(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def lora_reference(tmp_path_factory) -> StableDiffusionImg2ImgPipeline:
+    """The tiny base model with the tiny LoRA loaded (not fused) the way the LCM-LoRA guide does it."""
+    pipe = StableDiffusionImg2ImgPipeline(
+        **tiny_sd15_parts(guidance_embedding=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.load_lora_weights(str(save_tiny_lora(tmp_path_factory.mktemp("lora"))))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize("steps", [1, 2, 4])
+@pytest.mark.parametrize("strength", [0.3, 0.6, 1.0])
+def test_lcm_unet_parity_with_latent_consistency_img2img(tiny, lcm_reference, frame, steps, strength):
+    pipe = StreamPipeline(tiny)
+    params = pipe.update(prompt=PROMPT, steps=steps, strength=strength, seed=SEED, guidance_scale=8.0)
+    expected = lcm_reference(PROMPT, **reference_kwargs(frame, steps, strength, params.guidance_scale)).images[0]
+    actual = stream_image(pipe, frame)
+    assert actual.shape == expected.shape == (64, 128, 3)
+    assert np.abs(actual - expected).max() <= TOLERANCE
+
+
+@pytest.mark.parametrize("guidance", [1.0, 1.5])
+@pytest.mark.parametrize(("steps", "strength"), [(1, 1.0), (2, 0.5), (4, 0.5), (4, 0.8)])
+def test_lcm_lora_parity_with_sd_img2img_and_load_lora_weights(
+    tiny_lora, lora_reference, frame, guidance, steps, strength
+):
+    pipe = StreamPipeline(tiny_lora)
+    pipe.update(
+        prompt=PROMPT, negative_prompt=NEGATIVE, steps=steps, strength=strength, seed=SEED, guidance_scale=guidance
+    )
+    kwargs = reference_kwargs(frame, steps, strength, guidance)
+    expected = lora_reference(PROMPT, negative_prompt=NEGATIVE, **kwargs).images[0]
+    assert np.abs(stream_image(pipe, frame) - expected).max() <= TOLERANCE
+
+
+def test_lora_parity_is_not_vacuous_the_lora_changes_the_picture(lora_reference, frame):
+    """Guards the LoRA parity test: the adapter must move the output far more than the tolerance."""
+    without_lora = StableDiffusionImg2ImgPipeline(
+        **tiny_sd15_parts(guidance_embedding=False),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    without_lora.set_progress_bar_config(disable=True)
+    plain = without_lora(PROMPT, **reference_kwargs(frame, 2, 0.5, 1.0)).images[0]
+    adapted = lora_reference(PROMPT, **reference_kwargs(frame, 2, 0.5, 1.0)).images[0]
+    assert np.abs(plain - adapted).max() > 100 * TOLERANCE
