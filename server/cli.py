@@ -8,10 +8,11 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench
+    from . import bench, serve
 
     parser = argparse.ArgumentParser(prog="lcmlive", description="Real-time webcam stylisation with LCM.")
     commands = parser.add_subparsers(dest="command", required=True)
+    serve.add_arguments(commands.add_parser("serve", help="serve the browser client and stylise webcams"))
     bench.add_arguments(commands.add_parser("bench", help="measure the pipeline (no networking)"))
     return parser
 
@@ -22,6 +23,10 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines import ModelUnavailableError
 
     try:
+        if args.command == "serve":
+            from . import serve
+
+            return serve.main(args)
         if args.command == "bench":
             from . import bench
 

@@ -1,0 +1,137 @@
+"""The engine thread: owns the model, takes the newest frame of each session in turn, and runs the pipeline.
+
+The asyncio loop never runs model work; this thread never awaits. Sessions hand it frames through one-slot
+mailboxes and parameter changes through `call`, which it runs between frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class EngineClient(Protocol):
+    """What the engine needs from a session: whether it has work now, and a way to do one frame of it."""
+
+    def next_due(self, now: float) -> float | None:
+        """Monotonic time at which the session wants a frame processed; None when it has no frame waiting."""
+
+    def process_one(self) -> None: ...
+
+
+class Engine:
+    """One thread per device, one model in memory, shared fairly by every session (round robin)."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._clients: list[EngineClient] = []
+        self._commands: deque[tuple[Callable[[], Any], asyncio.Future]] = deque()
+        self._next_index = 0
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="lcmlive-engine", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._wake:
+            self._stopping = True
+            self._wake.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    @property
+    def client_count(self) -> int:
+        with self._wake:
+            return len(self._clients)
+
+    def add(self, client: EngineClient) -> None:
+        with self._wake:
+            self._clients.append(client)
+
+    def remove(self, client: EngineClient) -> None:
+        with self._wake:
+            if client in self._clients:
+                self._clients.remove(client)
+
+    def notify(self) -> None:
+        """A session has a new frame."""
+        with self._wake:
+            self._wake.notify()
+
+    async def call(self, function: Callable[[], Any]) -> Any:
+        """Run `function` on the engine thread between frames and return its result (or raise its error)."""
+        future = asyncio.get_running_loop().create_future()
+        with self._wake:
+            if self._stopping:
+                raise RuntimeError("the engine is shutting down")
+            self._commands.append((function, future))
+            self._wake.notify()
+        return await future
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                command, client = self._wait_for_work()
+                if command is None and client is None:
+                    return
+            if command is not None:
+                self._run_command(*command)
+            elif client is not None:
+                try:
+                    client.process_one()
+                except Exception:  # one session's failure must not stop the others' video
+                    log.exception("frame processing failed")
+
+    def _wait_for_work(self) -> tuple[tuple | None, EngineClient | None]:
+        """Under the lock: the next command, else the next due session in round-robin order."""
+        while not self._stopping:
+            if self._commands:
+                return self._commands.popleft(), None
+            now = time.monotonic()
+            count = len(self._clients)
+            earliest: float | None = None
+            for offset in range(count):
+                index = (self._next_index + offset) % count
+                due = self._clients[index].next_due(now)
+                if due is None:
+                    continue
+                if due <= now:
+                    self._next_index = (index + 1) % count
+                    return None, self._clients[index]
+                earliest = due if earliest is None else min(earliest, due)
+            self._wake.wait(timeout=0.5 if earliest is None else max(earliest - now, 0.0))
+        for _, future in self._commands:
+            _resolve(future, error=RuntimeError("the engine stopped"))
+        return None, None
+
+    @staticmethod
+    def _run_command(function: Callable[[], Any], future: asyncio.Future) -> None:
+        try:
+            result = function()
+        except Exception as error:  # handed to the awaiting coroutine, which reports it to its client
+            _resolve(future, error=error)
+        else:
+            _resolve(future, result=result)
+
+
+def _resolve(future: asyncio.Future, result: Any = None, error: BaseException | None = None) -> None:
+    def settle() -> None:
+        if future.done():
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    # A closed loop means the waiting coroutine is gone with it; nothing is left to tell.
+    with contextlib.suppress(RuntimeError):
+        future.get_loop().call_soon_threadsafe(settle)

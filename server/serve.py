@@ -1,0 +1,96 @@
+"""`lcmlive serve`: load the model, start the engine and the web app, print where to point a browser."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from pipelines import load_model, resolve_device
+from pipelines.presets import DEFAULT_CUDA_PRESET, OFFLINE_PRESET
+
+from .video_bitrate import DEFAULT_MAX_KBPS, DEFAULT_START_KBPS, configure_video_bitrate
+
+log = logging.getLogger("lcmlive")
+
+TINY_BANNER = f"""\
+  no CUDA device: serving the built-in `{OFFLINE_PRESET}` model (random weights, so the output looks like
+  coloured noise that follows your camera and your prompt). For a real picture, run on a CUDA machine with
+  the weights in the Hugging Face cache, e.g. `hf download SimianLuo/LCM_Dreamshaper_v7` and then
+  `lcmlive serve --model {DEFAULT_CUDA_PRESET}`."""
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument(
+        "--model",
+        default="auto",
+        help=f"preset or local diffusers folder; auto = {DEFAULT_CUDA_PRESET} on CUDA, else {OFFLINE_PRESET}",
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--token", default=os.environ.get("LCMLIVE_TOKEN"), help="require this token (or set LCMLIVE_TOKEN)"
+    )
+    parser.add_argument("--max-sessions", type=int, default=4, help="most viewers at once (default 4)")
+    parser.add_argument("--cert", help="TLS certificate (PEM): browsers give the camera only to https off localhost")
+    parser.add_argument("--key", help="TLS private key (PEM) for --cert")
+    parser.add_argument(
+        "--bitrate", type=int, default=DEFAULT_START_KBPS, help=f"video start kbps (default {DEFAULT_START_KBPS})"
+    )
+    parser.add_argument(
+        "--max-bitrate", type=int, default=DEFAULT_MAX_KBPS, help=f"video max kbps (default {DEFAULT_MAX_KBPS})"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .app import ServerConfig, create_app
+
+    if bool(args.cert) != bool(args.key):
+        raise ValueError("--cert and --key go together")
+    if args.max_sessions < 1:
+        raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
+    configure_video_bitrate(args.bitrate, args.max_bitrate)
+    device = resolve_device(args.device)
+    model_name = args.model
+    if model_name == "auto":
+        model_name = DEFAULT_CUDA_PRESET if device.type == "cuda" else OFFLINE_PRESET
+    if model_name == OFFLINE_PRESET and device.type != "cuda":
+        print(TINY_BANNER, file=sys.stderr)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+        log.warning("listening on %s without a token: anyone who can reach this port can use the model", args.host)
+    log.info("loading model %s on %s ...", model_name, device)
+    model = load_model(model_name, device=device)
+    log.info("model ready: %s (%s)", model_name, str(model.dtype).removeprefix("torch."))
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    app = create_app(model, ServerConfig(token=args.token, max_sessions=args.max_sessions))
+    scheme = "https" if args.cert else "http"
+    shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+    query = f"?token={args.token}" if args.token else ""
+    print(f"\n  lcmlive is up: open {scheme}://{shown_host}:{args.port}/{query}\n", file=sys.stderr, flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            ws="websockets",
+            ws_max_size=1 << 20,  # larger messages are cut at the protocol level; up to this, a clear error
+            ssl_certfile=args.cert,
+            ssl_keyfile=args.key,
+            log_level="warning",
+            timeout_graceful_shutdown=3,
+        )
+    )
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown; that is the normal exit
+        pass
+    log.info("stopped: every session closed")
+    return 0

@@ -1,0 +1,63 @@
+"""Per-session counters, written by the pump, the engine and the outbound track, read once a second."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SessionStats:
+    """Monotonic counters and running sums; `snapshot` turns the last interval into rates and means."""
+
+    frames_in: int = 0
+    frames_processed: int = 0
+    frames_out: int = 0
+    dropped_in: int = 0  # camera frames replaced before the engine took them
+    dropped_out: int = 0  # results replaced before the encoder took them
+    model_seconds: float = 0.0
+    latency_seconds: float = 0.0
+    queue_seconds: float = 0.0
+    width: int = 0
+    height: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _last: tuple = field(default=(0, 0, 0, 0.0, 0.0, 0.0), repr=False)
+    _last_time: float = field(default_factory=time.monotonic, repr=False)
+
+    def add(self, **increments: float) -> None:
+        with self._lock:
+            for name, value in increments.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def snapshot(self) -> dict:
+        """Rates over the interval since the previous snapshot, plus running totals."""
+        now = time.monotonic()
+        with self._lock:
+            current = (
+                self.frames_in,
+                self.frames_processed,
+                self.frames_out,
+                self.model_seconds,
+                self.latency_seconds,
+                self.queue_seconds,
+            )
+            previous, elapsed = self._last, max(now - self._last_time, 1e-6)
+            self._last, self._last_time = current, now
+            delta = [c - p for c, p in zip(current, previous, strict=True)]
+            processed, out = max(delta[1], 1), max(delta[2], 1)
+            return {
+                "fps_in": round(delta[0] / elapsed, 2),
+                "fps_model": round(delta[1] / elapsed, 2),
+                "fps_out": round(delta[2] / elapsed, 2),
+                "model_ms": round(delta[3] / processed * 1000, 1),
+                "latency_ms": round(delta[4] / out * 1000, 1),
+                "queue_ms": round(delta[5] / processed * 1000, 1),
+                "width": self.width,
+                "height": self.height,
+                "dropped": self.dropped_in + self.dropped_out,
+                "dropped_in": self.dropped_in,
+                "dropped_out": self.dropped_out,
+                "frames_in": self.frames_in,
+                "frames_out": self.frames_out,
+            }

@@ -1,0 +1,82 @@
+"""One session's work on the engine thread: its newest camera frame, its pipeline and its parameters."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from av import VideoFrame
+
+from pipelines import StreamPipeline, processing_size
+
+from .mailbox import LatestSlot
+from .session_params import SESSION_SPECS, SessionParams
+from .stats import SessionStats
+from .tracks import StylisedTrack
+
+
+@dataclass(frozen=True)
+class CameraFrame:
+    frame: VideoFrame
+    arrival: float  # time.monotonic() when the pump received it
+    queue_seconds: float  # how far behind real time it arrived (see pump_frames)
+
+
+class SessionWorker:
+    """Implements the engine's client interface for one viewer. Only the engine thread calls `process_one`
+    and `update`; the pump calls `submit` from the event loop."""
+
+    def __init__(self, pipeline: StreamPipeline, output: StylisedTrack, stats: SessionStats, wake) -> None:
+        self.pipeline = pipeline
+        self.output = output
+        self.stats = stats
+        self.session_params = SessionParams()
+        self.inbox: LatestSlot[CameraFrame] = LatestSlot()
+        self._wake = wake
+        self._last_start = float("-inf")
+
+    def submit(self, frame: VideoFrame, arrival: float, queue_seconds: float) -> None:
+        dropped_before = self.inbox.dropped
+        self.inbox.put(CameraFrame(frame, arrival, queue_seconds))
+        self.stats.add(frames_in=1, dropped_in=self.inbox.dropped - dropped_before)
+        self._wake()
+
+    def next_due(self, now: float) -> float | None:
+        if not self.inbox.has_item():
+            return None
+        return self._last_start + 1.0 / self.session_params.target_fps
+
+    def process_one(self) -> None:
+        camera = self.inbox.take()
+        if camera is None:
+            return
+        self._last_start = time.monotonic()
+        frame = camera.frame
+        width, height = processing_size(frame.width, frame.height, self.session_params.max_resolution)
+        # libswscale converts and scales in one pass, here on the engine thread, never on the event loop.
+        rgb = frame.to_ndarray(format="rgb24", width=width, height=height)
+        start = time.perf_counter()
+        stylised = self.pipeline(rgb, size=(width, height))
+        model_seconds = time.perf_counter() - start
+        self.output.publish(VideoFrame.from_ndarray(stylised, format="rgb24"), camera.arrival)
+        self.stats.width, self.stats.height = width, height
+        self.stats.add(frames_processed=1, model_seconds=model_seconds, queue_seconds=camera.queue_seconds)
+
+    def update(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate every change first; apply all or none. Returns the effective params and notes."""
+        known = {**self.pipeline.specs, **SESSION_SPECS}
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        session_params = self.session_params.replace({k: v for k, v in changes.items() if k in SESSION_SPECS})
+        self.pipeline.update(**{k: v for k, v in changes.items() if k in self.pipeline.specs})
+        self.session_params = session_params
+        return self.effective()
+
+    def effective(self) -> dict[str, Any]:
+        return {
+            "params": {**self.pipeline.params.as_dict(), **dataclasses.asdict(self.session_params)},
+            "notes": self.pipeline.notes(),
+        }
