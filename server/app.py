@@ -63,6 +63,9 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
                 "dtype": str(model.dtype).removeprefix("torch."),
                 "sessions": len(sessions),
                 "max_sessions": config.max_sessions,
+                # What a leak would show first: both return to zero when the last viewer leaves.
+                "engine_clients": engine.client_count,
+                "peer_connections": sum(1 for s in sessions if s.pc is not None),
             }
         )
 

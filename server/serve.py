@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -88,9 +89,8 @@ def main(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=3,
         )
     )
-    try:
+    # uvicorn re-raises Ctrl-C after its graceful shutdown; that is the normal way out, not an error.
+    with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C after its graceful shutdown; that is the normal exit
-        pass
     log.info("stopped: every session closed")
     return 0

@@ -59,5 +59,6 @@ class SessionStats:
                 "dropped_in": self.dropped_in,
                 "dropped_out": self.dropped_out,
                 "frames_in": self.frames_in,
+                "frames_processed": self.frames_processed,
                 "frames_out": self.frames_out,
             }

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from pipelines import ModelComponents, load_model
 from pipelines.synthetic import moving_pattern
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def pytest_collection_modifyitems(config, items):
@@ -33,3 +44,59 @@ def tiny_lora() -> ModelComponents:
 @pytest.fixture
 def frame() -> np.ndarray:
     return moving_pattern(128, 64, 5)
+
+
+class LiveServer:
+    """`lcmlive serve` in a subprocess on a free loopback port; stopped (SIGINT) when the fixture ends."""
+
+    def __init__(self, *args: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
+        command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        self.process = subprocess.Popen(
+            [*command, "--model", "tiny", "--device", "cpu", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"lcmlive serve exited early:\n{self.process.stdout.read()}")
+            try:
+                self.health()
+                return
+            except OSError:
+                time.sleep(0.3)
+        self.stop()
+        raise RuntimeError("lcmlive serve did not answer /health within 90 s")
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+            return json.loads(response.read())
+
+    def stop(self) -> str:
+        """Ctrl-C the server; returns everything it printed."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.stdout.read()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server():
+    server = LiveServer()
+    yield server
+    server.stop()
