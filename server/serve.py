@@ -13,6 +13,7 @@ import torch
 from pipelines import load_model, resolve_device
 from pipelines.presets import DEFAULT_CUDA_PRESET, OFFLINE_PRESET
 
+from .ice import restrict_ice_to_loopback
 from .video_bitrate import DEFAULT_MAX_KBPS, DEFAULT_START_KBPS, configure_video_bitrate
 
 log = logging.getLogger("lcmlive")
@@ -40,6 +41,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cert", help="TLS certificate (PEM): browsers give the camera only to https off localhost")
     parser.add_argument("--key", help="TLS private key (PEM) for --cert")
     parser.add_argument(
+        "--ice-loopback",
+        action="store_true",
+        help="WebRTC over 127.0.0.1 only (tests, or browser and server on one machine)",
+    )
+    parser.add_argument(
         "--bitrate", type=int, default=DEFAULT_START_KBPS, help=f"video start kbps (default {DEFAULT_START_KBPS})"
     )
     parser.add_argument(
@@ -57,6 +63,8 @@ def main(args: argparse.Namespace) -> int:
     if args.max_sessions < 1:
         raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
     configure_video_bitrate(args.bitrate, args.max_bitrate)
+    if args.ice_loopback:
+        restrict_ice_to_loopback()
     device = resolve_device(args.device)
     model_name = args.model
     if model_name == "auto":

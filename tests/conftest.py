@@ -55,7 +55,7 @@ class LiveServer:
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
         command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         self.process = subprocess.Popen(
-            [*command, "--model", "tiny", "--device", "cpu", *args],
+            [*command, "--model", "tiny", "--device", "cpu", "--ice-loopback", *args],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

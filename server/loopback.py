@@ -1,0 +1,163 @@
+"""A Python WebRTC client for `/ws`: sends a synthetic camera, receives the stylised video, records what it saw.
+
+Used by the loopback tests and `lcmlive bench --e2e`. Real parts throughout: aiortc on both ends, VP8, ICE on
+the loopback interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import websockets
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from pipelines.synthetic import moving_pattern
+
+PATTERN_CYCLE = 60  # frames prepared up front, so that sending costs the client almost nothing
+
+
+class SyntheticCamera(VideoStreamTrack):
+    """A 30 fps camera showing the moving pattern (or one still frame when `still`)."""
+
+    def __init__(self, width: int, height: int, still: bool = False) -> None:
+        super().__init__()
+        count = 1 if still else PATTERN_CYCLE
+        self.frames = [moving_pattern(width, height, i) for i in range(count)]
+        self.sent = 0
+
+    async def recv(self) -> VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        frame = VideoFrame.from_ndarray(self.frames[self.sent % len(self.frames)], format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        self.sent += 1
+        return frame
+
+
+@dataclass
+class LoopbackRecord:
+    """What the client saw: arrival times of stylised frames, sampled pictures, and the server's messages."""
+
+    arrivals: list[float] = field(default_factory=list)
+    samples: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    stats: list[dict] = field(default_factory=list)
+    params: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    sent_frames: int = 0
+
+    def fps_between(self, start: float, end: float) -> float:
+        count = sum(1 for t in self.arrivals if start <= t < end)
+        return count / max(end - start, 1e-6)
+
+
+class LoopbackClient:
+    """One viewer. `async with LoopbackClient(url) as client:` connects and streams until the block ends."""
+
+    def __init__(
+        self,
+        ws_url: str,
+        width: int = 256,
+        height: int = 256,
+        still: bool = False,
+        sample_every: int = 5,
+        token: str | None = None,
+    ) -> None:
+        self.ws_url = ws_url + (f"?token={token}" if token else "")
+        self.camera = SyntheticCamera(width, height, still)
+        self.sample_every = sample_every
+        self.record = LoopbackRecord()
+        self.started = 0.0
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._ws: Any = None
+        self._tasks: list[asyncio.Task] = []
+        self._params_seen = asyncio.Condition()
+
+    async def __aenter__(self) -> LoopbackClient:
+        self._ws = await websockets.connect(self.ws_url, max_size=1 << 20)
+        self._pc.addTransceiver(self.camera, direction="sendrecv")
+
+        @self._pc.on("track")
+        def on_track(track) -> None:
+            self._tasks.append(asyncio.create_task(self._consume(track), name="loopback-consume"))
+
+        await self._pc.setLocalDescription(await self._pc.createOffer())
+        await self._ws.send(json.dumps({"type": "offer", "sdp": self._pc.localDescription.sdp}))
+        answer = await self._next_message("answer", timeout=30)
+        self.started = time.monotonic()
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        self._tasks.append(asyncio.create_task(self._read_messages(), name="loopback-messages"))
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        self.record.sent_frames = self.camera.sent
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._pc.close()
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def send_params(self, timeout: float = 30, **params: Any) -> dict:
+        """Send a params message and wait for the server's echo of the effective params."""
+        async with self._params_seen:
+            seen = len(self.record.params)
+            await self._ws.send(json.dumps({"type": "params", "params": params}))
+            await asyncio.wait_for(self._params_seen.wait_for(lambda: len(self.record.params) > seen), timeout)
+            return self.record.params[-1]
+
+    async def wait_for_frames(self, count: int, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while len(self.record.arrivals) < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{len(self.record.arrivals)} of {count} frames in {timeout} s")
+            await asyncio.sleep(0.05)
+
+    async def _next_message(self, kind: str, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            raw = await asyncio.wait_for(self._ws.recv(), max(deadline - time.monotonic(), 0.01))
+            message = json.loads(raw)
+            if message.get("type") == kind:
+                return message
+            if message.get("type") == "error":
+                raise RuntimeError(f"server error: {message}")
+            await self._file(message)
+
+    async def _read_messages(self) -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for raw in self._ws:
+                await self._file(json.loads(raw))
+
+    async def _file(self, message: dict) -> None:
+        kind = message.get("type")
+        if kind == "stats":
+            self.record.stats.append(message)
+        elif kind == "error":
+            self.record.errors.append(message)
+        elif kind == "params":
+            async with self._params_seen:
+                self.record.params.append(message)
+                self._params_seen.notify_all()
+
+    async def _consume(self, track) -> None:
+        received = 0
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            now = time.monotonic()
+            self.record.arrivals.append(now)
+            if received % self.sample_every == 0:
+                self.record.samples.append((now, frame.to_ndarray(format="rgb24")))
+            received += 1
