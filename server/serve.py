@@ -25,6 +25,13 @@ TINY_BANNER = f"""\
   `lcmlive serve --model {DEFAULT_CUDA_PRESET}`."""
 
 
+def exposure_warning(host: str, token: str | None) -> str | None:
+    """A warning when the server is reachable beyond this machine and anyone reaching it may use it."""
+    if host in ("127.0.0.1", "localhost", "::1") or token:
+        return None
+    return f"listening on {host} without a token: anyone who can reach this port can use the model (set --token)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -71,8 +78,9 @@ def main(args: argparse.Namespace) -> int:
         model_name = DEFAULT_CUDA_PRESET if device.type == "cuda" else OFFLINE_PRESET
     if model_name == OFFLINE_PRESET and device.type != "cuda":
         print(TINY_BANNER, file=sys.stderr)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
-        log.warning("listening on %s without a token: anyone who can reach this port can use the model", args.host)
+    warning = exposure_warning(args.host, args.token)
+    if warning:
+        log.warning(warning)
     log.info("loading model %s on %s ...", model_name, device)
     model = load_model(model_name, device=device)
     log.info("model ready: %s (%s)", model_name, str(model.dtype).removeprefix("torch."))
