@@ -149,6 +149,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=20, help="measured frames per way (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured frames first (default 2)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+    parser.add_argument("--e2e", action="store_true", help="WebRTC loopback through the server instead")
+    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds for --e2e (default 15)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -156,7 +158,12 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"lcmlive bench: --size must be a positive multiple of 64, got {args.size}")
     if args.frames < 1:
         raise SystemExit(f"lcmlive bench: --frames must be at least 1, got {args.frames}")
-    result = run_pipeline_bench(args)
+    if args.e2e:
+        from . import bench_e2e
+
+        result = bench_e2e.main(args)
+    else:
+        result = run_pipeline_bench(args)
     if args.json:
         print(json.dumps(result))
     return 0

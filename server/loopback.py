@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -161,3 +162,10 @@ class LoopbackClient:
             if received % self.sample_every == 0:
                 self.record.samples.append((now, frame.to_ndarray(format="rgb24")))
             received += 1
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
+
+RECENT_LATENCIES = 1000
 
 
 @dataclass
@@ -21,6 +24,8 @@ class SessionStats:
     queue_seconds: float = 0.0
     width: int = 0
     height: int = 0
+    # Per-frame latencies of the last frames sent, for percentiles (bounded: a long session keeps no history).
+    recent_latencies: deque = field(default_factory=lambda: deque(maxlen=RECENT_LATENCIES), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last: tuple = field(default=(0, 0, 0, 0.0, 0.0, 0.0), repr=False)
     _last_time: float = field(default_factory=time.monotonic, repr=False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import torch
 
 from pipelines import ModelComponents, load_model
 from pipelines.synthetic import moving_pattern
+from server.loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -87,12 +87,6 @@ class LiveServer:
                 self.process.kill()
                 self.process.wait()
         return self.process.stdout.read()
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

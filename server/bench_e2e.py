@@ -1,0 +1,114 @@
+"""`lcmlive bench --e2e`: the aiortc loopback as a benchmark — delivered fps and latency against the pipeline alone."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+
+import uvicorn
+
+from pipelines import ModelComponents, StreamPipeline, load_model
+from pipelines.synthetic import moving_pattern
+
+from .app import ServerConfig, create_app
+from .ice import restrict_ice_to_loopback
+from .loopback import LoopbackClient, free_port
+from .video_bitrate import configure_video_bitrate
+
+WARMUP_SECONDS = 3.0
+
+
+def pipeline_only(model: ModelComponents, args: argparse.Namespace) -> float:
+    """Median seconds per frame of the stream pipeline alone at the benchmark's size, steps and strength."""
+    pipe = StreamPipeline(model)
+    pipe.update(steps=args.steps, strength=args.strength)
+    frames = [moving_pattern(args.size, args.size, i) for i in range(args.frames + args.warmup)]
+    for frame in frames[: args.warmup]:
+        pipe(frame)
+    seconds = []
+    for frame in frames[args.warmup :]:
+        start = time.perf_counter()
+        pipe(frame)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
+async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict:
+    """Serve `model` on 127.0.0.1, stream a 30 fps synthetic camera through it, and measure what comes back."""
+    app = create_app(model, ServerConfig(max_sessions=1))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets", log_level="warning", lifespan="on")
+    )
+    serving = asyncio.create_task(server.serve(), name="bench-server")
+    for _ in range(600):  # uvicorn exposes no start event; poll for at most 30 s
+        if server.started or serving.done():
+            break
+        await asyncio.sleep(0.05)
+    if not server.started:
+        server.should_exit = True
+        raise RuntimeError(f"the benchmark server did not start on 127.0.0.1:{port}")
+    try:
+        async with LoopbackClient(f"ws://127.0.0.1:{port}/ws", args.size, args.size) as client:
+            await client.send_params(steps=args.steps, strength=args.strength, max_resolution=args.size)
+            await client.wait_for_frames(3, timeout=120)
+            await asyncio.sleep(WARMUP_SECONDS)
+            (session,) = app.state.sessions
+            session.stats.recent_latencies.clear()
+            window_start = time.monotonic()
+            await asyncio.sleep(args.seconds)
+            window_end = time.monotonic()
+            latencies = sorted(session.stats.recent_latencies)
+            final = session.stats.snapshot()
+        delivered_fps = client.record.fps_between(window_start, window_end)
+    finally:
+        server.should_exit = True
+        await serving
+    return {"delivered_fps": delivered_fps, "latencies": latencies, "final": final, "errors": client.record.errors}
+
+
+def main(args: argparse.Namespace) -> dict:
+    restrict_ice_to_loopback()
+    configure_video_bitrate()
+    model = load_model(args.model, device=args.device)
+    frame_seconds = pipeline_only(model, args)
+    run = asyncio.run(loopback_run(model, args))
+    if run["errors"]:
+        raise RuntimeError(f"the server reported errors during the run: {run['errors']}")
+    latencies = run["latencies"]
+    if not latencies:
+        raise RuntimeError("no stylised frame arrived during the measured window")
+    p50 = statistics.median(latencies) * 1000
+    p95 = latencies[min(len(latencies) - 1, round(0.95 * (len(latencies) - 1)))] * 1000
+    pipeline_fps = 1 / frame_seconds
+    final = run["final"]
+    result = {
+        "mode": "e2e",
+        "model": args.model,
+        "device": str(model.device),
+        "size": args.size,
+        "steps": args.steps,
+        "strength": args.strength,
+        "seconds": args.seconds,
+        "pipeline_fps": round(pipeline_fps, 3),
+        "pipeline_ms": round(frame_seconds * 1000, 2),
+        "delivered_fps": round(run["delivered_fps"], 3),
+        "e2e_ratio": round(run["delivered_fps"] / pipeline_fps, 3),
+        "latency_p50_ms": round(p50, 1),
+        "latency_p95_ms": round(p95, 1),
+        "latency_over_model_ms": round(p50 - frame_seconds * 1000, 1),
+        "camera_fps_in": final["fps_in"],
+        "dropped_in": final["dropped_in"],
+        "dropped_out": final["dropped_out"],
+    }
+    print(
+        f"e2e loopback: model {args.model} on {model.device}, {args.size}x{args.size}, steps {args.steps}, "
+        f"strength {args.strength}, 30 fps camera, {args.seconds:.0f} s measured"
+    )
+    print(f"  pipeline alone     {pipeline_fps:8.2f} fps  ({frame_seconds * 1000:.1f} ms/frame)")
+    print(f"  delivered          {run['delivered_fps']:8.2f} fps  (e2e_ratio {result['e2e_ratio']:.3f})")
+    print(f"  latency p50 / p95  {p50:8.1f} / {p95:.1f} ms  (camera frame decoded -> stylised frame to encoder)")
+    print(f"  stale camera frames dropped: {final['dropped_in']}")
+    return result
