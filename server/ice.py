@@ -12,10 +12,12 @@ import ipaddress
 import aioice.ice
 
 _original_add_remote_candidate = aioice.ice.Connection.add_remote_candidate
+_original_request_received = aioice.ice.Connection.request_received
 
 
 def restrict_ice_to_loopback() -> None:
-    """Process-wide: gather only 127.0.0.1 and drop remote candidates that are not loopback addresses."""
+    """Process-wide: gather only 127.0.0.1, drop remote candidates elsewhere, and leave checks from elsewhere
+    unanswered (an answered check would make the sender a peer-reflexive candidate)."""
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
 
     async def add_loopback_candidate(self, remote_candidate) -> None:
@@ -23,7 +25,12 @@ def restrict_ice_to_loopback() -> None:
             return
         await _original_add_remote_candidate(self, remote_candidate)
 
+    def request_from_loopback(self, message, addr, protocol) -> None:
+        if _is_loopback(addr[0]):
+            _original_request_received(self, message, addr, protocol)
+
     aioice.ice.Connection.add_remote_candidate = add_loopback_candidate
+    aioice.ice.Connection.request_received = request_from_loopback
 
 
 def _is_loopback(host: str) -> bool:

@@ -1,0 +1,224 @@
+"""End to end in headless Chromium: the real page, a fake camera, and a real `lcmlive serve --model tiny`."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+import conftest
+from conftest import ROOT, LiveServer
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.exists():
+    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # A moving test pattern instead of a webcam, and camera permission granted without a prompt.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    # Loopback host candidates, so that ICE with the server (--ice-loopback) stays on 127.0.0.1.
+    "--allow-loopback-in-peer-connection",
+]
+ARTIFACTS = ROOT / "artifacts"
+# At its default 512 px the tiny model makes about 2 frames/s on two cores shared with Chromium, and ICE plus the
+# first frames take a few seconds: generous, but bounded.
+FIRST_VIDEO_TIMEOUT_S = 45
+STEP_TIMEOUT_S = 20
+# The page retries with backoff of 1, 2, 4, 8 then 10 s, so a restarted server is found within about 10 s of it
+# answering /health.
+RECONNECT_TIMEOUT_S = 30
+
+# Grabs the output video into a small canvas and returns its grey values, so Python can compare two frames.
+GRAB_OUTPUT_GREY = """
+() => {
+  const video = document.getElementById("output-video");
+  const canvas = document.createElement("canvas");
+  canvas.width = 64;
+  canvas.height = 64;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(video, 0, 0, canvas.width, canvas.height);
+  const rgba = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  const grey = [];
+  for (let i = 0; i < rgba.length; i += 4) grey.push(Math.round((rgba[i] + rgba[i + 1] + rgba[i + 2]) / 3));
+  return grey;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[sync_api.Browser]:
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser: sync_api.Browser) -> Iterator[sync_api.Page]:
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    page.set_default_timeout(STEP_TIMEOUT_S * 1000)
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def script_errors(page: sync_api.Page) -> list[str]:
+    """Uncaught exceptions in the page's scripts; a person would not see them, so tests assert there are none."""
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    return errors
+
+
+def state(page: sync_api.Page) -> dict:
+    return page.evaluate("window.lcmlive.state()")
+
+
+def wait_for_state(page: sync_api.Page, condition: str, timeout_s: float) -> dict:
+    """Wait until the JS `condition` over `s = window.lcmlive.state()` holds; fail showing the last state."""
+    try:
+        page.wait_for_function(
+            f"() => {{ const s = window.lcmlive?.state(); return Boolean(s && ({condition})); }}",
+            timeout=timeout_s * 1000,
+        )
+    except sync_api.TimeoutError:
+        pytest.fail(f"page never reached `{condition}` within {timeout_s} s; last state: {state(page)}")
+    return state(page)
+
+
+def wait_for_health(server: LiveServer, condition: Callable[[dict], bool], timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        health = server.health()
+        if condition(health):
+            return health
+        if time.monotonic() > deadline:
+            pytest.fail(f"server health never reached the expected state within {timeout_s} s: {health}")
+        time.sleep(0.2)
+
+
+def open_page(page: sync_api.Page, url: str) -> None:
+    """Load the page and wait until its controls are built from the server's parameter schema."""
+    page.goto(url)
+    page.locator("#prompt").wait_for(state="visible")
+
+
+def start_and_wait_for_video(page: sync_api.Page) -> dict:
+    page.click("#start")
+    return wait_for_state(page, "s.connected && s.outputFrames > 5", FIRST_VIDEO_TIMEOUT_S)
+
+
+def wait_for_output_video_size(page: sync_api.Page) -> tuple[int, int]:
+    """The output video's size as decoded by the browser, once it has one."""
+    page.wait_for_function("() => document.getElementById('output-video').videoWidth > 0")
+    return tuple(page.eval_on_selector("#output-video", "video => [video.videoWidth, video.videoHeight]"))
+
+
+def grab_output_grey(page: sync_api.Page) -> list[int]:
+    return page.evaluate(GRAB_OUTPUT_GREY)
+
+
+def mean_abs_difference(a: list[int], b: list[int]) -> float:
+    return sum(abs(x - y) for x, y in zip(a, b, strict=True)) / len(a)
+
+
+def assert_not_blank(grey: list[int], when: str) -> None:
+    assert max(grey) > min(grey), f"the output video {when} is one flat grey value ({grey[0]})"
+
+
+def test_chromium_shows_stylised_video_and_follows_the_prompt(page, script_errors, live_server):
+    open_page(page, live_server.url)
+    start_and_wait_for_video(page)
+    width, height = wait_for_output_video_size(page)
+    assert width > 0 and height > 0
+    stats = wait_for_state(page, "s.lastStats && s.lastStats.fps_out > 0", STEP_TIMEOUT_S)["lastStats"]
+    assert stats["width"] > 0 and stats["height"] > 0, stats
+    assert "fps out" in page.inner_text("#stats")
+    assert page.inner_text("#status") == "live"
+    before = grab_output_grey(page)
+    assert_not_blank(before, "before the prompt change")
+
+    new_prompt = "a watercolour fox in the snow"
+    page.fill("#prompt", new_prompt)
+    page.press("#prompt", "Enter")
+    echoed = wait_for_state(page, f"s.lastParams?.prompt === {json.dumps(new_prompt)}", STEP_TIMEOUT_S)
+    frames_at_change = echoed["outputFrames"]
+    wait_for_state(page, f"s.outputFrames > {frames_at_change + 5}", STEP_TIMEOUT_S)
+    after = grab_output_grey(page)
+    assert_not_blank(after, "after the prompt change")
+    # The fake camera moves and the prompt changed, so a frozen output would be the only way to get 0 here.
+    assert mean_abs_difference(before, after) > 0, "the output video did not change over several seconds"
+    assert page.input_value("#prompt") == new_prompt, "the server's echo overwrote what was typed"
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chromium-e2e.png"), full_page=True)
+
+    page.click("#stop")
+    health = wait_for_health(live_server, lambda h: h["sessions"] == 0 and h["peer_connections"] == 0, STEP_TIMEOUT_S)
+    assert health["engine_clients"] == 0, health
+    assert page.inner_text("#status") == "idle"
+    assert page.is_enabled("#start") and not page.is_enabled("#stop")
+    assert not state(page)["running"]
+    assert script_errors == []
+
+
+def test_chromium_shows_a_wrong_token_as_an_error(page, script_errors):
+    server = LiveServer("--token", "right")
+    try:
+        open_page(page, f"{server.url}/?token=wrong")
+        page.click("#start")
+        error_banner = page.locator("#error")
+        error_banner.wait_for(state="visible")
+        assert "token" in error_banner.inner_text()
+        assert state(page)["lastError"]["code"] == "unauthorized"
+        # The refusal is final: the page stops instead of retrying, and says so.
+        wait_for_state(page, "!s.running", STEP_TIMEOUT_S)
+        assert page.inner_text("#status") == "error"
+        assert page.is_enabled("#start")
+        assert server.health()["sessions"] == 0
+        assert script_errors == []
+    finally:
+        server.stop()
+
+
+def live_server_on_port(port: int) -> LiveServer:
+    """A LiveServer on a chosen port: LiveServer always asks `free_port`, so that is what gets pinned."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(conftest, "free_port", lambda: port)
+        return LiveServer()
+
+
+def test_chromium_reconnects_after_server_restart(page, script_errors):
+    port = conftest.free_port()
+    servers = [live_server_on_port(port)]
+    try:
+        open_page(page, servers[0].url)
+        start_and_wait_for_video(page)
+
+        output = servers[0].stop()
+        assert "Traceback" not in output, output
+        page.wait_for_function("() => document.getElementById('status').textContent.startsWith('reconnecting')")
+        assert page.locator("#error").is_visible()
+        frames_while_down = state(page)["outputFrames"]
+
+        servers.append(live_server_on_port(port))
+        wait_for_state(page, f"s.connected && s.outputFrames > {frames_while_down + 5}", RECONNECT_TIMEOUT_S)
+        assert page.inner_text("#status") == "live"
+        # The "lost the connection" banner goes away once the video is back.
+        assert not page.locator("#error").is_visible()
+        assert servers[1].health()["sessions"] == 1
+        assert script_errors == []
+    finally:
+        for server in servers:
+            server.stop()
