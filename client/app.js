@@ -18,7 +18,7 @@ const STATUS_TEXT = {
   reconnecting: "reconnecting…",
   error: "error",
 };
-// Known stats in display order; any other field the server adds is shown after them under its own name.
+// The stats shown over the video, in display order; the rest of each message (totals) stays in lastStats.
 const STAT_LABELS = {
   fps_in: "fps in",
   fps_out: "fps out",
@@ -337,12 +337,9 @@ function statRows(message) {
   const { width, height, ...fields } = message;
   delete fields.type;
   if (width !== undefined || height !== undefined) fields.size = `${width ?? "?"}×${height ?? "?"}`;
-  const known = Object.keys(STAT_LABELS).filter((name) => name in fields);
-  const extra = Object.keys(fields).filter((name) => !(name in STAT_LABELS));
-  return [...known, ...extra].map((name) => [
-    STAT_LABELS[name] ?? name.replaceAll("_", " "),
-    formatStat(fields[name]),
-  ]);
+  return Object.keys(STAT_LABELS)
+    .filter((name) => name in fields)
+    .map((name) => [STAT_LABELS[name], formatStat(fields[name])]);
 }
 
 function formatStat(value) {

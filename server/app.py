@@ -22,7 +22,7 @@ from pipelines import ModelComponents, PromptCache, param_specs, params_json_sch
 from .engine import Engine
 from .protocol import error_message
 from .session import Session
-from .session_params import SESSION_SPECS
+from .session_params import DEFAULT_MAX_RESOLUTION, session_specs
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,8 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     engine = Engine()
     prompt_cache = PromptCache()
     sessions: set[Session] = set()
-    schema = params_json_schema({**param_specs(model.preset), **SESSION_SPECS})
+    viewer_specs = session_specs(DEFAULT_MAX_RESOLUTION.get(model.device.type, 512))
+    schema = params_json_schema({**param_specs(model.preset), **viewer_specs})
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -81,7 +82,7 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
         if len(sessions) >= config.max_sessions:
             await _refuse(websocket, "server_full", f"the server is at its limit of {config.max_sessions} sessions")
             return
-        session = Session(websocket, engine, model, prompt_cache)
+        session = Session(websocket, engine, model, prompt_cache, viewer_specs)
         sessions.add(session)
         try:
             await session.run()

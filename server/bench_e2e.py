@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
+import sys
 import time
 
 import uvicorn
@@ -14,7 +16,7 @@ from pipelines.synthetic import moving_pattern
 
 from .app import ServerConfig, create_app
 from .ice import restrict_ice_to_loopback
-from .loopback import LoopbackClient, free_port
+from .loopback import free_port
 from .video_bitrate import configure_video_bitrate
 
 WARMUP_SECONDS = 3.0
@@ -36,11 +38,15 @@ def pipeline_only(model: ModelComponents, args: argparse.Namespace) -> float:
 
 
 async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict:
-    """Serve `model` on 127.0.0.1, stream a 30 fps synthetic camera through it, and measure what comes back."""
+    """Serve `model` on 127.0.0.1 here; stream a 30 fps synthetic camera from a viewer in another process.
+
+    The viewer runs apart, as a real one would: in this process its RTP work would compete with the server's
+    event loop for the GIL and charge the server for the client's costs.
+    """
     app = create_app(model, ServerConfig(max_sessions=1))
     port = free_port()
     server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets", log_level="warning", lifespan="on")
+        uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio", log_level="warning", lifespan="on")
     )
     serving = asyncio.create_task(server.serve(), name="bench-server")
     for _ in range(600):  # uvicorn exposes no start event; poll for at most 30 s
@@ -50,23 +56,35 @@ async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict
     if not server.started:
         server.should_exit = True
         raise RuntimeError(f"the benchmark server did not start on 127.0.0.1:{port}")
+    params = {"steps": args.steps, "strength": args.strength, "max_resolution": args.size}
     try:
-        async with LoopbackClient(f"ws://127.0.0.1:{port}/ws", args.size, args.size) as client:
-            await client.send_params(steps=args.steps, strength=args.strength, max_resolution=args.size)
-            await client.wait_for_frames(3, timeout=120)
-            await asyncio.sleep(WARMUP_SECONDS)
-            (session,) = app.state.sessions
-            session.stats.recent_latencies.clear()
-            window_start = time.monotonic()
-            await asyncio.sleep(args.seconds)
-            window_end = time.monotonic()
-            latencies = sorted(session.stats.recent_latencies)
-            final = session.stats.snapshot()
-        delivered_fps = client.record.fps_between(window_start, window_end)
+        viewer = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "server.loopback", f"ws://127.0.0.1:{port}/ws", "--size", str(args.size)),
+            *("--params", json.dumps(params), "--warmup", str(WARMUP_SECONDS), "--seconds", str(args.seconds)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        session = await first_session(app, timeout=120)
+        output, _ = await asyncio.wait_for(viewer.communicate(), timeout=args.seconds + 180)
+        if viewer.returncode != 0:
+            raise RuntimeError(f"the loopback viewer failed (exit {viewer.returncode})")
+        measured = json.loads(output.decode().strip().splitlines()[-1])
+        window = (measured["window_start"], measured["window_end"])
+        latencies = sorted(latency for sent, latency in session.stats.recent_latencies if window[0] <= sent < window[1])
+        final = session.stats.snapshot()
     finally:
         server.should_exit = True
         await serving
-    return {"delivered_fps": delivered_fps, "latencies": latencies, "final": final, "errors": client.record.errors}
+    return {**measured, "latencies": latencies, "final": final}
+
+
+async def first_session(app, timeout: float):
+    """The viewer's session, held here so its stats outlive its removal from the app when it disconnects."""
+    deadline = time.monotonic() + timeout
+    while not app.state.sessions:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the loopback viewer never opened a session")
+        await asyncio.sleep(0.05)
+    return next(iter(app.state.sessions))
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -99,7 +117,6 @@ def main(args: argparse.Namespace) -> dict:
         "latency_p50_ms": round(p50, 1),
         "latency_p95_ms": round(p95, 1),
         "latency_over_model_ms": round(p50 - frame_seconds * 1000, 1),
-        "camera_fps_in": final["fps_in"],
         "dropped_in": final["dropped_in"],
         "dropped_out": final["dropped_out"],
     }

@@ -169,3 +169,43 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+async def measure(ws_url: str, size: int, params: dict, warmup: float, seconds: float) -> dict:
+    """Stream for `warmup` + `seconds`; report the measured window and the frames that arrived in it."""
+    async with LoopbackClient(ws_url, size, size) as client:
+        if params:
+            await client.send_params(**params)
+        await client.wait_for_frames(3, timeout=120)
+        await asyncio.sleep(warmup)
+        window_start = time.monotonic()
+        await asyncio.sleep(seconds)
+        window_end = time.monotonic()
+    return {
+        "window_start": window_start,
+        "window_end": window_end,
+        "delivered_fps": client.record.fps_between(window_start, window_end),
+        "errors": client.record.errors,
+    }
+
+
+def main() -> None:
+    """`python -m server.loopback URL ...`: run one measuring viewer in its own process, print JSON."""
+    import argparse
+
+    from .ice import restrict_ice_to_loopback
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("url")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--params", default="{}", help="JSON object of params to send first")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    restrict_ice_to_loopback()
+    result = asyncio.run(measure(args.url, args.size, json.loads(args.params), args.warmup, args.seconds))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

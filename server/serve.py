@@ -97,7 +97,7 @@ def main(args: argparse.Namespace) -> int:
             app,
             host=args.host,
             port=args.port,
-            ws="websockets",
+            ws="websockets-sansio",
             ws_max_size=1 << 20,  # larger messages are cut at the protocol level; up to this, a clear error
             ssl_certfile=args.cert,
             ssl_keyfile=args.key,

@@ -11,7 +11,7 @@ from typing import Any
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from pipelines import ModelComponents, PromptCache, StreamPipeline
+from pipelines import ModelComponents, ParamSpec, PromptCache, StreamPipeline
 
 from .engine import Engine
 from .protocol import ProtocolError, parse_client_message
@@ -28,8 +28,16 @@ TASK_CANCEL_TIMEOUT_SECONDS = 3.0
 class Session:
     """Lives as long as its WebSocket. `run` returns when the socket closes or the peer connection fails."""
 
-    def __init__(self, websocket: WebSocket, engine: Engine, model: ModelComponents, prompt_cache: PromptCache):
+    def __init__(
+        self,
+        websocket: WebSocket,
+        engine: Engine,
+        model: ModelComponents,
+        prompt_cache: PromptCache,
+        session_specs: dict[str, ParamSpec],
+    ) -> None:
         self.websocket = websocket
+        self.session_specs = session_specs
         self.engine = engine
         self.model = model
         self.prompt_cache = prompt_cache
@@ -131,7 +139,7 @@ class Session:
     async def _attach_media(self, pc: RTCPeerConnection, transceiver) -> None:
         pipeline = await self.engine.call(lambda: StreamPipeline(self.model, self.prompt_cache))
         output = StylisedTrack(self.stats)
-        self.worker = SessionWorker(pipeline, output, self.stats, self.engine.notify)
+        self.worker = SessionWorker(pipeline, output, self.stats, self.engine.notify, self.session_specs)
         pc.addTrack(output)  # reuses the offered video transceiver, so video returns on the same m-line
 
         @pc.on("connectionstatechange")

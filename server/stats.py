@@ -24,7 +24,7 @@ class SessionStats:
     queue_seconds: float = 0.0
     width: int = 0
     height: int = 0
-    # Per-frame latencies of the last frames sent, for percentiles (bounded: a long session keeps no history).
+    # (sent at, latency) of the last frames sent, for percentiles (bounded: a long session keeps no history).
     recent_latencies: deque = field(default_factory=lambda: deque(maxlen=RECENT_LATENCIES), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last: tuple = field(default=(0, 0, 0, 0.0, 0.0, 0.0), repr=False)

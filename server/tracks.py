@@ -80,7 +80,7 @@ class StylisedTrack(MediaStreamTrack):
         self._last_pts = pts
         frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
         self._stats.add(frames_out=1, latency_seconds=now - arrival)
-        self._stats.recent_latencies.append(now - arrival)
+        self._stats.recent_latencies.append((now, now - arrival))
         return frame
 
     def stop(self) -> None:

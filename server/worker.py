@@ -9,10 +9,10 @@ from typing import Any
 
 from av import VideoFrame
 
-from pipelines import StreamPipeline, processing_size
+from pipelines import ParamSpec, StreamPipeline, processing_size
 
 from .mailbox import LatestSlot
-from .session_params import SESSION_SPECS, SessionParams
+from .session_params import SessionParams
 from .stats import SessionStats
 from .tracks import StylisedTrack
 
@@ -28,11 +28,19 @@ class SessionWorker:
     """Implements the engine's client interface for one viewer. Only the engine thread calls `process_one`
     and `update`; the pump calls `submit` from the event loop."""
 
-    def __init__(self, pipeline: StreamPipeline, output: StylisedTrack, stats: SessionStats, wake) -> None:
+    def __init__(
+        self,
+        pipeline: StreamPipeline,
+        output: StylisedTrack,
+        stats: SessionStats,
+        wake,
+        session_specs: dict[str, ParamSpec],
+    ) -> None:
         self.pipeline = pipeline
         self.output = output
         self.stats = stats
-        self.session_params = SessionParams()
+        self.session_specs = session_specs
+        self.session_params = SessionParams.defaults(session_specs)
         self.inbox: LatestSlot[CameraFrame] = LatestSlot()
         self._wake = wake
         self._last_start = float("-inf")
@@ -66,11 +74,12 @@ class SessionWorker:
 
     def update(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Validate every change first; apply all or none. Returns the effective params and notes."""
-        known = {**self.pipeline.specs, **SESSION_SPECS}
+        known = {**self.pipeline.specs, **self.session_specs}
         unknown = sorted(set(changes) - set(known))
         if unknown:
             raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        session_params = self.session_params.replace({k: v for k, v in changes.items() if k in SESSION_SPECS})
+        session_changes = {k: v for k, v in changes.items() if k in self.session_specs}
+        session_params = self.session_params.replace(session_changes, self.session_specs)
         self.pipeline.update(**{k: v for k, v in changes.items() if k in self.pipeline.specs})
         self.session_params = session_params
         return self.effective()
