@@ -9,13 +9,30 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import torch
+
 log = logging.getLogger(__name__)
+
+
+def reserve_a_core_for_media(device: torch.device) -> int:
+    """On a CPU, give the model every core but one, and return how many it got.
+
+    Decoding, encoding, RTP and the event loop need a core of their own: when they preempt one of the model's
+    OpenMP threads, the others wait at every barrier, and a 2-thread model on 2 busy cores runs slower than a
+    1-thread model (measured: bench --e2e, docs/performance.md). On CUDA nothing changes.
+    """
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    threads = max(1, (os.cpu_count() or 1) - 1)
+    torch.set_num_threads(threads)
+    return threads
 
 
 class EngineClient(Protocol):

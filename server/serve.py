@@ -8,11 +8,10 @@ import logging
 import os
 import sys
 
-import torch
-
 from pipelines import load_model, resolve_device
 from pipelines.presets import DEFAULT_CUDA_PRESET, OFFLINE_PRESET
 
+from .engine import reserve_a_core_for_media
 from .ice import restrict_ice_to_loopback
 from .video_bitrate import DEFAULT_MAX_KBPS, DEFAULT_START_KBPS, configure_video_bitrate
 
@@ -84,8 +83,9 @@ def main(args: argparse.Namespace) -> int:
     log.info("loading model %s on %s ...", model_name, device)
     model = load_model(model_name, device=device)
     log.info("model ready: %s (%s)", model_name, str(model.dtype).removeprefix("torch."))
-    if device.type == "cpu":
-        torch.set_num_threads(max(1, torch.get_num_threads()))
+    threads = reserve_a_core_for_media(model.device)
+    if model.device.type == "cpu":
+        log.info("model runs on %d CPU thread(s); one core is left for video coding", threads)
 
     app = create_app(model, ServerConfig(token=args.token, max_sessions=args.max_sessions))
     scheme = "https" if args.cert else "http"
