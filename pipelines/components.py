@@ -5,15 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
-from transformers import CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, ControlNetModel, LCMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .presets import ModelPreset
 
 
 @dataclass
 class ModelComponents:
-    """UNet, VAE, text encoder, tokenizer and LCM scheduler of an SD1.5-family model, ready for inference."""
+    """UNet, VAE, text encoder(s), tokenizer(s), LCM scheduler and optional ControlNet, ready for inference.
+
+    SDXL-family models have the second text encoder and tokenizer; SD1.5-family models leave them None.
+    """
 
     preset: ModelPreset
     unet: UNet2DConditionModel
@@ -25,6 +28,18 @@ class ModelComponents:
     dtype: torch.dtype
     # Identifies the weights in prompt-cache keys: two models never share embeddings.
     model_id: str
+    text_encoder_2: CLIPTextModelWithProjection | None = None
+    tokenizer_2: CLIPTokenizer | None = None
+    controlnet: ControlNetModel | None = None
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.text_encoder_2 is not None
+
+    @property
+    def modules(self) -> list[torch.nn.Module]:
+        optional = (self.text_encoder_2, self.controlnet)
+        return [self.unet, self.vae, self.text_encoder, *(m for m in optional if m is not None)]
 
     @property
     def vae_scale_factor(self) -> int:
@@ -38,7 +53,7 @@ class ModelComponents:
         """Move every module to `device`/`dtype` and put them in eval mode (returns self)."""
         self.device = torch.device(device)
         self.dtype = dtype
-        for module in (self.unet, self.vae, self.text_encoder):
+        for module in self.modules:
             module.to(device=self.device)
             # Casting only when needed: diffusers warns on every dtype cast, even a no-op one.
             if next(module.parameters()).dtype != dtype:
@@ -46,6 +61,7 @@ class ModelComponents:
             module.eval()
             module.requires_grad_(False)
         # Channels-last convolutions are faster on both backends: oneDNN on the CPU, tensor cores on CUDA.
-        for module in (self.unet, self.vae):
-            module.to(memory_format=torch.channels_last)
+        for module in (self.unet, self.vae, self.controlnet):
+            if module is not None:
+                module.to(memory_format=torch.channels_last)
         return self

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from .components import ModelComponents
 from .devices import default_dtype, resolve_device
-from .presets import OFFLINE_PRESET, GuidanceKind, ModelPreset, ScheduleKind, get_preset
+from .presets import CONTROLNETS, OFFLINE_PRESET, GuidanceKind, ModelPreset, ScheduleKind, get_preset
 
 log = logging.getLogger(__name__)
+
+PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+SDXL_PARTS = ("text_encoder_2", "tokenizer_2")
 
 
 class ModelUnavailableError(RuntimeError):
@@ -23,30 +29,44 @@ def load_model(
     model: str = OFFLINE_PRESET,
     device: str | torch.device | None = "auto",
     dtype: torch.dtype | None = None,
+    controlnet: str | None = None,
 ) -> ModelComponents:
-    """Load a preset (`tiny`, `lcm-dreamshaper`, ...) or a local diffusers folder onto `device`."""
+    """Load a preset (`tiny`, `lcm-dreamshaper`, ...) or a local diffusers folder onto `device`.
+
+    `controlnet="canny"` adds the Canny ControlNet of the model's family (a tiny one for the built-in models).
+    """
     resolved = resolve_device(device)
     dtype = dtype or default_dtype(resolved)
+    if controlnet is not None and controlnet not in CONTROLNETS:
+        raise ValueError(f"unknown ControlNet {controlnet!r}; known: {', '.join(CONTROLNETS)}")
     if Path(model).is_dir():
         preset = _preset_for_local_folder(Path(model))
-        parts = _from_pretrained(preset, Path(model))
+        parts = _pipeline_parts(preset, Path(model), {"local_files_only": True})
     else:
         preset = get_preset(model)
-        parts = _builtin_parts(preset, resolved, dtype) if preset.builtin else _download_parts(preset)
+        if preset.builtin:
+            parts = _builtin_parts(preset, resolved, dtype)
+        else:
+            parts = _fetch(preset.name, preset.repositories, lambda local: _pipeline_parts(preset, preset.repo, local))
+    if controlnet is not None:
+        parts["controlnet"] = _controlnet(controlnet, preset, parts)
     components = ModelComponents(preset=preset, device=resolved, dtype=dtype, model_id=model, **parts)
     return components.to(resolved, dtype)
 
 
-def fuse_lora(parts: dict, lora: str | Path) -> None:
+def fuse_lora(parts: dict, lora: str | Path, sdxl: bool = False) -> None:
     """Load an LCM-LoRA through diffusers' `load_lora_weights` and fuse it into the UNet for speed."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-    pipe = StableDiffusionPipeline(
-        **{k: parts[k] for k in ("unet", "vae", "text_encoder", "tokenizer", "scheduler")},
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    if sdxl:
+        pipe = StableDiffusionXLPipeline(**{k: parts[k] for k in PIPELINE_PARTS + SDXL_PARTS})
+    else:
+        pipe = StableDiffusionPipeline(
+            **{k: parts[k] for k in PIPELINE_PARTS},
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
     pipe.load_lora_weights(str(lora), adapter_name="lcm")
     pipe.fuse_lora()
     # Fused weights stay in the UNet; dropping the adapter removes the per-call LoRA branch.
@@ -56,78 +76,101 @@ def fuse_lora(parts: dict, lora: str | Path) -> None:
 def _builtin_parts(preset: ModelPreset, device: torch.device, dtype: torch.dtype) -> dict:
     from . import tiny
 
-    if preset.builtin == "tiny":
-        return tiny.tiny_sd15_parts()
-    if preset.builtin == "tiny-lcm-lora":
-        return tiny.tiny_lcm_lora_parts()
-    if preset.builtin == "sd15-arch":
-        return tiny.sd15_arch_parts(device, dtype)
-    raise ValueError(f"preset {preset.name!r} names an unknown built-in model {preset.builtin!r}")
+    builders: dict[str, Callable[[], dict]] = {
+        "tiny": tiny.tiny_sd15_parts,
+        "tiny-lcm-lora": tiny.tiny_lcm_lora_parts,
+        "tiny-sdxl": tiny.tiny_sdxl_parts,
+        "tiny-sdxl-lcm-lora": lambda: tiny.tiny_lcm_lora_parts(sdxl=True),
+        "sd15-arch": lambda: tiny.sd15_arch_parts(device, dtype),
+        "sdxl-arch": lambda: tiny.sdxl_arch_parts(device, dtype),
+    }
+    if preset.builtin not in builders:
+        raise ValueError(f"preset {preset.name!r} names an unknown built-in model {preset.builtin!r}")
+    return builders[preset.builtin]()
 
 
-def _download_parts(preset: ModelPreset) -> dict:
-    """Read the preset's repositories from the local cache, downloading them only if the hub is reachable."""
+def _controlnet(kind: str, preset: ModelPreset, parts: dict):
+    """The ControlNet of `kind` for this model's family: built in code for built-in models, else fetched."""
+    from diffusers import ControlNetModel
+
+    from . import tiny
+
+    sdxl = preset.family == "sdxl"
+    if preset.builtin and preset.builtin.startswith("tiny"):
+        return tiny.tiny_controlnet(sdxl=sdxl)
+    if preset.builtin:  # *-arch: the real shapes, from the UNet's config, random weights
+        unet = parts["unet"]
+        with torch.device(unet.device):
+            controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
+        return controlnet.to(dtype=unet.dtype)
+    repo = CONTROLNETS[kind][preset.family]
+    return _fetch(f"{kind} ControlNet", [repo], lambda local: ControlNetModel.from_pretrained(repo, **local))
+
+
+def _fetch(name: str, repos: list[str], load: Callable[[dict[str, Any]], Any]) -> Any:
+    """`load` from the local cache; if that fails and the hub may be used, let it download (with progress)."""
     try:
-        return _from_pretrained(preset, preset.repo, local_files_only=True)
+        return load({"local_files_only": True})
     except (OSError, ValueError) as cached_error:
         if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-            raise ModelUnavailableError(unavailable_message(preset, cached_error)) from None
-    log.info("downloading %s (first run only)", ", ".join(preset.repositories))
+            raise ModelUnavailableError(unavailable_message(name, repos, cached_error)) from None
+    log.info("downloading %s (first run only)", ", ".join(repos))
     try:
-        return _from_pretrained(preset, preset.repo, local_files_only=False)
+        return load({"local_files_only": False})
     except Exception as download_error:  # any network, auth or format failure ends in the same advice
-        raise ModelUnavailableError(unavailable_message(preset, download_error)) from None
+        raise ModelUnavailableError(unavailable_message(name, repos, download_error)) from None
 
 
-def _from_pretrained(preset: ModelPreset, source: str | Path, local_files_only: bool = True) -> dict:
-    from diffusers import DiffusionPipeline, LCMScheduler
+def _pipeline_parts(preset: ModelPreset, source: str | Path, local: dict[str, Any]) -> dict:
+    """The parts of a diffusers pipeline folder or repository, with the preset's UNet, VAE and LoRA applied."""
+    from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler, UNet2DConditionModel
 
-    pipe = DiffusionPipeline.from_pretrained(
-        str(source),
-        safety_checker=None,
-        requires_safety_checker=False,
-        local_files_only=local_files_only,
-    )
-    parts = {k: getattr(pipe, k) for k in ("unet", "vae", "text_encoder", "tokenizer")}
+    replacements: dict[str, Any] = {}
+    if preset.unet:
+        replacements["unet"] = UNet2DConditionModel.from_pretrained(preset.unet, **local)
+    if preset.vae:
+        replacements["vae"] = AutoencoderKL.from_pretrained(preset.vae, **local)
+    if preset.family == "sd15":
+        replacements.update(safety_checker=None, requires_safety_checker=False)
+    pipe = DiffusionPipeline.from_pretrained(str(source), **local, **replacements)
+    names = PIPELINE_PARTS[:-1] + (SDXL_PARTS if preset.family == "sdxl" else ())
+    parts = {name: getattr(pipe, name) for name in names}
     parts["scheduler"] = LCMScheduler.from_config(pipe.scheduler.config)
     if preset.lora:
-        fuse_lora(parts, preset.lora if local_files_only is False else _cached_repo(preset.lora))
+        lora = preset.lora
+        if local.get("local_files_only"):
+            from huggingface_hub import snapshot_download
+
+            lora = snapshot_download(preset.lora, local_files_only=True)
+        fuse_lora(parts, lora, sdxl=preset.family == "sdxl")
     return parts
-
-
-def _cached_repo(repo: str) -> str:
-    from huggingface_hub import snapshot_download
-
-    return snapshot_download(repo, local_files_only=True)
 
 
 def _preset_for_local_folder(folder: Path) -> ModelPreset:
     """A diffusers folder: an LCM UNet if it has the w-embedding, else a Turbo-like model with no guidance."""
-    import json
-
-    from .presets import ModelPreset
-
     unet_config = folder / "unet" / "config.json"
-    if not unet_config.is_file():
-        raise ModelUnavailableError(f"{folder} is not a diffusers model folder: {unet_config} is missing")
+    index = folder / "model_index.json"
+    if not unet_config.is_file() or not index.is_file():
+        raise ModelUnavailableError(f"{folder} is not a diffusers folder: model_index.json or unet/config.json missing")
+    sdxl = "XL" in json.loads(index.read_text()).get("_class_name", "")
     embedded = json.loads(unet_config.read_text()).get("time_cond_proj_dim") is not None
+    lcm_img2img = embedded and not sdxl
     return ModelPreset(
         name=folder.name,
-        family="sd15",
+        family="sdxl" if sdxl else "sd15",
         guidance=GuidanceKind.EMBEDDED if embedded else GuidanceKind.NONE,
-        schedule=ScheduleKind.LCM_IMG2IMG if embedded else ScheduleKind.SD_IMG2IMG,
+        schedule=ScheduleKind.LCM_IMG2IMG if lcm_img2img else ScheduleKind.SD_IMG2IMG,
         default_guidance=8.0 if embedded else 0.0,
         description=f"local folder {folder}",
     )
 
 
-def unavailable_message(preset: ModelPreset, cause: BaseException) -> str:
+def unavailable_message(name: str, repos: list[str], cause: BaseException) -> str:
     """What is missing, how to fetch it, and the offline alternative — no traceback."""
-    repos = preset.repositories
     fetch = "\n".join(f"    hf download {repo}" for repo in repos)
     first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
     return (
-        f"model preset {preset.name!r} needs weights that are not on this machine: {', '.join(repos)}\n"
+        f"{name!r} needs weights that are not on this machine: {', '.join(repos)}\n"
         f"  ({first_line})\n"
         f"  Fetch them once on a machine with network access (they land in the Hugging Face cache):\n{fetch}\n"
         f"  or pass a local diffusers folder with --model /path/to/folder.\n"

@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .presets import ModelPreset
+from .presets import GuidanceKind, ModelPreset
 
 
 @dataclass(frozen=True)
@@ -21,6 +21,7 @@ class ParamSpec:
     minimum: float | None = None
     maximum: float | None = None
     max_length: int | None = None
+    choices: tuple[str, ...] | None = None
 
     def check(self, value: Any) -> Any:
         """Return `value` in this parameter's type, or raise a ValueError that names the parameter."""
@@ -29,6 +30,8 @@ class ParamSpec:
                 raise ValueError(f"{self.name} must be a string, got {type(value).__name__}")
             if self.max_length is not None and len(value) > self.max_length:
                 raise ValueError(f"{self.name} is {len(value)} characters; the limit is {self.max_length}")
+            if self.choices is not None and value not in self.choices:
+                raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}; got {value!r}")
             return value
         # bool is an int subclass in Python; `true` for a number is a client bug, not a value.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -58,6 +61,8 @@ class ParamSpec:
             schema["maximum"] = self.maximum
         if self.max_length is not None:
             schema["maxLength"] = self.max_length
+        if self.choices is not None:
+            schema["enum"] = list(self.choices)
         return schema
 
 
@@ -71,6 +76,10 @@ class StreamParams:
     steps: int = 2
     guidance_scale: float = 8.0
     seed: int = 0
+    mode: str = "img2img"
+    controlnet_scale: float = 0.5
+    canny_low: int = 100
+    canny_high: int = 200
 
     def replace(self, changes: dict[str, Any], specs: dict[str, ParamSpec]) -> StreamParams:
         """A copy with `changes` applied; any unknown name or bad value raises ValueError and changes nothing."""
@@ -80,12 +89,18 @@ class StreamParams:
         checked = {name: specs[name].check(value) for name, value in changes.items()}
         return dataclasses.replace(self, **checked)
 
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def as_dict(self, specs: dict[str, ParamSpec]) -> dict[str, Any]:
+        """The parameters a person can set with this model (ControlNet ones only when one is loaded)."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if name in specs}
 
 
-def param_specs(preset: ModelPreset) -> dict[str, ParamSpec]:
-    """The parameter table for one model: defaults and step limit come from its preset."""
+MODES = ("img2img", "txt2img")
+
+
+def param_specs(preset: ModelPreset, controlnet: bool = False) -> dict[str, ParamSpec]:
+    """The parameter table for one model: defaults and limits come from its preset and its ControlNet."""
+    # LCM-LoRA: the guide recommends guidance in [1, 2]; 1 or less turns classifier-free guidance off.
+    max_guidance = 2.0 if preset.guidance is GuidanceKind.CLASSIFIER_FREE else 20.0
     specs = (
         ParamSpec("prompt", str, StreamParams.prompt, "what the picture should become", max_length=2000),
         ParamSpec(
@@ -117,16 +132,29 @@ def param_specs(preset: ModelPreset) -> dict[str, ParamSpec]:
             preset.default_guidance,
             "how strongly the prompt steers the picture",
             minimum=0.0,
-            maximum=20.0,
+            maximum=max_guidance,
         ),
         ParamSpec("seed", int, 0, "noise seed: the same seed and frame give the same picture", 0, 2**31 - 1),
+        ParamSpec(
+            "mode",
+            str,
+            "img2img",
+            "img2img restyles the camera; txt2img ignores it and draws new pictures at the target rate",
+            choices=MODES,
+        ),
     )
+    if controlnet:
+        specs += (
+            ParamSpec("controlnet_scale", float, 0.5, "how strongly the camera's edges shape the picture", 0.0, 2.0),
+            ParamSpec("canny_low", int, 100, "Canny edge detector: lower threshold", 0, 500),
+            ParamSpec("canny_high", int, 200, "Canny edge detector: upper threshold", 0, 500),
+        )
     return {spec.name: spec for spec in specs}
 
 
-def default_params(preset: ModelPreset) -> StreamParams:
+def default_params(preset: ModelPreset, controlnet: bool = False) -> StreamParams:
     """The preset's recommended starting point."""
-    return StreamParams(**{name: spec.default for name, spec in param_specs(preset).items()})
+    return StreamParams(**{name: spec.default for name, spec in param_specs(preset, controlnet).items()})
 
 
 def params_json_schema(specs: dict[str, ParamSpec]) -> dict[str, Any]:

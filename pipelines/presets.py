@@ -31,11 +31,13 @@ class ModelPreset:
     """One `--model` name: the repositories it needs and its sampling defaults."""
 
     name: str
-    family: str  # "sd15" (SDXL arrives with its own presets)
+    family: str  # "sd15" or "sdxl"
     guidance: GuidanceKind
     schedule: ScheduleKind
     repo: str | None = None  # full diffusers pipeline repository (or the base model for a LoRA)
     lora: str | None = None  # LCM-LoRA repository fused into the base UNet
+    unet: str | None = None  # a distilled UNet repository that replaces the base model's
+    vae: str | None = None  # a VAE repository that replaces the base model's
     builtin: str | None = None  # name of a model built in code (no download)
     default_steps: int = 2
     default_guidance: float = 1.0
@@ -46,8 +48,12 @@ class ModelPreset:
     @property
     def repositories(self) -> list[str]:
         """Hub repositories this preset reads, in load order."""
-        return [r for r in (self.repo, self.lora) if r]
+        return [r for r in (self.repo, self.unet, self.vae, self.lora) if r]
 
+
+SDXL_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+# The SDXL VAE overflows in fp16; this fine-tune does not, so no fp32 upcast is needed per frame.
+SDXL_FP16_VAE = "madebyollin/sdxl-vae-fp16-fix"
 
 PRESETS: dict[str, ModelPreset] = {
     p.name: p
@@ -113,7 +119,77 @@ PRESETS: dict[str, ModelPreset] = {
             default_guidance=8.0,
             description="real SD1.5 LCM shapes with random weights, for speed measurements; no download",
         ),
+        ModelPreset(
+            name="lcm-sdxl",
+            family="sdxl",
+            guidance=GuidanceKind.EMBEDDED,
+            schedule=ScheduleKind.SD_IMG2IMG,
+            repo=SDXL_BASE,
+            unet="latent-consistency/lcm-sdxl",
+            vae=SDXL_FP16_VAE,
+            default_steps=4,
+            default_guidance=8.0,
+            description="SDXL with the LCM-distilled UNet, as in the LCM guide (4 steps, guidance 8)",
+        ),
+        ModelPreset(
+            name="lcm-lora-sdxl",
+            family="sdxl",
+            guidance=GuidanceKind.CLASSIFIER_FREE,
+            schedule=ScheduleKind.SD_IMG2IMG,
+            repo=SDXL_BASE,
+            lora="latent-consistency/lcm-lora-sdxl",
+            vae=SDXL_FP16_VAE,
+            default_steps=4,
+            default_guidance=1.0,
+            description="SDXL base with the LCM-LoRA fused; classifier-free guidance only when guidance > 1",
+        ),
+        ModelPreset(
+            name="sdxl-turbo",
+            family="sdxl",
+            guidance=GuidanceKind.NONE,
+            schedule=ScheduleKind.SD_IMG2IMG,
+            repo="stabilityai/sdxl-turbo",
+            vae=SDXL_FP16_VAE,
+            default_steps=2,
+            default_guidance=0.0,
+            description="SDXL-Turbo: one effective step (steps x strength), no guidance",
+        ),
+        ModelPreset(
+            name="tiny-sdxl",
+            family="sdxl",
+            guidance=GuidanceKind.EMBEDDED,
+            schedule=ScheduleKind.SD_IMG2IMG,
+            builtin="tiny-sdxl",
+            default_steps=4,
+            default_guidance=8.0,
+            description="tiny SDXL-shaped LCM model built in code (two text encoders); offline, noise-like output",
+        ),
+        ModelPreset(
+            name="tiny-sdxl-lcm-lora",
+            family="sdxl",
+            guidance=GuidanceKind.CLASSIFIER_FREE,
+            schedule=ScheduleKind.SD_IMG2IMG,
+            builtin="tiny-sdxl-lcm-lora",
+            default_steps=4,
+            default_guidance=1.0,
+            description="tiny SDXL base with a tiny random LoRA fused through load_lora_weights; offline",
+        ),
+        ModelPreset(
+            name="sdxl-arch",
+            family="sdxl",
+            guidance=GuidanceKind.EMBEDDED,
+            schedule=ScheduleKind.SD_IMG2IMG,
+            builtin="sdxl-arch",
+            default_steps=2,
+            default_guidance=8.0,
+            description="real SDXL LCM shapes with random weights, for speed measurements; no download",
+        ),
     )
+}
+
+# ControlNets by kind and model family. Only Canny for now, as in the LCM guide.
+CONTROLNETS: dict[str, dict[str, str]] = {
+    "canny": {"sd15": "lllyasviel/control_v11p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"},
 }
 
 DEFAULT_CUDA_PRESET = "lcm-dreamshaper"

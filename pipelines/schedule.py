@@ -39,13 +39,19 @@ def build_schedule(
     scheduler: LCMScheduler,
     kind: ScheduleKind,
     steps: int,
-    strength: float,
+    strength: float | None,
     device: torch.device,
     dtype: torch.dtype,
 ) -> Schedule:
-    """The schedule diffusers' img2img pipeline of `kind` would run; ValueError when it would run no step."""
+    """The schedule diffusers' pipeline of `kind` would run; ValueError when it would run no step.
+
+    `strength=None` means text-to-image: every step of the full schedule, from pure noise.
+    """
     scheduler = LCMScheduler.from_config(scheduler.config)  # set_timesteps mutates; keep the shared one clean
-    if kind is ScheduleKind.LCM_IMG2IMG:
+    if strength is None:
+        scheduler.set_timesteps(steps)
+        first = 0
+    elif kind is ScheduleKind.LCM_IMG2IMG:
         usable = int(scheduler.config.original_inference_steps * strength)
         if steps > usable:
             raise ValueError(

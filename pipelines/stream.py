@@ -1,9 +1,10 @@
 """The stream pipeline: one camera frame in, one stylised frame out, with all per-parameter work done up front.
 
-It runs the same arithmetic as diffusers' img2img pipelines (LatentConsistencyModelImg2ImgPipeline for an LCM
-UNet, StableDiffusionImg2ImgPipeline with LCMScheduler for LCM-LoRA and Turbo), minus everything that does not
-change between frames: prompt embeddings, timesteps, LCM boundary coefficients, the guidance embedding and the
-seeded noise are computed when the parameters (or the processing size) change.
+It runs the same arithmetic as diffusers' pipelines — LatentConsistencyModelImg2ImgPipeline for an SD1.5 LCM UNet,
+StableDiffusion(XL)Img2ImgPipeline with LCMScheduler for LCM-LoRA, Turbo and SDXL, StableDiffusion(XL)Pipeline for
+text-to-image, and their ControlNet variants — minus everything that does not change between frames: prompt
+embeddings, timesteps, LCM boundary coefficients, the guidance embedding, SDXL's size ids and the seeded noise are
+computed when the parameters (or the processing size) change.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ import torch
 import torch.nn.functional as F
 
 from .components import ModelComponents
+from .conditioning import PromptEmbeds, canny_map, sdxl_time_ids
 from .params import ParamSpec, StreamParams, default_params, param_specs
 from .presets import GuidanceKind
 from .prompt_cache import PromptCache
 from .schedule import Schedule, build_schedule, guidance_embedding
 
 SIZE_MULTIPLE = 64
+# txt2img: the noise glides from one seed to the next over this many frames, so the pictures morph, not flicker.
+TXT2IMG_MORPH_FRAMES = 24
 
 
 def processing_size(width: int, height: int, max_side: int | None = None) -> tuple[int, int]:
@@ -50,25 +54,39 @@ def check_frame(frame: Any) -> np.ndarray:
     return frame
 
 
+@dataclass(frozen=True)
+class SeededNoise:
+    """One seed's draws in diffusers' order for one latent size.
+
+    img2img: VAE posterior sample, add-noise, then one per non-final step. txt2img: the initial latents, then one
+    per non-final step. Step terms are pre-multiplied by sqrt(1 - alpha_prev).
+    """
+
+    first: torch.Tensor  # img2img: the posterior sample; txt2img: the initial latents
+    start_term: torch.Tensor | None  # img2img: sqrt(1 - alpha_t0) * noise, added to the scaled init latents
+    step_terms: tuple[torch.Tensor | None, ...]
+
+
 @dataclass
 class FramePlan:
-    """What one set of parameters needs per frame; immutable apart from the per-size noise it fills lazily."""
+    """What one set of parameters needs per frame; immutable apart from the per-size caches it fills lazily."""
 
     params: StreamParams
     schedule: Schedule
-    prompt_embeds: torch.Tensor  # 1 x 77 x D, or 2 x 77 x D ([negative, positive]) under classifier-free guidance
+    embeds: PromptEmbeds  # batch 1, or 2 ([negative, positive]) under classifier-free guidance
     classifier_free: bool
     timestep_cond: torch.Tensor | None
+    controlnet_scale: float  # 0: no ControlNet call at all
     noise: dict[tuple[int, int], SeededNoise] = field(default_factory=dict)
+    time_ids: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
 
+    @property
+    def txt2img(self) -> bool:
+        return self.params.mode == "txt2img"
 
-@dataclass(frozen=True)
-class SeededNoise:
-    """The seed's draws in diffusers' order: VAE posterior sample, add-noise, then one per non-final step."""
-
-    posterior: torch.Tensor
-    start_term: torch.Tensor  # sqrt(1 - alpha_t0) * noise, added to the scaled init latents
-    step_terms: tuple[torch.Tensor | None, ...]  # sqrt(1 - alpha_prev) * noise for every step but the last
+    @property
+    def batch(self) -> int:
+        return 2 if self.classifier_free else 1
 
 
 class StreamPipeline:
@@ -87,13 +105,24 @@ class StreamPipeline:
     ) -> None:
         self.components = components
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache()
-        self.specs: dict[str, ParamSpec] = param_specs(components.preset)
+        has_controlnet = components.controlnet is not None
+        self.specs: dict[str, ParamSpec] = param_specs(components.preset, controlnet=has_controlnet)
         self._update_lock = threading.Lock()
-        self._plan = self._make_plan(params or default_params(components.preset))
+        self._tick = 0  # txt2img frames drawn so far: each one gets new noise
+        self._plan = self._make_plan(params or default_params(components.preset, has_controlnet))
+        self.last_control_image: np.ndarray | None = None  # the Canny map of the last frame, for display
 
     @property
     def params(self) -> StreamParams:
         return self._plan.params
+
+    @property
+    def needs_frame(self) -> bool:
+        """False in txt2img without ControlNet: the camera is not looked at."""
+        return not self._plan.txt2img or self._plan.controlnet_scale > 0
+
+    def effective_params(self) -> dict[str, Any]:
+        return self.params.as_dict(self.specs)
 
     def update(self, **changes: Any) -> StreamParams:
         """Validate and apply parameter changes from the next frame on; a ValueError leaves everything as it was."""
@@ -105,33 +134,51 @@ class StreamPipeline:
 
     def notes(self) -> list[str]:
         """Things a person should know about the current parameters with this model."""
-        params, guidance = self.params, self.components.preset.guidance
+        plan, guidance = self._plan, self.components.preset.guidance
+        params = plan.params
         notes = []
-        if params.negative_prompt and not self._plan.classifier_free:
+        if params.negative_prompt and not plan.classifier_free:
             if guidance is GuidanceKind.EMBEDDED:
                 notes.append("negative_prompt has no effect with an LCM UNet: guidance is built into the model")
             else:
                 notes.append("negative_prompt has an effect only when guidance_scale > 1")
         if guidance is GuidanceKind.NONE and params.guidance_scale not in (0.0, 1.0):
             notes.append("this model takes no guidance: guidance_scale is ignored")
-        if len(self._plan.schedule.steps) != params.steps:
-            notes.append(f"{len(self._plan.schedule.steps)} of {params.steps} steps run at this strength")
+        if plan.txt2img:
+            notes.append("txt2img: strength is not used; the camera only feeds the ControlNet, if any")
+        elif len(plan.schedule.steps) != params.steps:
+            notes.append(f"{len(plan.schedule.steps)} of {params.steps} steps run at this strength")
         return notes
 
-    def __call__(self, frame: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:
+    def __call__(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> np.ndarray:
         """Stylise one uint8 H x W x 3 frame; the result is uint8 at the processing `size` (width, height)."""
         return to_uint8(self.render(frame, size))
 
     @torch.inference_mode()
-    def render(self, frame: np.ndarray, size: tuple[int, int] | None = None) -> torch.Tensor:
-        """The float image in [0, 1] (1 x 3 x H x W, on the device) before quantisation to uint8."""
-        frame = check_frame(frame)
+    def render(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The float image in [0, 1] (1 x 3 x H x W, on the device) before quantisation to uint8.
+
+        `frame` may be None only in txt2img mode without ControlNet, and then `size` is required.
+        """
+        plan = self._plan
+        if frame is None:
+            if self.needs_frame:
+                raise ValueError("this mode needs a camera frame")
+            if size is None:
+                raise ValueError("without a frame, the processing size must be given")
+        else:
+            frame = check_frame(frame)
         width, height = size or processing_size(frame.shape[1], frame.shape[0])
         if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width <= 0 or height <= 0:
             raise ValueError(f"processing size must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}")
-        plan = self._plan
-        image = self._to_model_input(frame, width, height)
-        return self._denoise(plan, image)
+        control = self._control_image(plan, frame, width, height) if plan.controlnet_scale > 0 else None
+        if plan.txt2img:
+            noise = self._txt2img_noise(plan, (height, width))
+            latents = noise.first
+        else:
+            noise = self._noise_for(plan, (height, width))
+            latents = self._encode(plan, self._to_model_input(frame, width, height), noise)
+        return self._denoise(plan, latents, noise, control, width, height)
 
     def _to_model_input(self, frame: np.ndarray, width: int, height: int) -> torch.Tensor:
         c = self.components
@@ -144,80 +191,170 @@ class StreamPipeline:
         image = image.contiguous(memory_format=torch.channels_last)
         return (2.0 * image - 1.0).to(c.dtype)
 
-    def _denoise(self, plan: FramePlan, image: torch.Tensor) -> torch.Tensor:
+    def _control_image(self, plan: FramePlan, frame: np.ndarray, width: int, height: int) -> torch.Tensor:
+        """The frame's Canny map in [0, 1] (unnormalised, as diffusers' control image processor leaves it)."""
+        import cv2
+
+        if frame.shape[:2] != (height, width):
+            frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+        edges = canny_map(frame, plan.params.canny_low, plan.params.canny_high)
+        self.last_control_image = edges
         c = self.components
-        noise = self._noise_for(plan, image.shape[-2:])
+        image = torch.from_numpy(edges).to(c.device).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
+        image = image.to(c.dtype).contiguous(memory_format=torch.channels_last)
+        return torch.cat([image] * plan.batch) if plan.batch > 1 else image
+
+    def _encode(self, plan: FramePlan, image: torch.Tensor, noise: SeededNoise) -> torch.Tensor:
+        c = self.components
         posterior = c.vae.encode(image).latent_dist
-        latents = c.vae.config.scaling_factor * (posterior.mean + posterior.std * noise.posterior)
-        latents = plan.schedule.noise_sqrt_alpha * latents + noise.start_term
+        latents = c.vae.config.scaling_factor * (posterior.mean + posterior.std * noise.first)
+        return plan.schedule.noise_sqrt_alpha * latents + noise.start_term
+
+    def _denoise(
+        self,
+        plan: FramePlan,
+        latents: torch.Tensor,
+        noise: SeededNoise,
+        control: torch.Tensor | None,
+        width: int,
+        height: int,
+    ) -> torch.Tensor:
+        c = self.components
+        added = self._added_conditions(plan, width, height)
         denoised = latents
         for step, step_noise in zip(plan.schedule.steps, noise.step_terms, strict=True):
-            model_pred = self._predict_noise(plan, latents, step.timestep)
+            model_pred = self._predict_noise(plan, latents, step.timestep, added, control)
             predicted_original = (latents - step.sqrt_beta * model_pred) / step.sqrt_alpha
             denoised = step.c_out * predicted_original + step.c_skip * latents
             latents = denoised if step.is_last else step.sqrt_alpha_prev * denoised + step_noise
         decoded = c.vae.decode(denoised / c.vae.config.scaling_factor).sample
         return (decoded / 2 + 0.5).clamp(0, 1)
 
-    def _predict_noise(self, plan: FramePlan, latents: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
-        unet = self.components.unet
-        if not plan.classifier_free:
-            return unet(
-                latents,
+    def _added_conditions(self, plan: FramePlan, width: int, height: int) -> dict[str, torch.Tensor] | None:
+        """SDXL's pooled text and size ids (cached per size); nothing for SD1.5."""
+        c = self.components
+        if not c.is_sdxl:
+            return None
+        time_ids = plan.time_ids.get((width, height))
+        if time_ids is None:
+            time_ids = sdxl_time_ids(width, height, plan.batch, c.device, c.dtype)
+            plan.time_ids[(width, height)] = time_ids
+        return {"text_embeds": plan.embeds.pooled, "time_ids": time_ids}
+
+    def _predict_noise(
+        self,
+        plan: FramePlan,
+        latents: torch.Tensor,
+        timestep: torch.Tensor,
+        added: dict[str, torch.Tensor] | None,
+        control: torch.Tensor | None,
+    ) -> torch.Tensor:
+        c = self.components
+        model_input = torch.cat([latents] * 2) if plan.classifier_free else latents
+        residuals: dict[str, Any] = {}
+        if control is not None:
+            down, mid = c.controlnet(
+                model_input,
                 timestep,
-                encoder_hidden_states=plan.prompt_embeds,
-                timestep_cond=plan.timestep_cond,
+                encoder_hidden_states=plan.embeds.hidden,
+                controlnet_cond=control,
+                conditioning_scale=plan.controlnet_scale,
+                guess_mode=False,
+                added_cond_kwargs=added,
                 return_dict=False,
-            )[0]
-        doubled = unet(
-            torch.cat([latents, latents]),
+            )
+            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+        prediction = c.unet(
+            model_input,
             timestep,
-            encoder_hidden_states=plan.prompt_embeds,
+            encoder_hidden_states=plan.embeds.hidden,
+            timestep_cond=plan.timestep_cond,
+            added_cond_kwargs=added,
             return_dict=False,
+            **residuals,
         )[0]
-        uncond, cond = doubled.chunk(2)
+        if not plan.classifier_free:
+            return prediction
+        uncond, cond = prediction.chunk(2)
         return uncond + plan.params.guidance_scale * (cond - uncond)
 
     def _make_plan(self, params: StreamParams) -> FramePlan:
         c = self.components
+        strength = None if params.mode == "txt2img" else params.strength
         schedule = build_schedule(
-            c.scheduler, c.preset.schedule, params.steps, params.strength, device=c.device, dtype=c.dtype
+            c.scheduler, c.preset.schedule, params.steps, strength, device=c.device, dtype=c.dtype
         )
-        guidance = c.preset.guidance
-        classifier_free = guidance is GuidanceKind.CLASSIFIER_FREE and params.guidance_scale > 1
+        classifier_free = c.preset.guidance is GuidanceKind.CLASSIFIER_FREE and params.guidance_scale > 1
         embeds = self.prompt_cache.get(c, params.prompt)
         if classifier_free:
-            embeds = torch.cat([self.prompt_cache.get(c, params.negative_prompt), embeds])
+            if c.is_sdxl and not params.negative_prompt:
+                negative = embeds.zeros_like()  # SDXL's force_zeros_for_empty_prompt
+            else:
+                negative = self.prompt_cache.get(c, params.negative_prompt)
+            embeds = PromptEmbeds.batch(negative, embeds)
         timestep_cond = None
         if c.has_guidance_embedding:
             dim = c.unet.config.time_cond_proj_dim
             timestep_cond = guidance_embedding(params.guidance_scale, dim, c.device, c.dtype)
-        return FramePlan(params, schedule, embeds, classifier_free, timestep_cond)
+        controlnet_scale = params.controlnet_scale if c.controlnet is not None else 0.0
+        return FramePlan(params, schedule, embeds, classifier_free, timestep_cond, controlnet_scale)
 
-    def _noise_for(self, plan: FramePlan, image_size: torch.Size) -> SeededNoise:
-        """Draw the seed's noise for this latent size once; later frames at the same size reuse it."""
-        key = tuple(image_size)
-        noise = plan.noise.get(key)
-        if noise is None:
-            noise = self._draw_noise(plan, key)
-            plan.noise[key] = noise
-        return noise
-
-    def _draw_noise(self, plan: FramePlan, image_size: tuple[int, int]) -> SeededNoise:
+    def _latent_shape(self, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
         c = self.components
         factor = c.vae_scale_factor
-        shape = (1, c.vae.config.latent_channels, image_size[0] // factor, image_size[1] // factor)
+        return (1, c.vae.config.latent_channels, image_size[0] // factor, image_size[1] // factor)
+
+    def _noise_for(self, plan: FramePlan, image_size: tuple[int, int]) -> SeededNoise:
+        """img2img: draw the seed's noise for this latent size once; later frames at the same size reuse it."""
+        noise = plan.noise.get(image_size)
+        if noise is None:
+            noise = self._draw_noise(plan, image_size, plan.params.seed)
+            plan.noise[image_size] = noise
+        return noise
+
+    def _txt2img_noise(self, plan: FramePlan, image_size: tuple[int, int]) -> SeededNoise:
+        """txt2img: new noise every frame, gliding (slerp) from seed + k to seed + k + 1 over the morph frames.
+
+        Frame 0 uses the seed's own draws, so it equals diffusers' text-to-image output for that seed.
+        """
+        segment, offset = divmod(self._tick, TXT2IMG_MORPH_FRAMES)
+        self._tick += 1
+        start = self._draw_noise(plan, image_size, plan.params.seed + segment)
+        if offset == 0:
+            return start
+        end = self._draw_noise(plan, image_size, plan.params.seed + segment + 1)
+        t = offset / TXT2IMG_MORPH_FRAMES
+        steps = tuple(
+            None if a is None else slerp(a, b, t) for a, b in zip(start.step_terms, end.step_terms, strict=True)
+        )
+        return SeededNoise(slerp(start.first, end.first, t), None, steps)
+
+    def _draw_noise(self, plan: FramePlan, image_size: tuple[int, int], seed: int) -> SeededNoise:
+        c = self.components
+        shape = self._latent_shape(image_size)
         # A CPU generator, as diffusers' randn_tensor uses for a CPU generator on any device: same seed, same
         # numbers on every machine.
-        generator = torch.Generator("cpu").manual_seed(plan.params.seed)
+        generator = torch.Generator("cpu").manual_seed(seed)
 
         def draw() -> torch.Tensor:
             return torch.randn(shape, generator=generator, dtype=c.dtype).to(c.device)
 
-        posterior = draw()
-        start_term = plan.schedule.noise_sqrt_beta * draw()
+        first = draw()
+        # LCMScheduler.init_noise_sigma is 1: txt2img latents are the draw itself.
+        start_term = None if plan.txt2img else plan.schedule.noise_sqrt_beta * draw()
         step_terms = tuple(None if step.is_last else step.sqrt_beta_prev * draw() for step in plan.schedule.steps)
-        return SeededNoise(posterior, start_term, step_terms)
+        return SeededNoise(first, start_term, step_terms)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation: keeps the norm of Gaussian noise, where a straight blend would shrink it."""
+    a32, b32 = a.float(), b.float()
+    cos = (a32 * b32).sum() / (a32.norm() * b32.norm())
+    angle = torch.arccos(cos.clamp(-1.0, 1.0))
+    if angle.abs() < 1e-4:
+        return ((1 - t) * a32 + t * b32).to(a.dtype)
+    sin = torch.sin(angle)
+    return ((torch.sin((1 - t) * angle) / sin) * a32 + (torch.sin(t * angle) / sin) * b32).to(a.dtype)
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:

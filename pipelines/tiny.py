@@ -7,8 +7,8 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, LCMScheduler, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from diffusers import AutoencoderKL, ControlNetModel, LCMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 TINY_SEED = 0
 TEXT_TOKENS = 77
@@ -40,27 +40,61 @@ def lcm_scheduler() -> LCMScheduler:
     )
 
 
-def tiny_unet(guidance_embedding: bool = True, seed: int = TINY_SEED) -> UNet2DConditionModel:
-    """An SD1.5-shaped UNet (4 latent channels, cross-attention to 32-wide text), with the LCM w-embedding."""
+# The block layout shared by the tiny UNets and their ControlNets.
+TINY_BLOCKS = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 1,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "attention_head_dim": 8,
+    "norm_num_groups": 8,
+}
+# SDXL's extra conditioning: pooled text (projection_dim of text encoder 2) and six size/crop numbers.
+TINY_SDXL_EXTRA = {
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 6 * 8 + 32,
+    "use_linear_projection": True,
+    "cross_attention_dim": 64,  # the two text encoders' hidden states side by side (32 + 32)
+}
+
+
+def tiny_unet(guidance_embedding: bool = True, seed: int = TINY_SEED, sdxl: bool = False) -> UNet2DConditionModel:
+    """An SD1.5- or SDXL-shaped UNet (4 latent channels), with the LCM w-embedding unless told otherwise."""
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
         sample_size=32,
         in_channels=4,
         out_channels=4,
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=8,
-        norm_num_groups=8,
         time_cond_proj_dim=32 if guidance_embedding else None,
+        **TINY_BLOCKS,
+        **(TINY_SDXL_EXTRA if sdxl else {"cross_attention_dim": 32}),
     )
     with torch.no_grad():
         for name, param in unet.named_parameters():
             if ".attn2.to_out.0.weight" in name:
                 param.mul_(TINY_TEXT_GAIN)
     return unet
+
+
+def tiny_controlnet(sdxl: bool = False, seed: int = TINY_SEED + 1) -> ControlNetModel:
+    """A canny ControlNet for the tiny UNet of that family, with its zero convolutions drawn at random.
+
+    Real ControlNets start with zero convolutions and learn them; left at zero, a tiny one would add nothing and
+    a parity test through it would prove nothing.
+    """
+    torch.manual_seed(seed)
+    controlnet = ControlNetModel(
+        in_channels=4,
+        conditioning_embedding_out_channels=(16, 16, 32, 32),  # four stages: the control image / 8, like latents
+        **TINY_BLOCKS,
+        **(TINY_SDXL_EXTRA if sdxl else {"cross_attention_dim": 32}),
+    )
+    with torch.no_grad():
+        for param in controlnet.parameters():
+            if not param.any():
+                param.normal_(0.0, 0.3)
+    return controlnet
 
 
 def tiny_vae(seed: int = TINY_SEED) -> AutoencoderKL:
@@ -79,9 +113,10 @@ def tiny_vae(seed: int = TINY_SEED) -> AutoencoderKL:
     )
 
 
-def tiny_text_encoder(vocab_size: int, seed: int = TINY_SEED) -> CLIPTextModel:
+def tiny_text_encoder(vocab_size: int, seed: int = TINY_SEED, with_projection: bool = False) -> CLIPTextModel:
     torch.manual_seed(seed)
     config = CLIPTextConfig(
+        projection_dim=32,
         bos_token_id=0,
         eos_token_id=1,
         pad_token_id=1,
@@ -89,11 +124,11 @@ def tiny_text_encoder(vocab_size: int, seed: int = TINY_SEED) -> CLIPTextModel:
         intermediate_size=37,
         layer_norm_eps=1e-05,
         num_attention_heads=4,
-        num_hidden_layers=3,
+        num_hidden_layers=3,  # SDXL reads the penultimate layer: at least 2
         vocab_size=vocab_size,
         max_position_embeddings=TEXT_TOKENS,
     )
-    return CLIPTextModel(config)
+    return CLIPTextModelWithProjection(config) if with_projection else CLIPTextModel(config)
 
 
 def tiny_sd15_parts(guidance_embedding: bool = True, seed: int = TINY_SEED) -> dict:
@@ -108,14 +143,28 @@ def tiny_sd15_parts(guidance_embedding: bool = True, seed: int = TINY_SEED) -> d
     }
 
 
-def save_tiny_lora(directory: str | Path, seed: int = 1, rank: int = 4) -> Path:
+def tiny_sdxl_parts(guidance_embedding: bool = True, seed: int = TINY_SEED) -> dict:
+    """The tiny SDXL-shaped model: two text encoders (the second with projection, for pooled embeddings)."""
+    tokenizer = offline_tokenizer()
+    return {
+        "unet": tiny_unet(guidance_embedding, seed, sdxl=True),
+        "vae": tiny_vae(seed),
+        "text_encoder": tiny_text_encoder(len(tokenizer), seed),
+        "text_encoder_2": tiny_text_encoder(len(tokenizer), seed + 1, with_projection=True),
+        "tokenizer": tokenizer,
+        "tokenizer_2": offline_tokenizer(),
+        "scheduler": lcm_scheduler(),
+    }
+
+
+def save_tiny_lora(directory: str | Path, seed: int = 1, rank: int = 4, sdxl: bool = False) -> Path:
     """Write a random LoRA for the tiny base UNet in the diffusers format that `load_lora_weights` reads."""
-    from diffusers import StableDiffusionPipeline
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = tiny_unet(guidance_embedding=False)
+    unet = tiny_unet(guidance_embedding=False, sdxl=sdxl)
     torch.manual_seed(seed)
     # init_lora_weights=False draws both LoRA matrices at random, so the adapter really changes the output.
     unet.add_adapter(
@@ -132,18 +181,20 @@ def save_tiny_lora(directory: str | Path, seed: int = 1, rank: int = 4) -> Path:
                 param.mul_(0.5)
     layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
     directory = Path(directory)
-    StableDiffusionPipeline.save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)
+    pipeline = StableDiffusionXLPipeline if sdxl else StableDiffusionPipeline
+    pipeline.save_lora_weights(directory, unet_lora_layers=layers, safe_serialization=True)
     return directory
 
 
-def tiny_lcm_lora_parts(seed: int = TINY_SEED) -> dict:
+def tiny_lcm_lora_parts(seed: int = TINY_SEED, sdxl: bool = False) -> dict:
     """The tiny base model (no w-embedding) with the tiny LoRA loaded and fused, exactly as the real preset is."""
     from .loading import fuse_lora
 
-    parts = tiny_sd15_parts(guidance_embedding=False, seed=seed)
+    build = tiny_sdxl_parts if sdxl else tiny_sd15_parts
+    parts = build(guidance_embedding=False, seed=seed)
     with tempfile.TemporaryDirectory(prefix="lcmlive-tiny-lora-") as lora_dir:
-        save_tiny_lora(lora_dir)
-        fuse_lora(parts, lora_dir)
+        save_tiny_lora(lora_dir, sdxl=sdxl)
+        fuse_lora(parts, lora_dir, sdxl=sdxl)
     return parts
 
 
@@ -166,20 +217,7 @@ def sd15_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
             latent_channels=4,
             sample_size=512,
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=TEXT_TOKENS,
-                hidden_act="quick_gelu",
-                bos_token_id=0,
-                eos_token_id=1,
-                pad_token_id=1,
-            )
-        )
+        text_encoder = CLIPTextModel(_clip_config(768, 3072, 12, 12, "quick_gelu"))
     for module in (unet, vae, text_encoder):
         module.to(dtype=dtype)
     return {
@@ -189,3 +227,63 @@ def sd15_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
         "tokenizer": tokenizer,
         "scheduler": lcm_scheduler(),
     }
+
+
+def sdxl_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
+    """The real SDXL shapes (UNet 2.6B, CLIP-L + OpenCLIP-bigG) with random weights, built straight on `device`."""
+    tokenizer = offline_tokenizer()
+    with torch.device(device):
+        torch.manual_seed(TINY_SEED)
+        unet = UNet2DConditionModel(
+            sample_size=128,
+            block_out_channels=(320, 640, 1280),
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            transformer_layers_per_block=(1, 2, 10),
+            attention_head_dim=(5, 10, 20),
+            use_linear_projection=True,
+            cross_attention_dim=2048,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=256,
+            projection_class_embeddings_input_dim=2816,
+            time_cond_proj_dim=256,
+        )
+        vae = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=1024,
+            scaling_factor=0.13025,
+            force_upcast=False,  # as madebyollin/sdxl-vae-fp16-fix
+        )
+        text_encoder = CLIPTextModel(_clip_config(768, 3072, 12, 12, "quick_gelu"))
+        text_encoder_2 = CLIPTextModelWithProjection(_clip_config(1280, 5120, 32, 20, "gelu", projection_dim=1280))
+    for module in (unet, vae, text_encoder, text_encoder_2):
+        module.to(dtype=dtype)
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": offline_tokenizer(),
+        "scheduler": lcm_scheduler(),
+    }
+
+
+def _clip_config(hidden: int, intermediate: int, layers: int, heads: int, act: str, **extra) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=49408,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        max_position_embeddings=TEXT_TOKENS,
+        hidden_act=act,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        **extra,
+    )

@@ -86,6 +86,6 @@ class SessionWorker:
 
     def effective(self) -> dict[str, Any]:
         return {
-            "params": {**self.pipeline.params.as_dict(), **dataclasses.asdict(self.session_params)},
+            "params": {**self.pipeline.effective_params(), **dataclasses.asdict(self.session_params)},
             "notes": self.pipeline.notes(),
         }

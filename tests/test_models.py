@@ -40,7 +40,7 @@ def test_missing_weights_give_one_clear_message(monkeypatch, tmp_path):
     with pytest.raises(ModelUnavailableError) as caught:
         load_model("lcm-lora-sd15", device="cpu")
     message = str(caught.value)
-    assert "lcm-lora-sd15" in message
+    assert "lcm-lora-sd15" in message and "needs weights" in message
     assert "stable-diffusion-v1-5/stable-diffusion-v1-5" in message
     assert "latent-consistency/lcm-lora-sdv1-5" in message
     assert "hf download" in message
