@@ -40,6 +40,10 @@ const ui = {
   inputVideo: byId("input-video"),
   outputVideo: byId("output-video"),
   outputPane: byId("output-pane"),
+  controlPane: byId("control-pane"),
+  controlVideo: byId("control-video"),
+  showCanny: byId("show-canny"),
+  showCannyLabel: byId("show-canny-label"),
   stats: byId("stats"),
   fullscreen: byId("fullscreen"),
   prompt: byId("prompt"),
@@ -61,6 +65,7 @@ const app = {
   lastParams: null,
   lastError: null,
   outputFrames: 0,
+  controlnet: false,
 };
 
 // Param name -> control built from the schema.
@@ -125,6 +130,10 @@ function buildControls(schema) {
     controls.set(name, control);
   }
   ui.promptRow.hidden = !controls.has("prompt");
+  // A ControlNet on the server: offer to show the Canny map it conditions on, on a second video track.
+  app.controlnet = controls.has("controlnet_scale");
+  ui.showCannyLabel.hidden = !app.controlnet;
+  updateControlPane();
   app.schemaLoaded = true;
 }
 
@@ -358,6 +367,7 @@ function statCells(label, value) {
 
 function clearOutput() {
   ui.outputVideo.srcObject = null;
+  ui.controlVideo.srcObject = null;
   ui.stats.replaceChildren();
 }
 
@@ -486,10 +496,11 @@ function openSession() {
 async function negotiate(session) {
   const pc = new RTCPeerConnection();
   session.pc = pc;
-  pc.addEventListener("track", showOutputTrack);
+  pc.addEventListener("track", (event) => showTrack(session, event));
   pc.addEventListener("connectionstatechange", () => handlePeerState(session));
   const transceiver = pc.addTransceiver(app.cameraStream.getVideoTracks()[0], { direction: "sendrecv" });
   session.sender = transceiver.sender;
+  session.controlTransceiver = app.controlnet ? pc.addTransceiver("video", { direction: "recvonly" }) : null;
   await pc.setLocalDescription(await pc.createOffer());
   await iceGatheringComplete(pc, ICE_GATHERING_TIMEOUT_MS);
   sendMessage(session, { type: "offer", sdp: pc.localDescription.sdp });
@@ -513,8 +524,15 @@ function iceGatheringComplete(pc, timeoutMs) {
   });
 }
 
-function showOutputTrack(event) {
-  ui.outputVideo.srcObject = event.streams[0] ?? new MediaStream([event.track]);
+// The first video track is the stylised output; a second one, when asked for, is the Canny map.
+function showTrack(session, event) {
+  const stream = event.streams[0] ?? new MediaStream([event.track]);
+  const isControl = session.controlTransceiver !== null && event.transceiver === session.controlTransceiver;
+  (isControl ? ui.controlVideo : ui.outputVideo).srcObject = stream;
+}
+
+function updateControlPane() {
+  ui.controlPane.hidden = !(app.controlnet && ui.showCanny.checked);
 }
 
 function handlePeerState(session) {
@@ -727,6 +745,7 @@ function init() {
   ui.camera.addEventListener("change", switchCamera);
   ui.errorDismiss.addEventListener("click", dismissError);
   ui.fullscreen.addEventListener("click", toggleFullscreen);
+  ui.showCanny.addEventListener("change", updateControlPane);
   ui.outputVideo.addEventListener("dblclick", toggleFullscreen);
   document.addEventListener("fullscreenchange", updateFullscreenButton);
   navigator.mediaDevices?.addEventListener("devicechange", refreshCameraList);

@@ -117,6 +117,10 @@ class StreamPipeline:
         return self._plan.params
 
     @property
+    def uses_controlnet(self) -> bool:
+        return self._plan.controlnet_scale > 0
+
+    @property
     def needs_frame(self) -> bool:
         """False in txt2img without ControlNet: the camera is not looked at."""
         return not self._plan.txt2img or self._plan.controlnet_scale > 0

@@ -41,7 +41,8 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     prompt_cache = PromptCache()
     sessions: set[Session] = set()
     viewer_specs = session_specs(DEFAULT_MAX_RESOLUTION.get(model.device.type, 512))
-    schema = params_json_schema({**param_specs(model.preset), **viewer_specs})
+    model_specs = param_specs(model.preset, controlnet=model.controlnet is not None)
+    schema = params_json_schema({**model_specs, **viewer_specs})
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -60,6 +61,7 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
             {
                 "status": "ok",
                 "model": model.preset.name,
+                "controlnet": "canny" if model.controlnet is not None else None,
                 "device": str(model.device),
                 "dtype": str(model.dtype).removeprefix("torch."),
                 "sessions": len(sessions),

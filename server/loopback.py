@@ -48,6 +48,7 @@ class LoopbackRecord:
 
     arrivals: list[float] = field(default_factory=list)
     samples: list[tuple[float, np.ndarray]] = field(default_factory=list)
+    control_samples: list[tuple[float, np.ndarray]] = field(default_factory=list)  # the Canny map track
     stats: list[dict] = field(default_factory=list)
     params: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
@@ -69,10 +70,12 @@ class LoopbackClient:
         still: bool = False,
         sample_every: int = 5,
         token: str | None = None,
+        canny_view: bool = False,
     ) -> None:
         self.ws_url = ws_url + (f"?token={token}" if token else "")
         self.camera = SyntheticCamera(width, height, still)
         self.sample_every = sample_every
+        self.canny_view = canny_view
         self.record = LoopbackRecord()
         self.started = 0.0
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -83,14 +86,20 @@ class LoopbackClient:
     async def __aenter__(self) -> LoopbackClient:
         self._ws = await websockets.connect(self.ws_url, max_size=1 << 20)
         self._pc.addTransceiver(self.camera, direction="sendrecv")
+        control = self._pc.addTransceiver("video", direction="recvonly") if self.canny_view else None
 
         @self._pc.on("track")
         def on_track(track) -> None:
-            self._tasks.append(asyncio.create_task(self._consume(track), name="loopback-consume"))
+            is_control = control is not None and track is control.receiver.track
+            consume = self._consume_control(track) if is_control else self._consume(track)
+            self._tasks.append(asyncio.create_task(consume, name="loopback-consume"))
 
         await self._pc.setLocalDescription(await self._pc.createOffer())
         await self._ws.send(json.dumps({"type": "offer", "sdp": self._pc.localDescription.sdp}))
         answer = await self._next_message("answer", timeout=30)
+        # The server follows its answer with the effective params; take them here, so that the echo awaited by
+        # `send_params` is never mistaken for them.
+        await self._file(await self._next_message("params", timeout=30))
         self.started = time.monotonic()
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         self._tasks.append(asyncio.create_task(self._read_messages(), name="loopback-messages"))
@@ -162,6 +171,15 @@ class LoopbackClient:
             if received % self.sample_every == 0:
                 self.record.samples.append((now, frame.to_ndarray(format="rgb24")))
             received += 1
+
+    async def _consume_control(self, track) -> None:
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            self.record.control_samples.append((time.monotonic(), frame.to_ndarray(format="rgb24")))
+            del self.record.control_samples[:-20]  # the latest few are all a test looks at
 
 
 def free_port() -> int:

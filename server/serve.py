@@ -9,7 +9,7 @@ import os
 import sys
 
 from pipelines import load_model, resolve_device
-from pipelines.presets import DEFAULT_CUDA_PRESET, OFFLINE_PRESET
+from pipelines.presets import CONTROLNETS, DEFAULT_CUDA_PRESET, OFFLINE_PRESET
 
 from .engine import reserve_a_core_for_media
 from .ice import restrict_ice_to_loopback
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"preset or local diffusers folder; auto = {DEFAULT_CUDA_PRESET} on CUDA, else {OFFLINE_PRESET}",
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    parser.add_argument(
+        "--controlnet", choices=sorted(CONTROLNETS), help="add a ControlNet of the model's family (canny)"
+    )
     parser.add_argument(
         "--token", default=os.environ.get("LCMLIVE_TOKEN"), help="require this token (or set LCMLIVE_TOKEN)"
     )
@@ -81,8 +84,9 @@ def main(args: argparse.Namespace) -> int:
     if warning:
         log.warning(warning)
     log.info("loading model %s on %s ...", model_name, device)
-    model = load_model(model_name, device=device)
-    log.info("model ready: %s (%s)", model_name, str(model.dtype).removeprefix("torch."))
+    model = load_model(model_name, device=device, controlnet=args.controlnet)
+    with_controlnet = f" + {args.controlnet} ControlNet" if args.controlnet else ""
+    log.info("model ready: %s%s (%s)", model_name, with_controlnet, str(model.dtype).removeprefix("torch."))
     threads = reserve_a_core_for_media(model.device)
     if model.device.type == "cpu":
         log.info("model runs on %d CPU thread(s); one core is left for video coding", threads)

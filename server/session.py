@@ -63,13 +63,7 @@ class Session:
         if tasks:
             await asyncio.wait(tasks, timeout=TASK_CANCEL_TIMEOUT_SECONDS)
         self._tasks.clear()
-        if self.worker is not None:
-            self.engine.remove(self.worker)
-            self.worker.output.stop()
-            self.worker = None
-        if self.pc is not None:
-            pc, self.pc = self.pc, None
-            await pc.close()
+        await self._drop_peer()
         if self.websocket.application_state == WebSocketState.CONNECTED:
             with contextlib.suppress(Exception):  # the client may already be gone
                 await self.websocket.close()
@@ -127,7 +121,7 @@ class Session:
             raise ProtocolError("no_video", "the offer has no video track; send the camera as a video track")
         self.pc = pc
         try:
-            await self._attach_media(pc, video[0])
+            await self._attach_media(pc, video)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as error:
             await self._drop_peer()
@@ -136,25 +130,36 @@ class Session:
         await self.send({"type": "params", **self.worker.effective()})
         self._start_task(self._stats_loop(), "stats")
 
-    async def _attach_media(self, pc: RTCPeerConnection, transceiver) -> None:
+    async def _attach_media(self, pc: RTCPeerConnection, video: list) -> None:
+        """Camera in and stylised video out on the first video m-line; a second one, if offered, gets the
+        ControlNet's Canny map."""
         pipeline = await self.engine.call(lambda: StreamPipeline(self.model, self.prompt_cache))
         output = StylisedTrack(self.stats)
-        self.worker = SessionWorker(pipeline, output, self.stats, self.engine.notify, self.session_specs)
-        pc.addTrack(output)  # reuses the offered video transceiver, so video returns on the same m-line
+        control_output = None
+        # addTrack fills the offered video transceivers in order, so video returns on the same m-lines.
+        pc.addTrack(output)
+        if len(video) > 1 and self.model.controlnet is not None:
+            control_output = StylisedTrack(SessionStats())  # its counts are not the viewer's picture's
+            pc.addTrack(control_output)
+        self.worker = SessionWorker(
+            pipeline, output, self.stats, self.engine.notify, self.session_specs, control_output
+        )
 
         @pc.on("connectionstatechange")
         async def on_state() -> None:
             if pc.connectionState in ("failed", "closed"):
                 self._ended.set()
 
-        camera = transceiver.receiver.track
+        camera = video[0].receiver.track
         self._start_task(pump_frames(camera, self.worker.submit), "pump")
         self.engine.add(self.worker)
 
     async def _drop_peer(self) -> None:
         if self.worker is not None:
             self.engine.remove(self.worker)
-            self.worker.output.stop()
+            for track in (self.worker.output, self.worker.control_output):
+                if track is not None:
+                    track.stop()
             self.worker = None
         if self.pc is not None:
             pc, self.pc = self.pc, None
