@@ -23,9 +23,11 @@ class ModelCallTimer:
         self.calls = 0
 
     @contextmanager
-    def attach(self, unet, vae, text_encoder) -> Iterator[ModelCallTimer]:
-        """Time `unet.forward`, `vae.encode`, `vae.decode` and `text_encoder.forward` while the block runs."""
+    def attach(self, unet, vae, text_encoder, extra=()) -> Iterator[ModelCallTimer]:
+        """Time `unet.forward`, `vae.encode`, `vae.decode`, `text_encoder.forward` and the `forward` of each
+        module in `extra` (None entries are skipped) while the block runs."""
         targets = [(unet, "forward"), (vae, "encode"), (vae, "decode"), (text_encoder, "forward")]
+        targets += [(module, "forward") for module in extra if module is not None]
         for module, name in targets:
             setattr(module, name, self._timed(getattr(module, name)))
         try:

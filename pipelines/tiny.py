@@ -110,6 +110,7 @@ def tiny_vae(seed: int = TINY_SEED) -> AutoencoderKL:
         latent_channels=4,
         norm_num_groups=8,
         sample_size=64,
+        force_upcast=False,  # fp16 is safe for it, as for the fp16-fix VAE the SDXL presets use
     )
 
 

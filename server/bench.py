@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import PIL.Image
 
-from pipelines import GuidanceKind, ModelComponents, StreamPipeline, load_model
+from pipelines import GuidanceKind, ModelComponents, StreamParams, StreamPipeline, load_model
+from pipelines.conditioning import canny_map
+from pipelines.params import MODES
+from pipelines.presets import CONTROLNETS
 from pipelines.synthetic import moving_pattern
 from pipelines.timing import ModelCallTimer
 
@@ -52,47 +55,70 @@ class RunStats:
         return statistics.median(f / m for f, m in zip(self.frame_seconds, self.model_seconds, strict=True))
 
 
-def reference_pipeline(components: ModelComponents):
-    """The diffusers img2img pipeline the LCM guide uses for this model family, on the same components."""
-    from diffusers import LatentConsistencyModelImg2ImgPipeline, LCMScheduler, StableDiffusionImg2ImgPipeline
+def reference_pipeline(components: ModelComponents, mode: str, controlnet: bool):
+    """The diffusers pipeline the LCM guide uses for this family, mode and ControlNet, on the same components."""
+    import diffusers
 
-    cls = (
-        LatentConsistencyModelImg2ImgPipeline
-        if components.preset.guidance is GuidanceKind.EMBEDDED
-        else StableDiffusionImg2ImgPipeline
-    )
-    pipe = cls(
-        unet=components.unet,
-        vae=components.vae,
-        text_encoder=components.text_encoder,
-        tokenizer=components.tokenizer,
-        scheduler=LCMScheduler.from_config(components.scheduler.config),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    sdxl = components.is_sdxl
+    embedded = components.preset.guidance is GuidanceKind.EMBEDDED
+    if controlnet:
+        name = {"img2img": "StableDiffusionControlNetImg2ImgPipeline", "txt2img": "StableDiffusionControlNetPipeline"}
+        name = name[mode].replace("StableDiffusion", "StableDiffusionXL") if sdxl else name[mode]
+    elif sdxl:
+        name = {"img2img": "StableDiffusionXLImg2ImgPipeline", "txt2img": "StableDiffusionXLPipeline"}[mode]
+    elif embedded:
+        name = {"img2img": "LatentConsistencyModelImg2ImgPipeline", "txt2img": "LatentConsistencyModelPipeline"}[mode]
+    else:
+        name = {"img2img": "StableDiffusionImg2ImgPipeline", "txt2img": "StableDiffusionPipeline"}[mode]
+    parts = {
+        "unet": components.unet,
+        "vae": components.vae,
+        "text_encoder": components.text_encoder,
+        "tokenizer": components.tokenizer,
+        "scheduler": diffusers.LCMScheduler.from_config(components.scheduler.config),
+    }
+    if sdxl:
+        parts.update(text_encoder_2=components.text_encoder_2, tokenizer_2=components.tokenizer_2)
+    else:
+        parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    if controlnet:
+        parts["controlnet"] = components.controlnet
+    pipe = getattr(diffusers, name)(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
-def run_pipeline_bench(args: argparse.Namespace) -> dict:
-    components = load_model(args.model, device=args.device)
+def guide_way(components: ModelComponents, params: StreamParams, controlnet: bool) -> Callable:
+    """One frame the LCM guide's way: PIL in, the diffusers pipeline, PIL out, Canny with OpenCV each frame."""
+    pipe = reference_pipeline(components, params.mode, controlnet)
+
+    def run(frame: np.ndarray) -> np.ndarray:
+        kwargs: dict = {"num_inference_steps": params.steps, "guidance_scale": params.guidance_scale}
+        if controlnet:
+            canny = PIL.Image.fromarray(canny_map(frame, params.canny_low, params.canny_high))
+            kwargs["controlnet_conditioning_scale"] = params.controlnet_scale
+        if params.mode == "img2img":
+            kwargs.update(image=PIL.Image.fromarray(frame), strength=params.strength)
+            if controlnet:
+                kwargs["control_image"] = canny
+        else:
+            kwargs.update(width=frame.shape[1], height=frame.shape[0])
+            if controlnet:
+                kwargs["image"] = canny
+        return np.asarray(pipe(params.prompt, output_type="pil", **kwargs).images[0])
+
+    return run
+
+
+def bench_combination(components: ModelComponents, args: argparse.Namespace, mode: str, controlnet: str) -> dict:
+    """The guide's way and the stream pipeline on the same frames, interleaved; the numbers of one combination."""
+    with_controlnet = controlnet != "none"
     stream = StreamPipeline(components)
-    stream.update(steps=args.steps, strength=args.strength)
-    params = stream.params
-    naive = reference_pipeline(components)
-
-    def naive_frame(frame: np.ndarray) -> np.ndarray:
-        result = naive(
-            params.prompt,
-            image=PIL.Image.fromarray(frame),
-            num_inference_steps=params.steps,
-            strength=params.strength,
-            guidance_scale=params.guidance_scale,
-            output_type="pil",
-        ).images[0]
-        return np.asarray(result)
-
+    changes = {"steps": args.steps, "strength": args.strength, "mode": mode}
+    if components.controlnet is not None:
+        changes["controlnet_scale"] = 0.5 if with_controlnet else 0.0
+    params = stream.update(**changes)
+    naive_frame = guide_way(components, params, with_controlnet)
     frames = [moving_pattern(args.size, args.size, i) for i in range(args.frames + args.warmup)]
     for frame in frames[: args.warmup]:
         naive_frame(frame)
@@ -100,7 +126,8 @@ def run_pipeline_bench(args: argparse.Namespace) -> dict:
     runs = {"naive": RunStats("diffusers pipeline + PIL"), "stream": RunStats("stream pipeline")}
     ways: dict[str, Callable[[np.ndarray], np.ndarray]] = {"naive": naive_frame, "stream": stream}
     timer = ModelCallTimer(components.device)
-    with timer.attach(components.unet, components.vae, components.text_encoder):
+    modules = [components.unet, components.vae, components.text_encoder]
+    with timer.attach(*modules, extra=[components.text_encoder_2, components.controlnet]):
         # Interleaved frame by frame, so that a noisy neighbour on the machine slows both ways alike.
         for frame in frames[args.warmup :]:
             for key, way in ways.items():
@@ -110,24 +137,18 @@ def run_pipeline_bench(args: argparse.Namespace) -> dict:
                 runs[key].frame_seconds.append(time.perf_counter() - start)
                 runs[key].model_seconds.append(timer.seconds)
     naive_stats, stream_stats = runs["naive"], runs["stream"]
-    print(
-        f"model {args.model} on {components.device} ({str(components.dtype).removeprefix('torch.')}), "
-        f"{args.size}x{args.size}, steps {params.steps}, strength {params.strength}, {args.frames} frames"
-    )
-    print(f"{'way':<26}{'median ms':>10}{'p95 ms':>9}{'fps':>8}{'model ms':>10}{'overhead':>10}")
+    print(f"\n{mode}, controlnet {controlnet}:")
+    print(f"  {'way':<26}{'median ms':>10}{'p95 ms':>9}{'fps':>8}{'model ms':>10}{'overhead':>10}")
     for run in (naive_stats, stream_stats):
         print(
-            f"{run.name:<26}{run.median_ms:>10.1f}{run.p95_ms:>9.1f}{run.fps:>8.2f}"
+            f"  {run.name:<26}{run.median_ms:>10.1f}{run.p95_ms:>9.1f}{run.fps:>8.2f}"
             f"{run.model_ms:>10.1f}{run.overhead_ratio:>10.3f}"
         )
     return {
-        "model": args.model,
-        "device": str(components.device),
-        "dtype": str(components.dtype).removeprefix("torch."),
-        "size": args.size,
+        "mode": mode,
+        "controlnet": controlnet,
         "steps": params.steps,
         "strength": params.strength,
-        "frames": args.frames,
         "naive_fps": round(naive_stats.fps, 3),
         "stream_fps": round(stream_stats.fps, 3),
         "speedup": round(stream_stats.fps / naive_stats.fps, 3),
@@ -140,6 +161,35 @@ def run_pipeline_bench(args: argparse.Namespace) -> dict:
     }
 
 
+def run_pipeline_bench(args: argparse.Namespace) -> dict:
+    modes = _choices(args.mode, MODES, "--mode")
+    controlnets = _choices(args.controlnet, ("none", *CONTROLNETS), "--controlnet")
+    kind = next((c for c in controlnets if c != "none"), None)
+    components = load_model(args.model, device=args.device, controlnet=kind)
+    print(
+        f"model {args.model} on {components.device} ({str(components.dtype).removeprefix('torch.')}), "
+        f"{args.size}x{args.size}, steps {args.steps}, strength {args.strength}, {args.frames} frames"
+    )
+    runs = [bench_combination(components, args, mode, cn) for mode in modes for cn in controlnets]
+    context = {
+        "model": args.model,
+        "device": str(components.device),
+        "dtype": str(components.dtype).removeprefix("torch."),
+        "size": args.size,
+        "frames": args.frames,
+    }
+    # The first combination's numbers stand at the top level; every combination is in "runs".
+    return {**context, **runs[0], "runs": runs}
+
+
+def _choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+    chosen = [v.strip() for v in value.split(",") if v.strip()]
+    wrong = [v for v in chosen if v not in allowed]
+    if wrong or not chosen:
+        raise ValueError(f"{flag}: {', '.join(wrong) or 'nothing'} not in {', '.join(allowed)}")
+    return chosen
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="preset name or local diffusers folder (default: tiny)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
@@ -148,6 +198,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float, default=0.5, help="img2img strength (default 0.5)")
     parser.add_argument("--frames", type=int, default=20, help="measured frames per way (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured frames first (default 2)")
+    parser.add_argument("--mode", default="img2img", help="img2img, txt2img or both comma-separated (default img2img)")
+    parser.add_argument("--controlnet", default="none", help="none, canny or both comma-separated (default none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--e2e", action="store_true", help="WebRTC loopback through the server instead")
     parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds for --e2e (default 15)")

@@ -29,3 +29,19 @@ def test_bench_rejects_a_bad_size():
     )
     assert result.returncode != 0
     assert "multiple of 64" in result.stderr
+
+
+def test_bench_reports_each_mode_and_controlnet_combination():
+    command = [sys.executable, "-m", "server.cli", "bench", "--model", "tiny-sdxl", "--size", "64", "--frames", "1"]
+    command += ["--mode", "img2img,txt2img", "--controlnet", "none,canny", "--json"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    combinations = {(run["mode"], run["controlnet"]) for run in report["runs"]}
+    assert combinations == {("img2img", "none"), ("img2img", "canny"), ("txt2img", "none"), ("txt2img", "canny")}
+    assert all(run["stream_fps"] > 0 and run["naive_fps"] > 0 for run in report["runs"])
+
+
+def test_bench_rejects_an_unknown_mode():
+    command = [sys.executable, "-m", "server.cli", "bench", "--size", "64", "--mode", "inpaint"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--mode" in result.stderr
