@@ -26,6 +26,7 @@ const STAT_LABELS = {
   latency_ms: "latency ms",
   size: "size",
   dropped: "dropped",
+  skipped: "skipped",
   state: "state",
 };
 

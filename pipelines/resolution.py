@@ -67,11 +67,11 @@ class ResolutionController:
     def budget(self) -> float:
         return 1.0 / self.target_fps
 
-    def configure(self, target_fps: float, max_side: int) -> None:
-        """New target or cap from the viewer: keep the current rung if it is still on the ladder."""
+    def configure(self, target_fps: float, max_side: int, floor: int) -> None:
+        """New target, cap or floor from the viewer: go to the rung nearest the current size."""
         side = self.side
         self.target_fps = target_fps
-        self.ladder = size_ladder(max_side, min(self.ladder[-1], max_side))
+        self.ladder = size_ladder(max_side, floor)
         self.index = min(range(len(self.ladder)), key=lambda i: abs(self.ladder[i] - side))
         self._reset_measurements()
 

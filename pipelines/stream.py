@@ -154,9 +154,18 @@ class StreamPipeline:
             notes.append(f"{len(plan.schedule.steps)} of {params.steps} steps run at this strength")
         return notes
 
-    def __call__(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> np.ndarray:
-        """Stylise one uint8 H x W x 3 frame; the result is uint8 at the processing `size` (width, height)."""
-        return to_uint8(self.render(frame, size))
+    def __call__(
+        self,
+        frame: np.ndarray | None,
+        size: tuple[int, int] | None = None,
+        output_size: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """Stylise one uint8 H x W x 3 frame; the result is uint8 at `output_size` (width, height), scaled on the
+        device, or at the processing `size` if none is given."""
+        image = self.render(frame, size)
+        if output_size is not None and image.shape[-2:] != (output_size[1], output_size[0]):
+            image = F.interpolate(image, size=(output_size[1], output_size[0]), mode="bilinear", align_corners=False)
+        return to_uint8(image)
 
     @torch.inference_mode()
     def render(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> torch.Tensor:

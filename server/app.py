@@ -22,7 +22,7 @@ from pipelines import ModelComponents, PromptCache, param_specs, params_json_sch
 from .engine import Engine
 from .protocol import error_message
 from .session import Session
-from .session_params import DEFAULT_MAX_RESOLUTION, session_specs
+from .session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, session_specs
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
 class ServerConfig:
     token: str | None = None
     max_sessions: int = 4
+    target_fps: float | None = None  # the viewers' starting target; None: by device
 
 
 def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
@@ -40,7 +41,10 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     engine = Engine()
     prompt_cache = PromptCache()
     sessions: set[Session] = set()
-    viewer_specs = session_specs(DEFAULT_MAX_RESOLUTION.get(model.device.type, 512))
+    device = model.device.type
+    viewer_specs = session_specs(
+        DEFAULT_MAX_RESOLUTION.get(device, 512), config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0)
+    )
     model_specs = param_specs(model.preset, controlnet=model.controlnet is not None)
     schema = params_json_schema({**model_specs, **viewer_specs})
 

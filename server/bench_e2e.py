@@ -57,7 +57,14 @@ async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict
     if not server.started:
         server.should_exit = True
         raise RuntimeError(f"the benchmark server did not start on 127.0.0.1:{port}")
-    params = {"steps": args.steps, "strength": args.strength, "max_resolution": args.size}
+    # A fixed size and no pacing: this benchmark measures the transport, not the adaptation.
+    params = {
+        "steps": args.steps,
+        "strength": args.strength,
+        "max_resolution": args.size,
+        "min_resolution": args.size,
+        "target_fps": 60,
+    }
     try:
         viewer = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "server.loopback", f"ws://127.0.0.1:{port}/ws", "--size", str(args.size)),

@@ -47,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--token", default=os.environ.get("LCMLIVE_TOKEN"), help="require this token (or set LCMLIVE_TOKEN)"
     )
     parser.add_argument("--max-sessions", type=int, default=4, help="most viewers at once (default 4)")
+    parser.add_argument(
+        "--target-fps", type=float, help="frame rate each viewer starts with (default 30 on CUDA, 8 on a CPU)"
+    )
     parser.add_argument("--cert", help="TLS certificate (PEM): browsers give the camera only to https off localhost")
     parser.add_argument("--key", help="TLS private key (PEM) for --cert")
     parser.add_argument(
@@ -91,7 +94,10 @@ def main(args: argparse.Namespace) -> int:
     if model.device.type == "cpu":
         log.info("model runs on %d CPU thread(s); one core is left for video coding", threads)
 
-    app = create_app(model, ServerConfig(token=args.token, max_sessions=args.max_sessions))
+    if args.target_fps is not None and not 1 <= args.target_fps <= 60:
+        raise ValueError(f"--target-fps must be between 1 and 60, got {args.target_fps}")
+    config = ServerConfig(token=args.token, max_sessions=args.max_sessions, target_fps=args.target_fps)
+    app = create_app(model, config)
     scheme = "https" if args.cert else "http"
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     query = f"?token={args.token}" if args.token else ""

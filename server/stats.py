@@ -22,8 +22,13 @@ class SessionStats:
     model_seconds: float = 0.0
     latency_seconds: float = 0.0
     queue_seconds: float = 0.0
-    width: int = 0
+    skipped: int = 0  # frames answered with the last picture by the similarity skip
+    width: int = 0  # processing size
     height: int = 0
+    output_width: int = 0  # the size the viewer gets, stable while the processing size adapts
+    output_height: int = 0
+    state: str = "starting"  # the resolution controller's
+    switches: int = 0
     # (sent at, latency) of the last frames sent, for percentiles (bounded: a long session keeps no history).
     recent_latencies: deque = field(default_factory=lambda: deque(maxlen=RECENT_LATENCIES), repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -60,6 +65,11 @@ class SessionStats:
                 "queue_ms": round(delta[5] / processed * 1000, 1),
                 "width": self.width,
                 "height": self.height,
+                "output_width": self.output_width,
+                "output_height": self.output_height,
+                "state": self.state,
+                "switches": self.switches,
+                "skipped": self.skipped,
                 "dropped": self.dropped_in + self.dropped_out,
                 "dropped_in": self.dropped_in,
                 "dropped_out": self.dropped_out,

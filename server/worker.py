@@ -7,9 +7,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import torch
 from av import VideoFrame
 
 from pipelines import ParamSpec, StreamPipeline, processing_size
+from pipelines.resolution import ResolutionController
 
 from .mailbox import LatestSlot
 from .session_params import SessionParams
@@ -43,6 +46,14 @@ class SessionWorker:
         self.stats = stats
         self.session_specs = session_specs
         self.session_params = SessionParams.defaults(session_specs)
+        self.controller = ResolutionController(
+            self.session_params.target_fps,
+            max_side=self.session_params.max_resolution,
+            floor=self.session_params.min_resolution,
+        )
+        # Similarity skip: a small grey thumbnail of the last camera frame that ran the model, and its result.
+        self._last_thumbnail: np.ndarray | None = None
+        self._last_result: np.ndarray | None = None
         self.inbox: LatestSlot[CameraFrame] = LatestSlot()
         self._wake = wake
         self._last_start = float("-inf")
@@ -76,27 +87,61 @@ class SessionWorker:
         if camera is None and self.pipeline.needs_frame:
             return
         self._last_start = now = time.monotonic()
-        max_side = self.session_params.max_resolution
-        if camera is None:  # txt2img before any camera frame: a square picture
-            width = height = max_side
-            rgb = None
-        else:
-            frame = camera.frame
-            width, height = processing_size(frame.width, frame.height, max_side)
-            # libswscale converts and scales in one pass, here on the engine thread, never on the event loop.
-            rgb = frame.to_ndarray(format="rgb24", width=width, height=height) if self.pipeline.needs_frame else None
-        start = time.perf_counter()
-        stylised = self.pipeline(rgb, size=(width, height))
-        model_seconds = time.perf_counter() - start
+        params = self.session_params
         # A txt2img picture is new when it is drawn; an img2img one is as old as its camera frame.
-        arrival = now if self.pipeline.params.mode == "txt2img" or camera is None else camera.arrival
+        txt2img = self.pipeline.params.mode == "txt2img"
+        arrival = now if txt2img or camera is None else camera.arrival
+        if camera is not None and not txt2img and self._similar_to_last(camera.frame):
+            self.output.publish(VideoFrame.from_ndarray(self._last_result, format="rgb24"), arrival)
+            self.stats.add(frames_processed=1, skipped=1, queue_seconds=camera.queue_seconds)
+            return
+        frame_width, frame_height = (camera.frame.width, camera.frame.height) if camera else (1, 1)
+        width, height = processing_size(frame_width, frame_height, self.controller.side)
+        # The viewer's picture keeps one size, whatever the processing size: OBS and the page never see it jump.
+        output_size = processing_size(frame_width, frame_height, params.max_resolution)
+        rgb = None
+        if camera is not None and self.pipeline.needs_frame:
+            # libswscale converts and scales in one pass, here on the engine thread, never on the event loop.
+            rgb = camera.frame.to_ndarray(format="rgb24", width=width, height=height)
+        start = time.perf_counter()
+        try:
+            stylised = self.pipeline(rgb, size=(width, height), output_size=output_size)
+        except torch.cuda.OutOfMemoryError:
+            self.controller.out_of_memory()  # this size does not fit: the next frame runs one rung smaller
+            torch.cuda.empty_cache()  # only raised on CUDA, so this is a CUDA call on a CUDA path
+            return
+        model_seconds = time.perf_counter() - start
+        self.controller.observe(model_seconds)
+        self._last_result = stylised
         self.output.publish(VideoFrame.from_ndarray(stylised, format="rgb24"), arrival)
         control = self.pipeline.last_control_image
         if self.control_output is not None and control is not None and self.pipeline.uses_controlnet:
             self.control_output.publish(VideoFrame.from_ndarray(control, format="rgb24"), arrival)
         self.stats.width, self.stats.height = width, height
+        self.stats.output_width, self.stats.output_height = output_size
+        self.stats.state, self.stats.switches = self.controller.state, self.controller.switches
         queue_seconds = camera.queue_seconds if camera is not None else 0.0
         self.stats.add(frames_processed=1, model_seconds=model_seconds, queue_seconds=queue_seconds)
+
+    def _similar_to_last(self, frame: VideoFrame) -> bool:
+        """Whether the camera barely changed since the last frame that ran the model (similarity skip).
+
+        The comparison is on a 32x32 grey thumbnail: deterministic, and cheap next to the model.
+        """
+        threshold = self.session_params.similarity_skip
+        if threshold <= 0:
+            self._last_thumbnail = None
+            return False
+        thumbnail = frame.to_ndarray(format="gray", width=32, height=32).astype(np.int16)
+        previous = self._last_thumbnail
+        similar = (
+            previous is not None
+            and self._last_result is not None
+            and float(np.abs(thumbnail - previous).mean()) < threshold
+        )
+        if not similar:
+            self._last_thumbnail = thumbnail
+        return similar
 
     def update(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Validate every change first; apply all or none. Returns the effective params and notes."""
@@ -108,6 +153,9 @@ class SessionWorker:
         session_params = self.session_params.replace(session_changes, self.session_specs)
         self.pipeline.update(**{k: v for k, v in changes.items() if k in self.pipeline.specs})
         self.session_params = session_params
+        self.controller.configure(
+            session_params.target_fps, session_params.max_resolution, session_params.min_resolution
+        )
         return self.effective()
 
     def effective(self) -> dict[str, Any]:

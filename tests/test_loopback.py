@@ -69,3 +69,26 @@ async def test_a_prompt_change_changes_the_stylised_frames(live_server):
     same_prompt = mean_abs_diff(before[-1], before[-2])
     new_prompt = mean_abs_diff(before[-1], after[-1])
     assert new_prompt > 2 * same_prompt + 2, (same_prompt, new_prompt)
+
+
+async def test_processing_size_adapts_while_the_picture_keeps_its_size(live_server):
+    async with LoopbackClient(live_server.ws_url, SIZE, SIZE, sample_every=1) as client:
+        # 60 fps is out of reach for the tiny model on a CPU: the controller must go down the ladder.
+        await client.send_params(target_fps=60, max_resolution=256, min_resolution=128)
+        await client.wait_for_frames(len(client.record.arrivals) + 12, timeout=90)
+        await asyncio.sleep(1.5)
+    last = client.record.stats[-1]
+    assert last["width"] < 256 and last["switches"] >= 1, last
+    assert last["state"] in {"down", "steady", "at floor", "headroom"}
+    assert {picture.shape for _, picture in client.record.samples[2:]} == {(256, 256, 3)}
+
+
+async def test_similarity_skip_reuses_the_last_picture_for_a_still_camera(live_server):
+    async with LoopbackClient(live_server.ws_url, SIZE, SIZE, still=True) as client:
+        await client.send_params(similarity_skip=2.0, target_fps=15)
+        start = len(client.record.arrivals)
+        await client.wait_for_frames(start + 8, timeout=60)
+        await asyncio.sleep(1.5)
+    last = client.record.stats[-1]
+    assert last["skipped"] > 0 and last["frames_out"] > last["skipped"] // 2
+    assert not client.record.errors

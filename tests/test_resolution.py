@@ -123,5 +123,5 @@ def test_out_of_memory_steps_down_and_blocks_the_rung():
 def test_a_new_cap_keeps_the_nearest_rung():
     controller = ResolutionController(10.0, max_side=512, floor=128, clock=lambda: 0.0)
     controller.index = controller.ladder.index(320)
-    controller.configure(target_fps=15.0, max_side=256)
+    controller.configure(target_fps=15.0, max_side=256, floor=128)
     assert controller.ladder == [256, 192, 128] and controller.side == 256
