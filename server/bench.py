@@ -202,7 +202,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--controlnet", default="none", help="none, canny or both comma-separated (default none)")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--e2e", action="store_true", help="WebRTC loopback through the server instead")
-    parser.add_argument("--seconds", type=float, default=15.0, help="measured seconds for --e2e (default 15)")
+    parser.add_argument(
+        "--adaptive", action="store_true", help="loopback with the model 2x slower half-way: does the rate hold?"
+    )
+    parser.add_argument("--seconds", type=float, help="measured seconds: --e2e 15, --adaptive 40 (default)")
+    parser.add_argument("--target-fps", type=float, help="--adaptive: the target (default 8 on a CPU, 30 on CUDA)")
+    parser.add_argument("--plot", default="artifacts/adaptive.png", help="--adaptive: where to write the plot")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -210,9 +215,15 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"lcmlive bench: --size must be a positive multiple of 64, got {args.size}")
     if args.frames < 1:
         raise SystemExit(f"lcmlive bench: --frames must be at least 1, got {args.frames}")
-    if args.e2e:
+    if args.adaptive:
+        from . import bench_adaptive
+
+        args.seconds = args.seconds or 40.0
+        result = bench_adaptive.main(args)
+    elif args.e2e:
         from . import bench_e2e
 
+        args.seconds = args.seconds or 15.0
         result = bench_e2e.main(args)
     else:
         result = run_pipeline_bench(args)

@@ -39,24 +39,7 @@ def pipeline_only(model: ModelComponents, args: argparse.Namespace) -> list[floa
 
 
 async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict:
-    """Serve `model` on 127.0.0.1 here; stream a 30 fps synthetic camera from a viewer in another process.
-
-    The viewer runs apart, as a real one would: in this process its RTP work would compete with the server's
-    event loop for the GIL and charge the server for the client's costs.
-    """
-    app = create_app(model, ServerConfig(max_sessions=1))
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio", log_level="warning", lifespan="on")
-    )
-    serving = asyncio.create_task(server.serve(), name="bench-server")
-    for _ in range(600):  # uvicorn exposes no start event; poll for at most 30 s
-        if server.started or serving.done():
-            break
-        await asyncio.sleep(0.05)
-    if not server.started:
-        server.should_exit = True
-        raise RuntimeError(f"the benchmark server did not start on 127.0.0.1:{port}")
+    """Serve `model` on 127.0.0.1 here; stream a 30 fps synthetic camera from a viewer in another process."""
     # A fixed size and no pacing: this benchmark measures the transport, not the adaptation.
     params = {
         "steps": args.steps,
@@ -65,34 +48,72 @@ async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict
         "min_resolution": args.size,
         "target_fps": 60,
     }
-    try:
-        viewer = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "server.loopback", f"ws://127.0.0.1:{port}/ws", "--size", str(args.size)),
-            *("--params", json.dumps(params), "--warmup", str(WARMUP_SECONDS), "--seconds", str(args.seconds)),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        session = await first_session(app, timeout=120)
-        output, _ = await asyncio.wait_for(viewer.communicate(), timeout=args.seconds + 180)
-        if viewer.returncode != 0:
-            raise RuntimeError(f"the loopback viewer failed (exit {viewer.returncode})")
-        measured = json.loads(output.decode().strip().splitlines()[-1])
+    async with BenchServer(model) as server:
+        viewer = await server.start_viewer(args.size, params, WARMUP_SECONDS, args.seconds)
+        session = await server.first_session()
+        measured = await server.viewer_result(viewer, args.seconds)
         window = (measured["window_start"], measured["window_end"])
         latencies = sorted(latency for sent, latency in session.stats.recent_latencies if window[0] <= sent < window[1])
-        final = session.stats.snapshot()
-    finally:
-        server.should_exit = True
-        await serving
-    return {**measured, "latencies": latencies, "final": final}
+        return {**measured, "latencies": latencies, "final": session.stats.snapshot()}
 
 
-async def first_session(app, timeout: float):
-    """The viewer's session, held here so its stats outlive its removal from the app when it disconnects."""
-    deadline = time.monotonic() + timeout
-    while not app.state.sessions:
-        if time.monotonic() > deadline:
-            raise RuntimeError("the loopback viewer never opened a session")
-        await asyncio.sleep(0.05)
-    return next(iter(app.state.sessions))
+class BenchServer:
+    """The web app on a free 127.0.0.1 port in this process, and loopback viewers in processes of their own.
+
+    The viewer runs apart, as a real one would: in this process its RTP work would compete with the server's
+    event loop for the GIL and charge the server for the client's costs.
+    """
+
+    def __init__(self, model: ModelComponents) -> None:
+        self.app = create_app(model, ServerConfig(max_sessions=1))
+        self.port = free_port()
+        self._server = uvicorn.Server(
+            uvicorn.Config(
+                self.app, host="127.0.0.1", port=self.port, ws="websockets-sansio", log_level="warning", lifespan="on"
+            )
+        )
+        self._serving: asyncio.Task | None = None
+
+    async def __aenter__(self) -> BenchServer:
+        self._serving = asyncio.create_task(self._server.serve(), name="bench-server")
+        for _ in range(600):  # uvicorn exposes no start event; poll for at most 30 s
+            if self._server.started or self._serving.done():
+                break
+            await asyncio.sleep(0.05)
+        if not self._server.started:
+            await self.__aexit__()
+            raise RuntimeError(f"the benchmark server did not start on 127.0.0.1:{self.port}")
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        self._server.should_exit = True
+        if self._serving is not None:
+            await self._serving
+
+    async def start_viewer(self, size: int, params: dict, warmup: float, seconds: float):
+        return await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "server.loopback", f"ws://127.0.0.1:{self.port}/ws", "--size", str(size)),
+            *("--params", json.dumps(params), "--warmup", str(warmup), "--seconds", str(seconds)),
+            stdout=asyncio.subprocess.PIPE,
+        )
+
+    async def viewer_result(self, viewer, seconds: float) -> dict:
+        output, _ = await asyncio.wait_for(viewer.communicate(), timeout=seconds + 180)
+        if viewer.returncode != 0:
+            raise RuntimeError(f"the loopback viewer failed (exit {viewer.returncode})")
+        result = json.loads(output.decode().strip().splitlines()[-1])
+        if result["errors"]:
+            raise RuntimeError(f"the server reported errors during the run: {result['errors']}")
+        return result
+
+    async def first_session(self, timeout: float = 120):
+        """The viewer's session, held so that its stats outlive its removal from the app when it disconnects."""
+        deadline = time.monotonic() + timeout
+        while not self.app.state.sessions:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the loopback viewer never opened a session")
+            await asyncio.sleep(0.05)
+        return next(iter(self.app.state.sessions))
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -104,8 +125,6 @@ def main(args: argparse.Namespace) -> dict:
     before = pipeline_only(model, args)
     run = asyncio.run(loopback_run(model, args))
     frame_seconds = statistics.median(before + pipeline_only(model, args))
-    if run["errors"]:
-        raise RuntimeError(f"the server reported errors during the run: {run['errors']}")
     latencies = run["latencies"]
     if not latencies:
         raise RuntimeError("no stylised frame arrived during the measured window")

@@ -203,6 +203,7 @@ async def measure(ws_url: str, size: int, params: dict, warmup: float, seconds: 
         "window_start": window_start,
         "window_end": window_end,
         "delivered_fps": client.record.fps_between(window_start, window_end),
+        "arrivals": client.record.arrivals,
         "errors": client.record.errors,
     }
 

@@ -1,0 +1,182 @@
+"""`lcmlive bench --adaptive`: the loopback with the model made 2x slower half-way; does the output hold the target?
+
+Writes a PNG plot of delivered fps and processing size over time, and reports how long the controller took to
+bring the frame rate back within ±10% of the target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines import ModelComponents, load_model
+
+from .bench_e2e import BenchServer
+from .engine import reserve_a_core_for_media
+from .ice import restrict_ice_to_loopback
+from .session_params import DEFAULT_TARGET_FPS
+from .video_bitrate import configure_video_bitrate
+
+SLOWDOWN = 2.0
+SAMPLE_EVERY_S = 0.25
+STAY_WITHIN_S = 2.0  # settled: the frame rate stays within the band this long
+TOLERANCE = 0.10
+FLOOR = 128
+
+
+class SlowedPipeline:
+    """A stream pipeline made `factor` times slower: after each frame it sleeps (factor - 1) x the frame's time.
+
+    A stand-in for a heavier model or a busier device, injected half-way through the run.
+    """
+
+    def __init__(self, pipeline, factor: float) -> None:
+        self._pipeline = pipeline
+        self._factor = factor
+
+    def __call__(self, *args: Any, **kwargs: Any):
+        start = time.perf_counter()
+        result = self._pipeline(*args, **kwargs)
+        time.sleep((self._factor - 1) * (time.perf_counter() - start))
+        return result
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipeline, name)
+
+
+async def adaptive_run(model: ModelComponents, args: argparse.Namespace, target_fps: float) -> dict:
+    params = {
+        "steps": args.steps,
+        "strength": args.strength,
+        "max_resolution": args.size,
+        "min_resolution": min(FLOOR, args.size),
+        "target_fps": target_fps,
+    }
+    async with BenchServer(model) as server:
+        viewer = await server.start_viewer(args.size, params, 0.0, args.seconds)
+        session = await server.first_session()
+        for _ in range(1200):  # the first frames, within a minute
+            if session.worker is not None and session.stats.frames_out >= 3:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise RuntimeError("no stylised frame came back within a minute")
+        worker = session.worker
+        start = time.monotonic()
+        slowed_at = start + args.seconds / 2
+        sides: list[tuple[float, int]] = []
+        while time.monotonic() < start + args.seconds:
+            now = time.monotonic()
+            if slowed_at <= now and not isinstance(worker.pipeline, SlowedPipeline):
+                await server.app.state.engine.call(
+                    lambda: setattr(worker, "pipeline", SlowedPipeline(worker.pipeline, SLOWDOWN))
+                )
+            sides.append((now, worker.controller.side))
+            await asyncio.sleep(SAMPLE_EVERY_S)
+        switches = worker.controller.switches
+        measured = await server.viewer_result(viewer, args.seconds)
+    return {
+        "arrivals": measured["arrivals"],
+        "sides": sides,
+        "start": start,
+        "slowed_at": slowed_at,
+        "switches": switches,
+    }
+
+
+def analyse(run: dict, target_fps: float, seconds: float) -> dict:
+    arrivals = run["arrivals"]
+    start, slowed_at = run["start"], run["slowed_at"]
+    times = [start + 1.0 + SAMPLE_EVERY_S * k for k in range(int((seconds - 1.0) / SAMPLE_EVERY_S) + 1)]
+    fps = [sum(1 for a in arrivals if t - 1.0 < a <= t) for t in times]
+
+    def within(value: float) -> bool:
+        return abs(value - target_fps) <= TOLERANCE * target_fps
+
+    settle_s = None
+    after = [(t, f) for t, f in zip(times, fps, strict=True) if t >= slowed_at]
+    for index, (t, _) in enumerate(after):
+        window = [f for u, f in after[index:] if u <= t + STAY_WITHIN_S]
+        if t + STAY_WITHIN_S <= times[-1] and all(within(f) for f in window):
+            settle_s = t - slowed_at
+            break
+    settled = [f for t, f in after if settle_s is not None and t >= slowed_at + settle_s]
+    before = [f for t, f in zip(times, fps, strict=True) if start + seconds / 4 <= t < slowed_at]
+    return {
+        "times": [t - start for t in times],
+        "fps": fps,
+        "settle_s": None if settle_s is None else round(settle_s, 2),
+        "fps_median_after_settle": round(statistics.median(settled), 2) if settled else None,
+        "fps_median_before_slowdown": round(statistics.median(before), 2) if before else None,
+    }
+
+
+def plot(path: Path, run: dict, analysis: dict, target_fps: float, model: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    start = run["start"]
+    figure, fps_axis = plt.subplots(figsize=(9, 4.5))
+    fps_axis.plot(analysis["times"], analysis["fps"], color="tab:blue", label="delivered fps (1 s window)")
+    fps_axis.axhspan(target_fps * (1 - TOLERANCE), target_fps * (1 + TOLERANCE), color="tab:green", alpha=0.15)
+    fps_axis.axhline(target_fps, color="tab:green", linestyle="--", label=f"target {target_fps:g} fps ±10%")
+    fps_axis.axvline(run["slowed_at"] - start, color="tab:red", linestyle=":", label=f"model {SLOWDOWN:g}x slower")
+    fps_axis.set_xlabel("seconds")
+    fps_axis.set_ylabel("frames per second")
+    fps_axis.set_ylim(bottom=0)
+    size_axis = fps_axis.twinx()
+    size_axis.step(
+        [t - start for t, _ in run["sides"]], [side for _, side in run["sides"]], color="tab:orange", where="post"
+    )
+    size_axis.set_ylabel("processing size, longest side (px)", color="tab:orange")
+    fps_axis.legend(loc="lower left", fontsize="small")
+    settle = analysis["settle_s"]
+    title = f"lcmlive bench --adaptive: {model}, settle {settle if settle is not None else 'never'} s"
+    fps_axis.set_title(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def main(args: argparse.Namespace) -> dict:
+    restrict_ice_to_loopback()
+    configure_video_bitrate()
+    model = load_model(args.model, device=args.device)
+    reserve_a_core_for_media(model.device)  # as `lcmlive serve` does
+    target_fps = args.target_fps or DEFAULT_TARGET_FPS.get(model.device.type, 30.0)
+    run = asyncio.run(adaptive_run(model, args, target_fps))
+    analysis = analyse(run, target_fps, args.seconds)
+    plot(Path(args.plot), run, analysis, target_fps, args.model)
+    sides = [side for _, side in run["sides"]]
+    result = {
+        "mode": "adaptive",
+        "model": args.model,
+        "device": str(model.device),
+        "max_resolution": args.size,
+        "seconds": args.seconds,
+        "slowdown": SLOWDOWN,
+        "fps_target": target_fps,
+        "fps_median_before_slowdown": analysis["fps_median_before_slowdown"],
+        "fps_median_after_settle": analysis["fps_median_after_settle"],
+        "settle_s": analysis["settle_s"],
+        "switches": run["switches"],
+        "sizes_used": sorted(set(sides), reverse=True),
+        "plot": str(args.plot),
+    }
+    print(
+        f"adaptive loopback: model {args.model} on {model.device}, target {target_fps:g} fps, "
+        f"max {args.size}px, model {SLOWDOWN:g}x slower after {args.seconds / 2:.0f} s"
+    )
+    print(f"  fps before the slowdown (median)   {result['fps_median_before_slowdown']}")
+    print(f"  settled after                      {result['settle_s']} s")
+    print(f"  fps after settling (median)        {result['fps_median_after_settle']}")
+    print(f"  size switches                      {result['switches']}  (sizes used: {result['sizes_used']})")
+    print(f"  plot                               {args.plot}")
+    return result
