@@ -7,6 +7,7 @@ headroom and a minimum dwell), and a rung that proved too slow is not retried fo
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import deque
@@ -33,6 +34,8 @@ class ControllerSettings:
     up_after_s: float = 10.0  # ... sustained this long, and at least this long since the last switch
     settle_frames: int = 2  # frames ignored after a switch: the first ones at a new size run cold
     blocked_s: float = 60.0  # a rung that proved too slow (or ran out of memory) is not retried for this long
+    # Frame time ~ side ** exponent. 2 (pixel count) until measured: fixed per-frame costs make it smaller.
+    initial_exponent: float = 2.0
 
 
 class ResolutionController:
@@ -58,6 +61,8 @@ class ResolutionController:
         self._last_switch = clock()
         self._headroom_since: float | None = None
         self._blocked_until: dict[int, float] = {}
+        self.exponent = self.settings.initial_exponent
+        self._left: tuple[int, float] | None = None  # (side, typical frame time) of the rung just left
 
     @property
     def side(self) -> int:
@@ -86,6 +91,7 @@ class ResolutionController:
         if len(window) < self.settings.down_window:
             return
         typical = statistics.median(window)
+        self._learn_exponent(typical)
         if typical >= self.budget * self.settings.over_budget:
             if self.index < len(self.ladder) - 1:
                 self._step_down(typical, now)
@@ -131,8 +137,21 @@ class ResolutionController:
             self.state = "headroom"
 
     def _predict(self, seconds_here: float, index: int) -> float:
-        """Frame time at another rung, scaling with pixel count (the aspect ratio is the same on every rung)."""
-        return seconds_here * (self.ladder[index] / self.side) ** 2
+        """Frame time at another rung, by the learnt power of the side (the aspect ratio is the same on every rung)."""
+        return seconds_here * (self.ladder[index] / self.side) ** self.exponent
+
+    def _learn_exponent(self, typical: float) -> None:
+        """After a switch, the times just before and just after it give the real cost-versus-size exponent.
+
+        Two measurements a few frames apart see the same load, so a slower device does not bias the estimate.
+        """
+        if self._left is None:
+            return
+        side, seconds = self._left
+        self._left = None
+        if side != self.side and seconds > 0 and typical > 0:
+            measured = math.log(seconds / typical) / math.log(side / self.side)
+            self.exponent = min(2.5, max(0.5, measured))
 
     def _block(self, side: int, now: float) -> None:
         self._blocked_until[side] = now + self.settings.blocked_s
@@ -140,6 +159,8 @@ class ResolutionController:
     def _switch_to(self, index: int, why: str) -> None:
         if index == self.index:
             return
+        if len(self._recent) >= self.settings.down_window:
+            self._left = (self.side, statistics.median(list(self._recent)[-self.settings.down_window :]))
         self.index = index
         self.switches += 1
         self.state = why

@@ -193,8 +193,8 @@ def _choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="preset name or local diffusers folder (default: tiny)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    parser.add_argument("--size", type=int, default=512, help="square frame side in pixels (default 512)")
-    parser.add_argument("--steps", type=int, default=4, help="LCM steps per frame, 1-4 (default 4)")
+    parser.add_argument("--size", type=int, help="square frame side in pixels (default 512; 256 through WebRTC)")
+    parser.add_argument("--steps", type=int, help="LCM steps per frame, 1-4 (default 4; 2 through WebRTC)")
     parser.add_argument("--strength", type=float, default=0.5, help="img2img strength (default 0.5)")
     parser.add_argument("--frames", type=int, default=20, help="measured frames per way (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured frames first (default 2)")
@@ -206,11 +206,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--adaptive", action="store_true", help="loopback with the model 2x slower half-way: does the rate hold?"
     )
     parser.add_argument("--seconds", type=float, help="measured seconds: --e2e 15, --adaptive 40 (default)")
-    parser.add_argument("--target-fps", type=float, help="--adaptive: the target (default 8 on a CPU, 30 on CUDA)")
+    parser.add_argument(
+        "--target-fps", type=float, help="--adaptive: the target (default: what the largest size just holds)"
+    )
     parser.add_argument("--plot", default="artifacts/adaptive.png", help="--adaptive: where to write the plot")
 
 
 def main(args: argparse.Namespace) -> int:
+    through_webrtc = args.e2e or args.adaptive
+    args.size = args.size or (256 if through_webrtc else 512)
+    args.steps = args.steps or (2 if through_webrtc else 4)
     if args.size % 64 or args.size < 64:
         raise SystemExit(f"lcmlive bench: --size must be a positive multiple of 64, got {args.size}")
     if args.frames < 1:

@@ -12,9 +12,16 @@ TARGET_FPS = 10.0
 class SimulatedStream:
     """A model whose frame time grows with the pixel count, paced at the target rate, on a fake clock."""
 
-    def __init__(self, seconds_at_256: float = 0.05, target_fps: float = TARGET_FPS, max_side: int = 512):
+    def __init__(
+        self,
+        seconds_at_256: float = 0.05,
+        target_fps: float = TARGET_FPS,
+        max_side: int = 512,
+        fixed_seconds: float = 0.0,
+    ):
         self.now = 0.0
         self.seconds_at_256 = seconds_at_256
+        self.fixed_seconds = fixed_seconds  # per-frame cost that does not shrink with the picture
         self.slowdown = 1.0
         self.target_fps = target_fps
         self.controller = ResolutionController(target_fps, max_side=max_side, floor=128, clock=lambda: self.now)
@@ -22,7 +29,7 @@ class SimulatedStream:
         self.sides: list[tuple[float, int]] = []
 
     def frame_seconds(self, side: int) -> float:
-        return self.seconds_at_256 * self.slowdown * (side / 256) ** 2
+        return self.slowdown * (self.fixed_seconds + self.seconds_at_256 * (side / 256) ** 2)
 
     def run(self, seconds: float) -> None:
         end = self.now + seconds
@@ -35,6 +42,9 @@ class SimulatedStream:
             self.delivered.append(self.now)
             self.sides.append((self.now, side))
             self.now = max(self.now, start + 1 / self.target_fps)  # the engine never runs ahead of the target
+
+    def within_target(self, fps: float) -> bool:
+        return abs(fps - self.target_fps) <= 0.1 * self.target_fps
 
     def fps_at(self, t: float) -> float:
         """Frames delivered in the second before `t`."""
@@ -125,3 +135,18 @@ def test_a_new_cap_keeps_the_nearest_rung():
     controller.index = controller.ladder.index(320)
     controller.configure(target_fps=15.0, max_side=256, floor=128)
     assert controller.ladder == [256, 192, 128] and controller.side == 256
+
+
+def test_learns_that_small_sizes_cost_more_than_their_pixels():
+    """Real models have per-frame costs that do not shrink with the picture (the tiny CPU model: 88 ms at 128 px,
+    199 ms at 256 px). After one switch the controller knows, and jumps straight to a rung that fits."""
+    sim = SimulatedStream(seconds_at_256=0.12, fixed_seconds=0.08, target_fps=4.0)
+    sim.run(20.0)
+    assert sim.within_target(sim.fps_at(20.0))
+    assert sim.controller.exponent < 1.8
+    sim.slowdown = 2.0
+    slowed_at = sim.now
+    sim.run(20.0)
+    recovered = [t for t in (slowed_at + 0.25 * k for k in range(1, 80)) if sim.within_target(sim.fps_at(t))]
+    assert recovered and recovered[0] - slowed_at <= 3.0
+    assert sim.switches_between(slowed_at, sim.now) == 1
