@@ -2,15 +2,17 @@
 
 from .components import ModelComponents
 from .devices import default_dtype, resolve_device
+from .executor import FrameExecutor
 from .loading import ModelUnavailableError, load_model
 from .params import ParamSpec, StreamParams, default_params, param_specs, params_json_schema
 from .presets import PRESETS, GuidanceKind, ModelPreset, ScheduleKind, get_preset
 from .prompt_cache import PromptCache
-from .stream import StreamPipeline, check_frame, processing_size, to_uint8
+from .stream import StreamPipeline, check_frame, processing_size
 
 __all__ = [
     "PRESETS",
     "GuidanceKind",
+    "FrameExecutor",
     "ModelComponents",
     "ModelPreset",
     "ModelUnavailableError",
@@ -28,5 +30,4 @@ __all__ = [
     "params_json_schema",
     "processing_size",
     "resolve_device",
-    "to_uint8",
 ]

@@ -162,13 +162,30 @@ class StreamPipeline:
     ) -> np.ndarray:
         """Stylise one uint8 H x W x 3 frame; the result is uint8 at `output_size` (width, height), scaled on the
         device, or at the processing `size` if none is given."""
-        image = self.render(frame, size)
-        if output_size is not None and image.shape[-2:] != (output_size[1], output_size[0]):
-            image = F.interpolate(image, size=(output_size[1], output_size[0]), mode="bilinear", align_corners=False)
-        return to_uint8(image)
+        return self.stylise_on_device(frame, size, output_size).cpu().numpy()
 
     @torch.inference_mode()
-    def render(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> torch.Tensor:
+    def stylise_on_device(
+        self,
+        frame: np.ndarray | None,
+        size: tuple[int, int] | None = None,
+        output_size: tuple[int, int] | None = None,
+        pixels: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """As `__call__`, but the result stays on the device (uint8 H x W x 3) for the caller to fetch.
+
+        `pixels`: the frame already on the device (uint8 H x W x 3), as the double-buffered executor uploads it.
+        """
+        image = self.render(frame, size, pixels)
+        if output_size is not None and image.shape[-2:] != (output_size[1], output_size[0]):
+            image = F.interpolate(image, size=(output_size[1], output_size[0]), mode="bilinear", align_corners=False)
+        # Rounded as diffusers' numpy_to_pil does.
+        return (image[0] * 255).round().to(torch.uint8).permute(1, 2, 0)
+
+    @torch.inference_mode()
+    def render(
+        self, frame: np.ndarray | None, size: tuple[int, int] | None = None, pixels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The float image in [0, 1] (1 x 3 x H x W, on the device) before quantisation to uint8.
 
         `frame` may be None only in txt2img mode without ControlNet, and then `size` is required.
@@ -190,12 +207,13 @@ class StreamPipeline:
             latents = noise.first
         else:
             noise = self._noise_for(plan, (height, width))
-            latents = self._encode(plan, self._to_model_input(frame, width, height), noise)
+            if pixels is None:
+                pixels = torch.from_numpy(np.ascontiguousarray(frame)).to(self.components.device)
+            latents = self._encode(plan, self._to_model_input(pixels, width, height), noise)
         return self._denoise(plan, latents, noise, control, width, height)
 
-    def _to_model_input(self, frame: np.ndarray, width: int, height: int) -> torch.Tensor:
+    def _to_model_input(self, pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
         c = self.components
-        pixels = torch.from_numpy(np.ascontiguousarray(frame)).to(c.device, non_blocking=True)
         # Channels-last, like the modules (see ModelComponents.to). Then the same float32 arithmetic as diffusers'
         # VaeImageProcessor: x / 255, then 2x - 1.
         image = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
@@ -368,8 +386,3 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
         return ((1 - t) * a32 + t * b32).to(a.dtype)
     sin = torch.sin(angle)
     return ((torch.sin((1 - t) * angle) / sin) * a32 + (torch.sin(t * angle) / sin) * b32).to(a.dtype)
-
-
-def to_uint8(image: torch.Tensor) -> np.ndarray:
-    """1 x 3 x H x W float in [0, 1] to H x W x 3 uint8 on the host, rounded as diffusers' numpy_to_pil does."""
-    return (image[0] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()

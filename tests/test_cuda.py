@@ -52,3 +52,30 @@ def test_sd15_arch_runs_a_512_frame_in_fp16():
     pipe.update(steps=1, strength=0.5)
     out = pipe(moving_pattern(512, 512, 0))
     assert out.shape == (512, 512, 3) and out.dtype == np.uint8
+
+
+def test_double_buffering_overlaps_copies_with_compute_and_matches_the_plain_path():
+    from pipelines import FrameExecutor
+
+    components = load_model("sd15-arch", device="cuda")
+    pipe = StreamPipeline(components)
+    pipe.update(steps=2, strength=0.5)
+    frames = [moving_pattern(512, 512, i) for i in range(8)]
+    executor = FrameExecutor(components.device)
+    results, tickets = [], []
+    for frame in frames:
+        if executor.in_flight == 2:
+            results.append(executor.result(tickets[len(results)])[0])
+        tickets.append(executor.submit(pipe, frame))
+    while len(results) < len(tickets):
+        results.append(executor.result(tickets[len(results)])[0])
+    # Same numbers as one frame at a time (same kernels, same order per frame).
+    for frame, picture in zip(frames[-2:], results[-2:], strict=True):
+        assert np.abs(pipe(frame).astype(int) - picture).max() <= 1
+    timeline = dict(executor.timeline)
+    overlapped = 0
+    for ticket in tickets[2:-1]:
+        # Frame N+1's upload starts before frame N's compute ends: the copy stream ran during compute.
+        if timeline[ticket + 1]["upload"][0] < timeline[ticket]["compute"][1]:
+            overlapped += 1
+    assert overlapped >= len(tickets[2:-1]) - 1, timeline

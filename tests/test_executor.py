@@ -1,0 +1,92 @@
+"""The double-buffered executor on the CPU: in order, nothing lost or duplicated, identical to the plain path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines import FrameExecutor, StreamPipeline
+from pipelines.synthetic import moving_pattern
+
+
+@pytest.fixture
+def executor(tiny):
+    executor = FrameExecutor(tiny.device)
+    yield executor
+    executor.close()
+
+
+def test_results_come_back_in_order_identical_to_the_unbuffered_path(tiny, executor):
+    pipe = StreamPipeline(tiny)
+    frames = [moving_pattern(128, 64, i) for i in range(7)]
+    expected = [pipe(frame) for frame in frames]
+    results, tickets = [], []
+    # Submit ahead: two in flight, collect the oldest, submit the next.
+    for frame in frames:
+        if executor.in_flight == 2:
+            results.append(executor.result(tickets[len(results)]))
+        tickets.append(executor.submit(pipe, frame))
+    while len(results) < len(tickets):
+        results.append(executor.result(tickets[len(results)]))
+    assert tickets == list(range(7))
+    assert len(results) == len(frames)
+    for (picture, model_seconds), reference in zip(results, expected, strict=True):
+        assert np.array_equal(picture, reference)
+        assert model_seconds > 0
+
+
+def test_two_viewers_pipelines_share_one_executor(tiny, executor):
+    first, second = StreamPipeline(tiny), StreamPipeline(tiny)
+    second.update(prompt="a different prompt", seed=9)
+    frame = moving_pattern(64, 64, 1)
+    a = executor.submit(first, frame)
+    b = executor.submit(second, frame)
+    assert np.array_equal(executor.result(a)[0], first(frame))
+    assert np.array_equal(executor.result(b)[0], second(frame))
+
+
+def test_output_size_and_txt2img_go_through_too(tiny, executor):
+    pipe = StreamPipeline(tiny)
+    pipe.update(mode="txt2img")
+    ticket = executor.submit(pipe, None, size=(64, 64), output_size=(128, 128))
+    picture, _ = executor.result(ticket)
+    assert picture.shape == (128, 128, 3)
+
+
+def test_out_of_order_collection_and_a_third_frame_in_flight_are_refused(tiny, executor):
+    pipe = StreamPipeline(tiny)
+    frame = moving_pattern(64, 64, 0)
+    first = executor.submit(pipe, frame)
+    second = executor.submit(pipe, frame)
+    with pytest.raises(RuntimeError, match="in flight"):
+        executor.submit(pipe, frame)
+    with pytest.raises(ValueError, match="in order"):
+        executor.result(second)
+    executor.result(first)
+    executor.result(second)
+    with pytest.raises(ValueError):
+        executor.result(second)  # each result exactly once
+
+
+def test_an_error_in_one_frame_reaches_its_collector_and_the_next_frame_runs(tiny, executor):
+    pipe = StreamPipeline(tiny)
+    bad = executor.submit(pipe, np.zeros((64, 64), np.uint8))
+    good = executor.submit(pipe, moving_pattern(64, 64, 0))
+    with pytest.raises(ValueError, match="H x W x 3"):
+        executor.result(bad)
+    assert executor.result(good)[0].shape == (64, 64, 3)
+
+
+def test_cpu_executor_makes_no_cuda_call(tiny, monkeypatch):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a CUDA call on the CPU path")
+
+    for name in ("synchronize", "current_stream", "Stream", "Event", "stream"):
+        monkeypatch.setattr(torch.cuda, name, refuse)
+    executor = FrameExecutor(tiny.device)
+    try:
+        ticket = executor.submit(StreamPipeline(tiny), moving_pattern(64, 64, 0))
+        assert executor.result(ticket)[0].shape == (64, 64, 3)
+    finally:
+        executor.close()
