@@ -38,7 +38,7 @@ class ServerConfig:
 
 def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     """The ASGI app serving one loaded model to up to `config.max_sessions` viewers."""
-    engine = Engine()
+    engine = Engine(model.device)
     prompt_cache = PromptCache()
     sessions: set[Session] = set()
     device = model.device.type

@@ -1,7 +1,8 @@
-"""The engine thread: owns the model, takes the newest frame of each session in turn, and runs the pipeline.
+"""The engine thread: owns the device, takes the newest frame of each session in turn, and keeps the model busy.
 
 The asyncio loop never runs model work; this thread never awaits. Sessions hand it frames through one-slot
-mailboxes and parameter changes through `call`, which it runs between frames.
+mailboxes and parameter changes through `call`, which it runs between frames. Frames go through a double-buffered
+executor: while the model runs one, this thread converts the next and publishes the last.
 """
 
 from __future__ import annotations
@@ -17,6 +18,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import torch
+
+from pipelines import FrameExecutor
+from pipelines.executor import SLOTS
+
+from .worker import FrameJob
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +42,19 @@ def reserve_a_core_for_media(device: torch.device) -> int:
 
 
 class EngineClient(Protocol):
-    """What the engine needs from a session: whether it has work now, and a way to do one frame of it."""
+    """What the engine needs from a session: whether it has work now, and the next frame's job."""
 
     def next_due(self, now: float) -> float | None:
         """Monotonic time at which the session wants a frame processed; None when it has no frame waiting."""
 
-    def process_one(self) -> None: ...
+    def prepare(self) -> FrameJob | None: ...
 
 
 class Engine:
     """One thread per device, one model in memory, shared fairly by every session (round robin)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.executor = FrameExecutor(device)
         self._wake = threading.Condition()
         self._clients: list[EngineClient] = []
         self._commands: deque[tuple[Callable[[], Any], asyncio.Future]] = deque()
@@ -64,6 +71,7 @@ class Engine:
             self._wake.notify_all()
         if self._thread.is_alive():
             self._thread.join(timeout)
+        self.executor.close()
 
     @property
     def client_count(self) -> int:
@@ -95,21 +103,44 @@ class Engine:
         return await future
 
     def _run(self) -> None:
+        in_flight: deque[tuple[int, FrameJob]] = deque()
         while True:
             with self._wake:
-                command, client = self._wait_for_work()
-                if command is None and client is None:
-                    return
+                # With frames in flight, never sleep: collect the oldest instead.
+                command, client = self._wait_for_work(block=not in_flight)
+                if self._stopping:
+                    break
             if command is not None:
                 self._run_command(*command)
             elif client is not None:
-                try:
-                    client.process_one()
-                except Exception:  # one session's failure must not stop the others' video
-                    log.exception("frame processing failed")
+                job = self._guarded(client.prepare)
+                if job is not None:
+                    in_flight.append((self.executor.submit(job.pipeline, job.frame, job.size, job.output_size), job))
+            # Collect once both slots are busy (the next frame is staged), or when nothing else is waiting.
+            if in_flight and (len(in_flight) == SLOTS or client is None):
+                self._collect(*in_flight.popleft())
+        while in_flight:
+            self._collect(*in_flight.popleft())
 
-    def _wait_for_work(self) -> tuple[tuple | None, EngineClient | None]:
-        """Under the lock: the next command, else the next due session in round-robin order."""
+    def _collect(self, ticket: int, job: FrameJob) -> None:
+        try:
+            picture, model_seconds = self.executor.result(ticket)
+        except Exception as error:  # the frame's own failure, raised again here by the executor
+            self._guarded(job.fail, error)
+        else:
+            self._guarded(job.finish, picture, model_seconds)
+
+    @staticmethod
+    def _guarded(call: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return call(*args)
+        except Exception:  # one session's failure must not stop the others' video
+            log.exception("frame processing failed")
+            return None
+
+    def _wait_for_work(self, block: bool = True) -> tuple[tuple | None, EngineClient | None]:
+        """Under the lock: the next command, else the next due session in round-robin order (None, None when
+        there is nothing and `block` is false)."""
         while not self._stopping:
             if self._commands:
                 return self._commands.popleft(), None
@@ -125,6 +156,8 @@ class Engine:
                     self._next_index = (index + 1) % count
                     return None, self._clients[index]
                 earliest = due if earliest is None else min(earliest, due)
+            if not block:
+                return None, None
             self._wake.wait(timeout=0.5 if earliest is None else max(earliest - now, 0.0))
         for _, future in self._commands:
             _resolve(future, error=RuntimeError("the engine stopped"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,18 @@ from .tracks import StylisedTrack
 
 
 @dataclass(frozen=True)
+class FrameJob:
+    """One frame for the engine's executor, and what to do with its result."""
+
+    pipeline: StreamPipeline
+    frame: np.ndarray | None
+    size: tuple[int, int]
+    output_size: tuple[int, int]
+    finish: Callable[[np.ndarray, float], None]
+    fail: Callable[[BaseException], None]
+
+
+@dataclass(frozen=True)
 class CameraFrame:
     frame: VideoFrame
     arrival: float  # time.monotonic() when the pump received it
@@ -28,8 +41,8 @@ class CameraFrame:
 
 
 class SessionWorker:
-    """Implements the engine's client interface for one viewer. Only the engine thread calls `process_one`
-    and `update`; the pump calls `submit` from the event loop."""
+    """Implements the engine's client interface for one viewer. Only the engine thread calls `prepare`, the
+    jobs' callbacks and `update`; the pump calls `submit` from the event loop."""
 
     def __init__(
         self,
@@ -78,50 +91,57 @@ class SessionWorker:
             return None
         return self._last_start + 1.0 / self.session_params.target_fps
 
-    def process_one(self) -> None:
+    def prepare(self) -> FrameJob | None:
+        """Take the newest camera frame and convert it for the model; None when there is nothing to run.
+
+        A frame the similarity skip answers with the last picture is published here and runs nothing.
+        """
         camera = self.inbox.take()
         if camera is not None:
             self._last_camera = camera
         elif self._draws_without_camera:
             camera = self._last_camera
         if camera is None and self.pipeline.needs_frame:
-            return
+            return None
         self._last_start = now = time.monotonic()
-        params = self.session_params
         # A txt2img picture is new when it is drawn; an img2img one is as old as its camera frame.
         txt2img = self.pipeline.params.mode == "txt2img"
         arrival = now if txt2img or camera is None else camera.arrival
+        queue_seconds = camera.queue_seconds if camera is not None else 0.0
         if camera is not None and not txt2img and self._similar_to_last(camera.frame):
             self.output.publish(VideoFrame.from_ndarray(self._last_result, format="rgb24"), arrival)
-            self.stats.add(frames_processed=1, skipped=1, queue_seconds=camera.queue_seconds)
-            return
+            self.stats.add(frames_processed=1, skipped=1, queue_seconds=queue_seconds)
+            return None
         frame_width, frame_height = (camera.frame.width, camera.frame.height) if camera else (1, 1)
-        width, height = processing_size(frame_width, frame_height, self.controller.side)
+        size = processing_size(frame_width, frame_height, self.controller.side)
         # The viewer's picture keeps one size, whatever the processing size: OBS and the page never see it jump.
-        output_size = processing_size(frame_width, frame_height, params.max_resolution)
+        output_size = processing_size(frame_width, frame_height, self.session_params.max_resolution)
         rgb = None
         if camera is not None and self.pipeline.needs_frame:
-            # libswscale converts and scales in one pass, here on the engine thread, never on the event loop.
-            rgb = camera.frame.to_ndarray(format="rgb24", width=width, height=height)
-        start = time.perf_counter()
-        try:
-            stylised = self.pipeline(rgb, size=(width, height), output_size=output_size)
-        except torch.cuda.OutOfMemoryError:
+            # libswscale converts and scales in one pass, on the engine thread (never on the event loop), while
+            # the executor runs the previous frame on the model.
+            rgb = camera.frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+
+        def finish(stylised: np.ndarray, model_seconds: float) -> None:
+            self.controller.observe(model_seconds)
+            self._last_result = stylised
+            self.output.publish(VideoFrame.from_ndarray(stylised, format="rgb24"), arrival)
+            control = self.pipeline.last_control_image
+            if self.control_output is not None and control is not None and self.pipeline.uses_controlnet:
+                self.control_output.publish(VideoFrame.from_ndarray(control, format="rgb24"), arrival)
+            self.stats.width, self.stats.height = size
+            self.stats.output_width, self.stats.output_height = output_size
+            self.stats.state, self.stats.switches = self.controller.state, self.controller.switches
+            self.stats.add(frames_processed=1, model_seconds=model_seconds, queue_seconds=queue_seconds)
+
+        return FrameJob(self.pipeline, rgb, size, output_size, finish, self._failed)
+
+    def _failed(self, error: BaseException) -> None:
+        if isinstance(error, torch.cuda.OutOfMemoryError):
             self.controller.out_of_memory()  # this size does not fit: the next frame runs one rung smaller
             torch.cuda.empty_cache()  # only raised on CUDA, so this is a CUDA call on a CUDA path
             return
-        model_seconds = time.perf_counter() - start
-        self.controller.observe(model_seconds)
-        self._last_result = stylised
-        self.output.publish(VideoFrame.from_ndarray(stylised, format="rgb24"), arrival)
-        control = self.pipeline.last_control_image
-        if self.control_output is not None and control is not None and self.pipeline.uses_controlnet:
-            self.control_output.publish(VideoFrame.from_ndarray(control, format="rgb24"), arrival)
-        self.stats.width, self.stats.height = width, height
-        self.stats.output_width, self.stats.output_height = output_size
-        self.stats.state, self.stats.switches = self.controller.state, self.controller.switches
-        queue_seconds = camera.queue_seconds if camera is not None else 0.0
-        self.stats.add(frames_processed=1, model_seconds=model_seconds, queue_seconds=queue_seconds)
+        raise error
 
     def _similar_to_last(self, frame: VideoFrame) -> bool:
         """Whether the camera barely changed since the last frame that ran the model (similarity skip).
