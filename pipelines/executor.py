@@ -4,17 +4,17 @@ On CUDA: two slots, each with pinned host buffers and device buffers. Uploads of
 N-1 run on a copy stream while frame N runs on the compute stream, ordered by CUDA events; the host waits only on
 the event of the result it asks for, never on the whole device.
 
-On the CPU the same interface runs the model on a worker thread of its own, so that whatever the caller does
-between `submit` and `result` — decoding, converting, encoding other frames — overlaps with the model. No CUDA
-call is made on that path.
+On the CPU the same interface runs each frame when it is submitted, in the caller's thread, with no CUDA call.
+Decoding and encoding still overlap with the model: aiortc runs them in threads of its own. A model thread of the
+executor's own was tried and measured slower: with 2 OpenMP threads on 2 cores, a tiny-model frame took 200 ms
+from a second thread against 113 ms from the first (bench --double-buffer: 4.8 against 7.5 fps).
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,7 +33,6 @@ class Job:
     frame: np.ndarray | None
     size: tuple[int, int] | None
     output_size: tuple[int, int] | None
-    done: threading.Event = field(default_factory=threading.Event)
     result: np.ndarray | None = None
     error: BaseException | None = None
     model_seconds: float = 0.0
@@ -45,14 +44,14 @@ class FrameExecutor:
     """Runs frames through stream pipelines with at most two in flight; results come back in submission order.
 
     `submit` returns a ticket; `result(ticket)` returns (frame, model seconds) once that frame is done. Tickets
-    must be collected in order, each exactly once. One executor per device; any pipeline on that device may use it.
+    must be collected in order, each exactly once. One executor per device, driven from one thread (the engine's);
+    any pipeline on that device may use it.
     """
 
     def __init__(self, device: torch.device) -> None:
         self.device = torch.device(device)
         self._next_ticket = 0
         self._in_flight: deque[Job] = deque()
-        self._lock = threading.Lock()
         self._closed = False
         if self.device.type == "cuda":
             self._copy_stream = torch.cuda.Stream(self.device)
@@ -62,11 +61,6 @@ class FrameExecutor:
             self._origin.record()
             # (ticket, {"upload"|"compute"|"download": (start ms, end ms)}) of the last frames: shows the overlap.
             self.timeline: deque[tuple[int, dict[str, tuple[float, float]]]] = deque(maxlen=16)
-        else:
-            self._queue: deque[Job] = deque()
-            self._work = threading.Condition()
-            self._thread = threading.Thread(target=self._cpu_worker, name="lcmlive-model", daemon=True)
-            self._thread.start()
 
     @property
     def in_flight(self) -> int:
@@ -84,16 +78,13 @@ class FrameExecutor:
             raise RuntimeError("the executor is closed")
         if len(self._in_flight) >= SLOTS:
             raise RuntimeError(f"{SLOTS} frames are in flight: collect the oldest result before submitting")
-        with self._lock:
-            job = Job(self._next_ticket, pipeline, frame, size, output_size)
-            self._next_ticket += 1
-            self._in_flight.append(job)
+        job = Job(self._next_ticket, pipeline, frame, size, output_size)
+        self._next_ticket += 1
+        self._in_flight.append(job)
         if self.device.type == "cuda":
             self._launch_on_cuda(job)
         else:
-            with self._work:
-                self._queue.append(job)
-                self._work.notify()
+            self._run_on_cpu(job)
         return job.ticket
 
     def result(self, ticket: int) -> tuple[np.ndarray, float]:
@@ -104,8 +95,6 @@ class FrameExecutor:
         job = self._in_flight[0]
         if self.device.type == "cuda":
             self._collect_from_cuda(job)
-        else:
-            job.done.wait()
         self._in_flight.popleft()
         if job.error is not None:
             raise job.error
@@ -113,28 +102,17 @@ class FrameExecutor:
 
     def close(self) -> None:
         self._closed = True
-        if self.device.type != "cuda":
-            with self._work:
-                self._work.notify_all()
-            self._thread.join(timeout=5)
 
-    # CPU: one model thread, fed in order.
+    # CPU: each frame runs as it is submitted.
 
-    def _cpu_worker(self) -> None:
-        while True:
-            with self._work:
-                while not self._queue and not self._closed:
-                    self._work.wait()
-                if self._closed and not self._queue:
-                    return
-                job = self._queue.popleft()
-            start = time.perf_counter()
-            try:
-                job.result = job.pipeline(job.frame, job.size, job.output_size)
-            except BaseException as error:  # handed to whoever collects the ticket
-                job.error = error
-            job.model_seconds = time.perf_counter() - start
-            job.done.set()
+    @staticmethod
+    def _run_on_cpu(job: Job) -> None:
+        start = time.perf_counter()
+        try:
+            job.result = job.pipeline(job.frame, job.size, job.output_size)
+        except Exception as error:  # handed to whoever collects the ticket, as on CUDA
+            job.error = error
+        job.model_seconds = time.perf_counter() - start
 
     # CUDA: copy stream and compute stream, ordered by events.
 
@@ -156,7 +134,7 @@ class FrameExecutor:
             slot.compute_start.record(compute)
             try:
                 output = job.pipeline.stylise_on_device(job.frame, job.size, job.output_size, pixels=pixels)
-            except BaseException as error:
+            except Exception as error:
                 job.error = error
                 return
             slot.computed.record(compute)

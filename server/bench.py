@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import PIL.Image
 
-from pipelines import GuidanceKind, ModelComponents, StreamParams, StreamPipeline, load_model
+from pipelines import FrameExecutor, GuidanceKind, ModelComponents, StreamParams, StreamPipeline, load_model
 from pipelines.conditioning import canny_map
 from pipelines.params import MODES
 from pipelines.presets import CONTROLNETS
@@ -171,6 +171,8 @@ def run_pipeline_bench(args: argparse.Namespace) -> dict:
         f"{args.size}x{args.size}, steps {args.steps}, strength {args.strength}, {args.frames} frames"
     )
     runs = [bench_combination(components, args, mode, cn) for mode in modes for cn in controlnets]
+    if args.double_buffer:
+        runs[0].update(compare_double_buffering(components, args))
     context = {
         "model": args.model,
         "device": str(components.device),
@@ -180,6 +182,40 @@ def run_pipeline_bench(args: argparse.Namespace) -> dict:
     }
     # The first combination's numbers stand at the top level; every combination is in "runs".
     return {**context, **runs[0], "runs": runs}
+
+
+def compare_double_buffering(components: ModelComponents, args: argparse.Namespace) -> dict:
+    """Frames back to back, one at a time and through the double-buffered executor (two in flight)."""
+    stream = StreamPipeline(components)
+    stream.update(steps=args.steps, strength=args.strength)
+    frames = [moving_pattern(args.size, args.size, i) for i in range(args.frames)]
+    for frame in frames[: args.warmup]:
+        stream(frame)
+    start = time.perf_counter()
+    for frame in frames:
+        stream(frame)
+    one_at_a_time = len(frames) / (time.perf_counter() - start)
+    executor = FrameExecutor(components.device)
+    try:
+        tickets: list[int] = []
+        collected = 0
+        start = time.perf_counter()
+        for frame in frames:
+            if executor.in_flight == 2:
+                executor.result(tickets[collected])
+                collected += 1
+            tickets.append(executor.submit(stream, frame))
+        for ticket in tickets[collected:]:
+            executor.result(ticket)
+        double_buffered = len(frames) / (time.perf_counter() - start)
+    finally:
+        executor.close()
+    print(f"\n  frames back to back: {one_at_a_time:.2f} fps one at a time, {double_buffered:.2f} fps double-buffered")
+    return {
+        "sequential_fps": round(one_at_a_time, 3),
+        "double_buffered_fps": round(double_buffered, 3),
+        "double_buffer_speedup": round(double_buffered / one_at_a_time, 3),
+    }
 
 
 def _choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
@@ -200,6 +236,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured frames first (default 2)")
     parser.add_argument("--mode", default="img2img", help="img2img, txt2img or both comma-separated (default img2img)")
     parser.add_argument("--controlnet", default="none", help="none, canny or both comma-separated (default none)")
+    parser.add_argument(
+        "--double-buffer", action="store_true", help="also compare frames back to back with and without the executor"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--e2e", action="store_true", help="WebRTC loopback through the server instead")
     parser.add_argument(
