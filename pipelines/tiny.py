@@ -210,17 +210,11 @@ def sd15_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
             attention_head_dim=8,
             time_cond_proj_dim=256,
         )
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=512,
-        )
+        vae = _real_vae(sample_size=512)
         text_encoder = CLIPTextModel(_clip_config(768, 3072, 12, 12, "quick_gelu"))
     for module in (unet, vae, text_encoder):
-        module.to(dtype=dtype)
+        if dtype != torch.float32:  # built in float32; diffusers warns even on a no-op cast
+            module.to(dtype=dtype)
     return {
         "unet": unet,
         "vae": vae,
@@ -249,20 +243,12 @@ def sdxl_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
             projection_class_embeddings_input_dim=2816,
             time_cond_proj_dim=256,
         )
-        vae = AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(128, 256, 512, 512),
-            layers_per_block=2,
-            latent_channels=4,
-            sample_size=1024,
-            scaling_factor=0.13025,
-            force_upcast=False,  # as madebyollin/sdxl-vae-fp16-fix
-        )
+        vae = _real_vae(sample_size=1024, scaling_factor=0.13025, force_upcast=False)  # as the fp16-fix VAE
         text_encoder = CLIPTextModel(_clip_config(768, 3072, 12, 12, "quick_gelu"))
         text_encoder_2 = CLIPTextModelWithProjection(_clip_config(1280, 5120, 32, 20, "gelu", projection_dim=1280))
     for module in (unet, vae, text_encoder, text_encoder_2):
-        module.to(dtype=dtype)
+        if dtype != torch.float32:
+            module.to(dtype=dtype)
     return {
         "unet": unet,
         "vae": vae,
@@ -272,6 +258,18 @@ def sdxl_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
         "tokenizer_2": offline_tokenizer(),
         "scheduler": lcm_scheduler(),
     }
+
+
+def _real_vae(**config) -> AutoencoderKL:
+    """The SD1.5 / SDXL VAE shape: four blocks of 128-512 channels, scale factor 8."""
+    return AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        **config,
+    )
 
 
 def _clip_config(hidden: int, intermediate: int, layers: int, heads: int, act: str, **extra) -> CLIPTextConfig:

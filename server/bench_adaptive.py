@@ -15,7 +15,7 @@ from typing import Any
 
 from pipelines import ModelComponents, load_model
 
-from .bench_e2e import BenchServer
+from .bench_e2e import BenchServer, fixed_size_params
 from .engine import reserve_a_core_for_media
 from .ice import restrict_ice_to_loopback
 from .video_bitrate import configure_video_bitrate
@@ -56,15 +56,8 @@ class SlowedPipeline:
 
 async def adaptive_run(model: ModelComponents, args: argparse.Namespace) -> dict:
     # Calibration: the largest size, fixed, unpaced, to learn what one frame costs in the server.
-    params = {
-        "steps": args.steps,
-        "strength": args.strength,
-        "max_resolution": args.size,
-        "min_resolution": args.size,
-        "target_fps": 60,
-    }
     async with BenchServer(model) as server:
-        viewer = await server.start_viewer(args.size, params, 0.0, CALIBRATION_S + args.seconds + 2)
+        viewer = await server.start_viewer(args.size, fixed_size_params(args), 0.0, CALIBRATION_S + args.seconds + 2)
         session = await server.first_session()
         for _ in range(1200):  # the first frames, within a minute
             if session.worker is not None and session.stats.frames_out >= 3:

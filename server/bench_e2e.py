@@ -41,20 +41,24 @@ def pipeline_only(model: ModelComponents, args: argparse.Namespace) -> list[floa
 async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict:
     """Serve `model` on 127.0.0.1 here; stream a 30 fps synthetic camera from a viewer in another process."""
     # A fixed size and no pacing: this benchmark measures the transport, not the adaptation.
-    params = {
+    async with BenchServer(model) as server:
+        viewer = await server.start_viewer(args.size, fixed_size_params(args), WARMUP_SECONDS, args.seconds)
+        session = await server.first_session()
+        measured = await server.viewer_result(viewer, args.seconds)
+        window = (measured["window_start"], measured["window_end"])
+        latencies = sorted(latency for sent, latency in session.stats.recent_latencies if window[0] <= sent < window[1])
+        return {**measured, "latencies": latencies, "final": session.stats.snapshot()}
+
+
+def fixed_size_params(args: argparse.Namespace) -> dict:
+    """The benchmark's steps and strength at one fixed processing size, unpaced (a target no model reaches)."""
+    return {
         "steps": args.steps,
         "strength": args.strength,
         "max_resolution": args.size,
         "min_resolution": args.size,
         "target_fps": 60,
     }
-    async with BenchServer(model) as server:
-        viewer = await server.start_viewer(args.size, params, WARMUP_SECONDS, args.seconds)
-        session = await server.first_session()
-        measured = await server.viewer_result(viewer, args.seconds)
-        window = (measured["window_start"], measured["window_end"])
-        latencies = sorted(latency for sent, latency in session.stats.recent_latencies if window[0] <= sent < window[1])
-        return {**measured, "latencies": latencies, "final": session.stats.snapshot()}
 
 
 class BenchServer:

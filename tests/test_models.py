@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipelines import PRESETS, ModelUnavailableError, load_model, param_specs, params_json_schema
-from pipelines.tiny import sd15_arch_parts
+from pipelines.tiny import sd15_arch_parts, sdxl_arch_parts
 
 
 def test_tiny_builds_offline_fast_and_deterministically():
@@ -32,6 +32,23 @@ def test_sd15_arch_has_the_real_sd15_shapes():
     assert parts["unet"].config.time_cond_proj_dim == 256
     assert parts["text_encoder"].config.hidden_size == 768
     assert 83e6 < sum(p.numel() for p in parts["vae"].parameters()) < 84e6
+
+
+def test_sdxl_arch_has_the_real_sdxl_shapes():
+    parts = sdxl_arch_parts(torch.device("meta"), torch.float32)
+    assert 2566e6 < sum(p.numel() for p in parts["unet"].parameters()) < 2569e6  # SDXL UNet: 2567M
+    assert 694e6 < sum(p.numel() for p in parts["text_encoder_2"].parameters()) < 696e6  # OpenCLIP bigG text
+    assert parts["unet"].config.cross_attention_dim == 2048
+    assert parts["unet"].config.addition_embed_type == "text_time"
+
+
+def test_tiny_sdxl_and_controlnet_build_offline():
+    components = load_model("tiny-sdxl", device="cpu", controlnet="canny")
+    assert components.is_sdxl and components.controlnet is not None
+    assert components.text_encoder_2.config.projection_dim == 32
+    assert components.unet.config.projection_class_embeddings_input_dim == 6 * 8 + 32
+    with pytest.raises(ValueError, match="unknown ControlNet"):
+        load_model("tiny", device="cpu", controlnet="depth")
 
 
 def test_missing_weights_give_one_clear_message(monkeypatch, tmp_path):
