@@ -54,10 +54,12 @@ class ModelComponents:
         self.device = torch.device(device)
         self.dtype = dtype
         for module in self.modules:
-            module.to(device=self.device)
-            # Casting only when needed: diffusers warns on every dtype cast, even a no-op one.
+            # Moved and cast in one step, so an fp32 SDXL UNet never sits on the GPU; and cast only when needed:
+            # diffusers warns on every dtype cast, even a no-op one.
             if next(module.parameters()).dtype != dtype:
-                module.to(dtype=dtype)
+                module.to(device=self.device, dtype=dtype)
+            else:
+                module.to(device=self.device)
             module.eval()
             module.requires_grad_(False)
         # Channels-last convolutions are faster on both backends: oneDNN on the CPU, tensor cores on CUDA.

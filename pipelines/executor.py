@@ -1,8 +1,8 @@
 """Double-buffered execution: while one frame runs on the model, the next is staged and the last is fetched back.
 
-On CUDA: two slots, each with pinned host buffers and device buffers. Uploads of frame N+1 and downloads of frame
-N-1 run on a copy stream while frame N runs on the compute stream, ordered by CUDA events; the host waits only on
-the event of the result it asks for, never on the whole device.
+On CUDA: two slots, each with pinned host buffers and device buffers. Frame N+1 uploads on an upload stream and
+frame N-1 downloads on a download stream while frame N runs on the compute stream, all ordered by CUDA events; the
+host waits only on the event of the result it asks for, never on the whole device.
 
 On the CPU the same interface runs each frame when it is submitted, in the caller's thread, with no CUDA call.
 Decoding and encoding still overlap with the model: aiortc runs them in threads of its own. A model thread of the
@@ -12,6 +12,7 @@ from a second thread against 113 ms from the first (bench --double-buffer: 4.8 a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -25,17 +26,26 @@ SLOTS = 2
 
 
 @dataclass
+class FrameResult:
+    """A finished frame: the picture (uint8 H x W x 3), the model's seconds, and the Canny map it was given."""
+
+    picture: np.ndarray
+    model_seconds: float
+    control_image: np.ndarray | None
+
+
+@dataclass
 class Job:
-    """One frame in flight: what to run, and (once done) its result and the seconds the model took."""
+    """One frame in flight: what to run, and (once done) its result or its error."""
 
     ticket: int
     pipeline: StreamPipeline
     frame: np.ndarray | None
     size: tuple[int, int] | None
     output_size: tuple[int, int] | None
-    result: np.ndarray | None = None
-    error: BaseException | None = None
-    model_seconds: float = 0.0
+    result: FrameResult | None = None
+    error: Exception | None = None
+    control_image: np.ndarray | None = None
     slot: _CudaSlot | None = None
     uploaded: bool = False
 
@@ -43,9 +53,9 @@ class Job:
 class FrameExecutor:
     """Runs frames through stream pipelines with at most two in flight; results come back in submission order.
 
-    `submit` returns a ticket; `result(ticket)` returns (frame, model seconds) once that frame is done. Tickets
-    must be collected in order, each exactly once. One executor per device, driven from one thread (the engine's);
-    any pipeline on that device may use it.
+    `submit` returns a ticket; `result(ticket)` returns its FrameResult once that frame is done, or raises the
+    frame's own error. Tickets must be collected in order, each exactly once. One executor per device, driven from
+    one thread (the engine's); any pipeline on that device may use it.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -54,17 +64,29 @@ class FrameExecutor:
         self._in_flight: deque[Job] = deque()
         self._closed = False
         if self.device.type == "cuda":
-            self._copy_stream = torch.cuda.Stream(self.device)
-            self._compute_stream = torch.cuda.Stream(self.device)
-            self._slots = [_CudaSlot(self.device) for _ in range(SLOTS)]
-            self._origin = torch.cuda.Event(enable_timing=True)
-            self._origin.record()
+            with torch.cuda.device(self.device):
+                self._upload_stream = torch.cuda.Stream(self.device)
+                self._compute_stream = torch.cuda.Stream(self.device)
+                self._download_stream = torch.cuda.Stream(self.device)
+                self._slots = [_CudaSlot(self.device, self._compute_stream) for _ in range(SLOTS)]
+                self._origin = _timed_event()
+                self._origin.record(self._compute_stream)
             # (ticket, {"upload"|"compute"|"download": (start ms, end ms)}) of the last frames: shows the overlap.
             self.timeline: deque[tuple[int, dict[str, tuple[float, float]]]] = deque(maxlen=16)
 
     @property
     def in_flight(self) -> int:
         return len(self._in_flight)
+
+    def device_context(self) -> contextlib.AbstractContextManager:
+        """Where other work on the device's tensors must run (parameter changes, prompt encoding): on CUDA the
+        compute stream, so that a frame never reads tensors that are still being written or already freed."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.cuda.device(self.device))
+        stack.enter_context(torch.cuda.stream(self._compute_stream))
+        return stack
 
     def submit(
         self,
@@ -73,7 +95,10 @@ class FrameExecutor:
         size: tuple[int, int] | None = None,
         output_size: tuple[int, int] | None = None,
     ) -> int:
-        """Start one frame. With both slots busy, first waits for the oldest result to be collected."""
+        """Start one frame. At most two may be in flight: collect the oldest before submitting a third.
+
+        A failure of the frame itself (bad input, out of memory) is kept and raised by `result`.
+        """
         if self._closed:
             raise RuntimeError("the executor is closed")
         if len(self._in_flight) >= SLOTS:
@@ -81,24 +106,30 @@ class FrameExecutor:
         job = Job(self._next_ticket, pipeline, frame, size, output_size)
         self._next_ticket += 1
         self._in_flight.append(job)
-        if self.device.type == "cuda":
-            self._launch_on_cuda(job)
-        else:
-            self._run_on_cpu(job)
+        try:
+            if self.device.type == "cuda":
+                with torch.cuda.device(self.device):
+                    self._launch_on_cuda(job)
+            else:
+                self._run_on_cpu(job)
+        except Exception as error:  # handed to whoever collects the ticket
+            job.error = error
         return job.ticket
 
-    def result(self, ticket: int) -> tuple[np.ndarray, float]:
-        """The frame of `ticket` (uint8 H x W x 3) and its model seconds; waits for that frame only."""
+    def result(self, ticket: int) -> FrameResult:
+        """The result of `ticket`; waits for that frame only."""
         if not self._in_flight or self._in_flight[0].ticket != ticket:
             expected = self._in_flight[0].ticket if self._in_flight else None
             raise ValueError(f"ticket {ticket} is not the oldest in flight ({expected}): results come in order")
-        job = self._in_flight[0]
-        if self.device.type == "cuda":
-            self._collect_from_cuda(job)
-        self._in_flight.popleft()
+        job = self._in_flight.popleft()
+        if job.error is None and self.device.type == "cuda":
+            try:
+                self._collect_from_cuda(job)
+            except Exception as error:
+                job.error = error
         if job.error is not None:
             raise job.error
-        return job.result, job.model_seconds
+        return job.result
 
     def close(self) -> None:
         self._closed = True
@@ -108,50 +139,44 @@ class FrameExecutor:
     @staticmethod
     def _run_on_cpu(job: Job) -> None:
         start = time.perf_counter()
-        try:
-            job.result = job.pipeline(job.frame, job.size, job.output_size)
-        except Exception as error:  # handed to whoever collects the ticket, as on CUDA
-            job.error = error
-        job.model_seconds = time.perf_counter() - start
+        picture = job.pipeline(job.frame, job.size, job.output_size)
+        job.result = FrameResult(picture, time.perf_counter() - start, job.pipeline.last_control_image)
 
-    # CUDA: copy stream and compute stream, ordered by events.
+    # CUDA: upload, compute and download streams, ordered by events.
 
     def _launch_on_cuda(self, job: Job) -> None:
         slot = self._slots[job.ticket % SLOTS]
         job.slot = slot
-        copy, compute = self._copy_stream, self._compute_stream
+        upload, compute, download = self._upload_stream, self._compute_stream, self._download_stream
         pixels = None
         if job.frame is not None and job.pipeline.needs_frame:
             staged = slot.stage(job.frame)  # host memcpy into pinned memory
-            with torch.cuda.stream(copy):
-                # The slot's last frame must be done reading its device buffer before it is overwritten.
-                copy.wait_event(slot.computed)
-                slot.upload_start.record(copy)
+            with torch.cuda.stream(upload):
+                # The slot's previous frame must be done reading its device buffer before it is overwritten.
+                upload.wait_event(slot.computed)
+                slot.upload_start.record(upload)
                 pixels = slot.upload(staged)
-                slot.uploaded.record(copy)
+                slot.uploaded.record(upload)
             compute.wait_event(slot.uploaded)
+            job.uploaded = True
         with torch.cuda.stream(compute):
             slot.compute_start.record(compute)
-            try:
-                output = job.pipeline.stylise_on_device(job.frame, job.size, job.output_size, pixels=pixels)
-            except Exception as error:
-                job.error = error
-                return
+            output = job.pipeline.stylise_on_device(job.frame, job.size, job.output_size, pixels=pixels)
+            # Taken now: with two frames in flight the pipeline's next frame would overwrite it.
+            job.control_image = job.pipeline.last_control_image
             slot.computed.record(compute)
-        with torch.cuda.stream(copy):
-            copy.wait_event(slot.computed)
-            slot.download_start.record(copy)
-            slot.download(output, copy)
-            slot.downloaded.record(copy)
-        job.uploaded = pixels is not None
+        with torch.cuda.stream(download):
+            download.wait_event(slot.computed)
+            slot.download_start.record(download)
+            slot.download(output, download)
+            slot.downloaded.record(download)
 
     def _collect_from_cuda(self, job: Job) -> None:
-        if job.error is not None:
-            return
         slot = job.slot
         slot.downloaded.synchronize()  # this result's event only
-        job.result = slot.fetched()
-        job.model_seconds = slot.compute_start.elapsed_time(slot.computed) / 1000
+        job.result = FrameResult(
+            slot.fetched(), slot.compute_start.elapsed_time(slot.computed) / 1000, job.control_image
+        )
         spans = {
             "compute": (slot.compute_start, slot.computed),
             "download": (slot.download_start, slot.downloaded),
@@ -166,7 +191,7 @@ class FrameExecutor:
 class _CudaSlot:
     """One of the two buffers: pinned host memory both ways, the device copy of the frame, and the events."""
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, compute: torch.cuda.Stream) -> None:
         self.device = device
         self.pinned_in: torch.Tensor | None = None
         self.device_in: torch.Tensor | None = None
@@ -176,7 +201,7 @@ class _CudaSlot:
         self.upload_start, self.uploaded = _timed_event(), _timed_event()
         self.compute_start, self.computed = _timed_event(), _timed_event()
         self.download_start, self.downloaded = _timed_event(), _timed_event()
-        self.computed.record()  # a slot starts free: nothing is reading its buffers
+        self.computed.record(compute)  # a slot starts free: nothing is reading its buffers
 
     def stage(self, frame: np.ndarray) -> torch.Tensor:
         if self.pinned_in is None or tuple(self.pinned_in.shape) != frame.shape:
@@ -192,7 +217,7 @@ class _CudaSlot:
     def download(self, output: torch.Tensor, stream: torch.cuda.Stream) -> None:
         if self.pinned_out is None or self.pinned_out.shape != output.shape:
             self.pinned_out = torch.empty(output.shape, dtype=torch.uint8, pin_memory=True)
-        output.record_stream(stream)  # made on the compute stream, read on the copy stream
+        output.record_stream(stream)  # made on the compute stream, read on the download stream
         self.pinned_out.copy_(output, non_blocking=True)
 
     def fetched(self) -> np.ndarray:

@@ -47,7 +47,13 @@ def load_model(
         if preset.builtin:
             parts = _builtin_parts(preset, resolved, dtype)
         else:
-            parts = _fetch(preset.name, preset.repositories, lambda local: _pipeline_parts(preset, preset.repo, local))
+            # Read in the target dtype: half the host memory and time for fp16 on CUDA.
+            fetch_args = {"dtype": dtype}
+            parts = _fetch(
+                preset.name,
+                preset.repositories,
+                lambda local: _pipeline_parts(preset, preset.repo, {**local, **fetch_args}),
+            )
     if controlnet is not None:
         parts["controlnet"] = _controlnet(controlnet, preset, parts)
     components = ModelComponents(preset=preset, device=resolved, dtype=dtype, model_id=model, **parts)
@@ -104,7 +110,10 @@ def _controlnet(kind: str, preset: ModelPreset, parts: dict):
             controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
         return controlnet.to(dtype=unet.dtype)
     repo = CONTROLNETS[kind][preset.family]
-    return _fetch(f"{kind} ControlNet", [repo], lambda local: ControlNetModel.from_pretrained(repo, **local))
+    dtype = parts["unet"].dtype
+    return _fetch(
+        f"{kind} ControlNet", [repo], lambda local: ControlNetModel.from_pretrained(repo, dtype=dtype, **local)
+    )
 
 
 def _fetch(name: str, repos: list[str], load: Callable[[dict[str, Any]], Any]) -> Any:
@@ -121,24 +130,24 @@ def _fetch(name: str, repos: list[str], load: Callable[[dict[str, Any]], Any]) -
         raise ModelUnavailableError(unavailable_message(name, repos, download_error)) from None
 
 
-def _pipeline_parts(preset: ModelPreset, source: str | Path, local: dict[str, Any]) -> dict:
+def _pipeline_parts(preset: ModelPreset, source: str | Path, hub_args: dict[str, Any]) -> dict:
     """The parts of a diffusers pipeline folder or repository, with the preset's UNet, VAE and LoRA applied."""
     from diffusers import AutoencoderKL, DiffusionPipeline, LCMScheduler, UNet2DConditionModel
 
     replacements: dict[str, Any] = {}
     if preset.unet:
-        replacements["unet"] = UNet2DConditionModel.from_pretrained(preset.unet, **local)
+        replacements["unet"] = UNet2DConditionModel.from_pretrained(preset.unet, **hub_args)
     if preset.vae:
-        replacements["vae"] = AutoencoderKL.from_pretrained(preset.vae, **local)
+        replacements["vae"] = AutoencoderKL.from_pretrained(preset.vae, **hub_args)
     if preset.family == "sd15":
         replacements.update(safety_checker=None, requires_safety_checker=False)
-    pipe = DiffusionPipeline.from_pretrained(str(source), **local, **replacements)
+    pipe = DiffusionPipeline.from_pretrained(str(source), **hub_args, **replacements)
     names = PIPELINE_PARTS[:-1] + (SDXL_PARTS if preset.family == "sdxl" else ())
     parts = {name: getattr(pipe, name) for name in names}
     parts["scheduler"] = LCMScheduler.from_config(pipe.scheduler.config)
     if preset.lora:
         lora = preset.lora
-        if local.get("local_files_only"):
+        if hub_args.get("local_files_only"):
             from huggingface_hub import snapshot_download
 
             lora = snapshot_download(preset.lora, local_files_only=True)

@@ -22,6 +22,7 @@ class ParamSpec:
     maximum: float | None = None
     max_length: int | None = None
     choices: tuple[str, ...] | None = None
+    multiple_of: int | None = None
 
     def check(self, value: Any) -> Any:
         """Return `value` in this parameter's type, or raise a ValueError that names the parameter."""
@@ -46,6 +47,8 @@ class ParamSpec:
                 raise ValueError(f"{self.name} must be finite, got {value}")
         if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
             raise ValueError(f"{self.name} must be between {self.minimum} and {self.maximum}, got {value}")
+        if self.multiple_of is not None and value % self.multiple_of:
+            raise ValueError(f"{self.name} must be a multiple of {self.multiple_of}, got {value}")
         return value
 
     def json_schema(self) -> dict:
@@ -63,6 +66,8 @@ class ParamSpec:
             schema["maxLength"] = self.max_length
         if self.choices is not None:
             schema["enum"] = list(self.choices)
+        if self.multiple_of is not None:
+            schema["multipleOf"] = self.multiple_of
         return schema
 
 

@@ -79,6 +79,7 @@ class FramePlan:
     controlnet_scale: float  # 0: no ControlNet call at all
     noise: dict[tuple[int, int], SeededNoise] = field(default_factory=dict)
     time_ids: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    draws: dict[tuple[int, tuple[int, int]], list[torch.Tensor]] = field(default_factory=dict)  # txt2img, host
 
     @property
     def txt2img(self) -> bool:
@@ -190,9 +191,9 @@ class StreamPipeline:
 
         `frame` may be None only in txt2img mode without ControlNet, and then `size` is required.
         """
-        plan = self._plan
+        plan = self._plan  # one plan for the whole frame, whatever `update` does meanwhile
         if frame is None:
-            if self.needs_frame:
+            if not plan.txt2img or plan.controlnet_scale > 0:
                 raise ValueError("this mode needs a camera frame")
             if size is None:
                 raise ValueError("without a frame, the processing size must be given")
@@ -346,34 +347,49 @@ class StreamPipeline:
     def _txt2img_noise(self, plan: FramePlan, image_size: tuple[int, int]) -> SeededNoise:
         """txt2img: new noise every frame, gliding (slerp) from seed + k to seed + k + 1 over the morph frames.
 
-        Frame 0 uses the seed's own draws, so it equals diffusers' text-to-image output for that seed.
+        Frame 0 uses the seed's own draws, so it equals diffusers' text-to-image output for that seed. The draws
+        are cached per seed and blended on the host: no device synchronisation per frame.
         """
         segment, offset = divmod(self._tick, TXT2IMG_MORPH_FRAMES)
         self._tick += 1
-        start = self._draw_noise(plan, image_size, plan.params.seed + segment)
+        seeds = (plan.params.seed + segment, plan.params.seed + segment + 1)
+        for stale in [key for key in plan.draws if key[0] not in seeds or key[1] != image_size]:
+            del plan.draws[stale]
+        start = self._host_draws(plan, image_size, seeds[0])
         if offset == 0:
-            return start
-        end = self._draw_noise(plan, image_size, plan.params.seed + segment + 1)
+            return self._scaled(plan, start)
+        end = self._host_draws(plan, image_size, seeds[1])
         t = offset / TXT2IMG_MORPH_FRAMES
-        steps = tuple(
-            None if a is None else slerp(a, b, t) for a, b in zip(start.step_terms, end.step_terms, strict=True)
-        )
-        return SeededNoise(slerp(start.first, end.first, t), None, steps)
+        return self._scaled(plan, [slerp(a, b, t) for a, b in zip(start, end, strict=True)])
 
     def _draw_noise(self, plan: FramePlan, image_size: tuple[int, int], seed: int) -> SeededNoise:
-        c = self.components
-        shape = self._latent_shape(image_size)
-        # A CPU generator, as diffusers' randn_tensor uses for a CPU generator on any device: same seed, same
-        # numbers on every machine.
-        generator = torch.Generator("cpu").manual_seed(seed)
+        return self._scaled(plan, self._host_draws(plan, image_size, seed))
 
-        def draw() -> torch.Tensor:
-            return torch.randn(shape, generator=generator, dtype=c.dtype).to(c.device)
+    def _host_draws(self, plan: FramePlan, image_size: tuple[int, int], seed: int) -> list[torch.Tensor]:
+        """The seed's draws on the host, in diffusers' order (cached for txt2img, which reuses them)."""
+        key = (seed, image_size)
+        draws = plan.draws.get(key)
+        if draws is None:
+            shape = self._latent_shape(image_size)
+            # A CPU generator, as diffusers' randn_tensor uses for a CPU generator on any device: same seed, same
+            # numbers on every machine.
+            generator = torch.Generator("cpu").manual_seed(seed)
+            count = 1 + (0 if plan.txt2img else 1) + sum(not step.is_last for step in plan.schedule.steps)
+            draws = [torch.randn(shape, generator=generator, dtype=self.components.dtype) for _ in range(count)]
+            if plan.txt2img:
+                plan.draws[key] = draws
+        return draws
 
-        first = draw()
-        # LCMScheduler.init_noise_sigma is 1: txt2img latents are the draw itself.
-        start_term = None if plan.txt2img else plan.schedule.noise_sqrt_beta * draw()
-        step_terms = tuple(None if step.is_last else step.sqrt_beta_prev * draw() for step in plan.schedule.steps)
+    def _scaled(self, plan: FramePlan, draws: list[torch.Tensor]) -> SeededNoise:
+        """Draws moved to the device and scaled by the schedule's coefficients."""
+        device = self.components.device
+        on_device = iter([draw.to(device) for draw in draws])
+        first = next(on_device)
+        # LCMScheduler.init_noise_sigma is 1: txt2img latents are the first draw itself.
+        start_term = None if plan.txt2img else plan.schedule.noise_sqrt_beta * next(on_device)
+        step_terms = tuple(
+            None if step.is_last else step.sqrt_beta_prev * next(on_device) for step in plan.schedule.steps
+        )
         return SeededNoise(first, start_term, step_terms)
 
 

@@ -116,11 +116,15 @@ class Engine:
                 if self._stopping:
                     break
             if command is not None:
-                self._run_command(*command)
+                with self.executor.device_context():
+                    self._run_command(*command)
             elif client is not None:
                 job = self._guarded(client.prepare)
                 if job is not None:
-                    in_flight.append((self.executor.submit(job.pipeline, job.frame, job.size, job.output_size), job))
+                    # submit keeps a frame's own failure for `result`; anything else is the engine's to survive.
+                    ticket = self._guarded(self.executor.submit, job.pipeline, job.frame, job.size, job.output_size)
+                    if ticket is not None:
+                        in_flight.append((ticket, job))
             # Collect once the pipeline is full (the next frame is staged), or when nothing else is waiting.
             if in_flight and (len(in_flight) >= self.depth or client is None):
                 self._collect(*in_flight.popleft())
@@ -129,11 +133,11 @@ class Engine:
 
     def _collect(self, ticket: int, job: FrameJob) -> None:
         try:
-            picture, model_seconds = self.executor.result(ticket)
+            result = self.executor.result(ticket)
         except Exception as error:  # the frame's own failure, raised again here by the executor
             self._guarded(job.fail, error)
         else:
-            self._guarded(job.finish, picture, model_seconds)
+            self._guarded(job.finish, result)
 
     @staticmethod
     def _guarded(call: Callable[..., Any], *args: Any) -> Any:

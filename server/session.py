@@ -14,7 +14,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from pipelines import ModelComponents, ParamSpec, PromptCache, StreamPipeline
 
 from .engine import Engine
-from .protocol import ProtocolError, parse_client_message
+from .protocol import ProtocolError, error_message, parse_client_message
 from .stats import SessionStats
 from .tracks import StylisedTrack, pump_frames
 from .worker import SessionWorker
@@ -175,7 +175,10 @@ class Session:
         try:
             effective = await self.engine.call(lambda: worker.update(changes))
         except ValueError as error:
-            raise ProtocolError("bad_params", str(error)) from None
+            await self.send(error_message("bad_params", str(error)))
+            # Nothing changed: the effective params again, so a client can put back what it showed.
+            await self.send({"type": "params", **worker.effective()})
+            return
         await self.send({"type": "params", **effective})
 
     async def _stats_loop(self) -> None:

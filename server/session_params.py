@@ -30,6 +30,7 @@ def session_specs(default_max_resolution: int = 512, default_target_fps: float =
             "largest processing size (longest side, multiple of 64); also the size of the video sent back",
             64,
             1024,
+            multiple_of=64,
         ),
         ParamSpec(
             "min_resolution",
@@ -38,6 +39,7 @@ def session_specs(default_max_resolution: int = 512, default_target_fps: float =
             "smallest processing size the adaptation may choose (set it to max_resolution to fix the size)",
             64,
             1024,
+            multiple_of=64,
         ),
         ParamSpec(
             "similarity_skip",
@@ -64,9 +66,6 @@ class SessionParams:
 
     def replace(self, changes: dict[str, Any], specs: dict[str, ParamSpec]) -> SessionParams:
         checked = {name: specs[name].check(value) for name, value in changes.items()}
-        for name in ("max_resolution", "min_resolution"):
-            if name in checked and checked[name] % 64:
-                raise ValueError(f"{name} must be a multiple of 64, got {checked[name]}")
         updated = dataclasses.replace(self, **checked)
         if updated.min_resolution > updated.max_resolution:
             raise ValueError(

@@ -13,6 +13,7 @@ import torch
 from av import VideoFrame
 
 from pipelines import ParamSpec, StreamPipeline, processing_size
+from pipelines.executor import FrameResult
 from pipelines.resolution import ResolutionController
 
 from .mailbox import LatestSlot
@@ -29,7 +30,7 @@ class FrameJob:
     frame: np.ndarray | None
     size: tuple[int, int]
     output_size: tuple[int, int]
-    finish: Callable[[np.ndarray, float], None]
+    finish: Callable[[FrameResult], None]
     fail: Callable[[BaseException], None]
 
 
@@ -64,6 +65,7 @@ class SessionWorker:
             max_side=self.session_params.max_resolution,
             floor=self.session_params.min_resolution,
         )
+        self._camera_side = 0  # the camera's longest side, which caps the ladder
         # Similarity skip: a small grey thumbnail of the last camera frame that ran the model, and its result.
         self._last_thumbnail: np.ndarray | None = None
         self._last_result: np.ndarray | None = None
@@ -112,7 +114,11 @@ class SessionWorker:
             self.output.publish(VideoFrame.from_ndarray(self._last_result, format="rgb24"), arrival)
             self.stats.add(frames_processed=1, skipped=1, queue_seconds=queue_seconds)
             return None
-        frame_width, frame_height = (camera.frame.width, camera.frame.height) if camera else (1, 1)
+        if camera is not None:
+            frame_width, frame_height = camera.frame.width, camera.frame.height
+            self._fit_ladder_to_camera(max(frame_width, frame_height))
+        else:  # txt2img before any camera frame: a square picture
+            frame_width = frame_height = self.session_params.max_resolution
         size = processing_size(frame_width, frame_height, self.controller.side)
         # The viewer's picture keeps one size, whatever the processing size: OBS and the page never see it jump.
         output_size = processing_size(frame_width, frame_height, self.session_params.max_resolution)
@@ -122,11 +128,12 @@ class SessionWorker:
             # the executor runs the previous frame on the model.
             rgb = camera.frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
 
-        def finish(stylised: np.ndarray, model_seconds: float) -> None:
+        def finish(result: FrameResult) -> None:
+            model_seconds = result.model_seconds
             self.controller.observe(model_seconds)
-            self._last_result = stylised
-            self.output.publish(VideoFrame.from_ndarray(stylised, format="rgb24"), arrival)
-            control = self.pipeline.last_control_image
+            self._last_result = result.picture
+            self.output.publish(VideoFrame.from_ndarray(result.picture, format="rgb24"), arrival)
+            control = result.control_image
             if self.control_output is not None and control is not None and self.pipeline.uses_controlnet:
                 self.control_output.publish(VideoFrame.from_ndarray(control, format="rgb24"), arrival)
             self.stats.width, self.stats.height = size
@@ -135,6 +142,21 @@ class SessionWorker:
             self.stats.add(frames_processed=1, model_seconds=model_seconds, queue_seconds=queue_seconds)
 
         return FrameJob(self.pipeline, rgb, size, output_size, finish, self._failed)
+
+    def _fit_ladder_to_camera(self, camera_side: int) -> None:
+        """No rung above the camera's own size: above it every rung gives the same picture, and stepping down
+        through them would change nothing."""
+        if camera_side == self._camera_side:
+            return
+        self._camera_side = camera_side
+        self._configure_controller()
+
+    def _configure_controller(self) -> None:
+        params = self.session_params
+        largest = params.max_resolution
+        if self._camera_side:
+            largest = min(largest, max(64, self._camera_side // 64 * 64))
+        self.controller.configure(params.target_fps, largest, min(params.min_resolution, largest))
 
     def _failed(self, error: BaseException) -> None:
         if isinstance(error, torch.cuda.OutOfMemoryError):
@@ -172,10 +194,11 @@ class SessionWorker:
         session_changes = {k: v for k, v in changes.items() if k in self.session_specs}
         session_params = self.session_params.replace(session_changes, self.session_specs)
         self.pipeline.update(**{k: v for k, v in changes.items() if k in self.pipeline.specs})
+        adaptation = ("target_fps", "max_resolution", "min_resolution")
+        changed = any(getattr(session_params, n) != getattr(self.session_params, n) for n in adaptation)
         self.session_params = session_params
-        self.controller.configure(
-            session_params.target_fps, session_params.max_resolution, session_params.min_resolution
-        )
+        if changed:  # a prompt change must not reset what the controller has measured
+            self._configure_controller()
         return self.effective()
 
     def effective(self) -> dict[str, Any]:

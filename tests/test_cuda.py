@@ -65,10 +65,10 @@ def test_double_buffering_overlaps_copies_with_compute_and_matches_the_plain_pat
     results, tickets = [], []
     for frame in frames:
         if executor.in_flight == 2:
-            results.append(executor.result(tickets[len(results)])[0])
+            results.append(executor.result(tickets[len(results)]).picture)
         tickets.append(executor.submit(pipe, frame))
     while len(results) < len(tickets):
-        results.append(executor.result(tickets[len(results)])[0])
+        results.append(executor.result(tickets[len(results)]).picture)
     # Same numbers as one frame at a time (same kernels, same order per frame).
     for frame, picture in zip(frames[-2:], results[-2:], strict=True):
         assert np.abs(pipe(frame).astype(int) - picture).max() <= 1

@@ -31,9 +31,9 @@ def test_results_come_back_in_order_identical_to_the_unbuffered_path(tiny, execu
         results.append(executor.result(tickets[len(results)]))
     assert tickets == list(range(7))
     assert len(results) == len(frames)
-    for (picture, model_seconds), reference in zip(results, expected, strict=True):
-        assert np.array_equal(picture, reference)
-        assert model_seconds > 0
+    for result, reference in zip(results, expected, strict=True):
+        assert np.array_equal(result.picture, reference)
+        assert result.model_seconds > 0
 
 
 def test_two_viewers_pipelines_share_one_executor(tiny, executor):
@@ -42,16 +42,15 @@ def test_two_viewers_pipelines_share_one_executor(tiny, executor):
     frame = moving_pattern(64, 64, 1)
     a = executor.submit(first, frame)
     b = executor.submit(second, frame)
-    assert np.array_equal(executor.result(a)[0], first(frame))
-    assert np.array_equal(executor.result(b)[0], second(frame))
+    assert np.array_equal(executor.result(a).picture, first(frame))
+    assert np.array_equal(executor.result(b).picture, second(frame))
 
 
 def test_output_size_and_txt2img_go_through_too(tiny, executor):
     pipe = StreamPipeline(tiny)
     pipe.update(mode="txt2img")
     ticket = executor.submit(pipe, None, size=(64, 64), output_size=(128, 128))
-    picture, _ = executor.result(ticket)
-    assert picture.shape == (128, 128, 3)
+    assert executor.result(ticket).picture.shape == (128, 128, 3)
 
 
 def test_out_of_order_collection_and_a_third_frame_in_flight_are_refused(tiny, executor):
@@ -75,7 +74,7 @@ def test_an_error_in_one_frame_reaches_its_collector_and_the_next_frame_runs(tin
     good = executor.submit(pipe, moving_pattern(64, 64, 0))
     with pytest.raises(ValueError, match="H x W x 3"):
         executor.result(bad)
-    assert executor.result(good)[0].shape == (64, 64, 3)
+    assert executor.result(good).picture.shape == (64, 64, 3)
 
 
 def test_cpu_executor_makes_no_cuda_call(tiny, monkeypatch):
@@ -87,6 +86,6 @@ def test_cpu_executor_makes_no_cuda_call(tiny, monkeypatch):
     executor = FrameExecutor(tiny.device)
     try:
         ticket = executor.submit(StreamPipeline(tiny), moving_pattern(64, 64, 0))
-        assert executor.result(ticket)[0].shape == (64, 64, 3)
+        assert executor.result(ticket).picture.shape == (64, 64, 3)
     finally:
         executor.close()

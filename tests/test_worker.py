@@ -1,0 +1,83 @@
+"""A session's worker and the engine, without networking: sizes, the controller's memory, failures survived."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from av import VideoFrame
+
+from pipelines import StreamPipeline
+from pipelines.synthetic import moving_pattern
+from server.engine import Engine
+from server.session_params import session_specs
+from server.stats import SessionStats
+from server.tracks import StylisedTrack
+from server.worker import FrameJob, SessionWorker
+
+
+def make_worker(components) -> SessionWorker:
+    stats = SessionStats()
+    return SessionWorker(StreamPipeline(components), StylisedTrack(stats), stats, lambda: None, session_specs(512, 8.0))
+
+
+def camera_frame(width: int, height: int) -> VideoFrame:
+    return VideoFrame.from_ndarray(moving_pattern(width, height, 0), format="rgb24")
+
+
+async def test_the_ladder_never_goes_above_the_camera(tiny):
+    worker = make_worker(tiny)
+    worker.submit(camera_frame(320, 240), time.monotonic(), 0.0)
+    job = worker.prepare()
+    assert worker.controller.ladder[0] == 320  # not 512: rungs above the camera would all give 320 x 256
+    assert job.size == job.output_size == (320, 256)
+
+
+async def test_txt2img_before_any_camera_frame_draws_a_square_picture(tiny):
+    worker = make_worker(tiny)
+    worker.update({"mode": "txt2img", "max_resolution": 256})
+    job = worker.prepare()
+    assert job.frame is None and job.size == job.output_size == (256, 256)
+
+
+async def test_a_prompt_change_keeps_what_the_controller_measured(tiny):
+    worker = make_worker(tiny)
+    for seconds in (0.05, 0.05, 0.05, 0.05, 0.05):
+        worker.controller.observe(seconds)
+    measured = list(worker.controller._recent)
+    worker.update({"prompt": "a new prompt"})
+    assert list(worker.controller._recent) == measured
+    worker.update({"target_fps": 12})
+    assert list(worker.controller._recent) == []
+
+
+class FailingClient:
+    """Always has a frame; its pipeline fails on it."""
+
+    def __init__(self, components) -> None:
+        self.pipeline = StreamPipeline(components)
+        self.failures: list[BaseException] = []
+
+    def next_due(self, now: float) -> float:
+        return now
+
+    def prepare(self) -> FrameJob:
+        bad_frame = moving_pattern(64, 64, 0)[:, :, :2]  # two channels: the pipeline refuses it
+        return FrameJob(self.pipeline, bad_frame, (64, 64), (64, 64), lambda result: None, self.failures.append)
+
+
+async def test_the_engine_survives_a_failing_session(tiny):
+    engine = Engine(tiny.device)
+    client = FailingClient(tiny)
+    engine.start()
+    try:
+        engine.add(client)
+        for _ in range(100):
+            if len(client.failures) >= 3:
+                break
+            await asyncio.sleep(0.05)
+        assert len(client.failures) >= 3 and all(isinstance(e, ValueError) for e in client.failures)
+        assert await asyncio.wait_for(engine.call(lambda: "still here"), 5) == "still here"
+    finally:
+        engine.remove(client)
+        engine.stop()
