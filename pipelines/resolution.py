@@ -105,6 +105,8 @@ class ResolutionController:
         if self.index < len(self.ladder) - 1:
             self._block(self.side, self.clock())
             self._switch_to(self.index + 1, "out of memory")
+        else:
+            self.state = "out of memory at the smallest size"
 
     def _step_down(self, typical: float, now: float) -> None:
         self._block(self.side, now)

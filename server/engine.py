@@ -60,6 +60,9 @@ class Engine:
         # viewer that much older (bench --e2e: p50 latency 60 ms over the model instead of 17, for ~1% of time
         # saved on conversion); decoding and encoding already run in aiortc's own threads.
         self.depth = SLOTS if torch.device(device).type == "cuda" else 1
+        # Model seconds of every frame of every session, summed: how busy the device is (read by the sessions'
+        # resolution controllers, so that several viewers share one budget instead of each assuming the device).
+        self.busy_seconds = 0.0
         self._wake = threading.Condition()
         self._clients: list[EngineClient] = []
         self._commands: deque[tuple[Callable[[], Any], asyncio.Future]] = deque()
@@ -137,6 +140,7 @@ class Engine:
         except Exception as error:  # the frame's own failure, raised again here by the executor
             self._guarded(job.fail, error)
         else:
+            self.busy_seconds += result.model_seconds
             self._guarded(job.finish, result)
 
     @staticmethod

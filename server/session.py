@@ -115,6 +115,9 @@ class Session:
         except Exception as error:  # aiortc raises ValueError, KeyError, ... for malformed SDP
             await pc.close()
             raise ProtocolError("bad_sdp", f"the offer's SDP could not be read: {error}") from None
+        except asyncio.CancelledError:  # the session is closing: this connection is not its own yet
+            await pc.close()
+            raise
         video = [t for t in pc.getTransceivers() if t.kind == "video"]
         if not video:
             await pc.close()
@@ -142,7 +145,13 @@ class Session:
             control_output = StylisedTrack(SessionStats())  # its counts are not the viewer's picture's
             pc.addTrack(control_output)
         self.worker = SessionWorker(
-            pipeline, output, self.stats, self.engine.notify, self.session_specs, control_output
+            pipeline,
+            output,
+            self.stats,
+            self.engine.notify,
+            self.session_specs,
+            control_output,
+            device_busy=lambda: self.engine.busy_seconds,
         )
 
         @pc.on("connectionstatechange")

@@ -53,6 +53,7 @@ class SessionWorker:
         wake,
         session_specs: dict[str, ParamSpec],
         control_output: StylisedTrack | None = None,
+        device_busy: Callable[[], float] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.output = output
@@ -66,6 +67,8 @@ class SessionWorker:
             floor=self.session_params.min_resolution,
         )
         self._camera_side = 0  # the camera's longest side, which caps the ladder
+        self._device_busy = device_busy
+        self._busy_mark: tuple[float, float] | None = None  # (wall time, device busy seconds) at the last frame
         # Similarity skip: a small grey thumbnail of the last camera frame that ran the model, and its result.
         self._last_thumbnail: np.ndarray | None = None
         self._last_result: np.ndarray | None = None
@@ -130,7 +133,7 @@ class SessionWorker:
 
         def finish(result: FrameResult) -> None:
             model_seconds = result.model_seconds
-            self.controller.observe(model_seconds)
+            self.controller.observe(self._device_seconds_per_frame(model_seconds))
             self._last_result = result.picture
             self.output.publish(VideoFrame.from_ndarray(result.picture, format="rgb24"), arrival)
             control = result.control_image
@@ -142,6 +145,19 @@ class SessionWorker:
             self.stats.add(frames_processed=1, model_seconds=model_seconds, queue_seconds=queue_seconds)
 
         return FrameJob(self.pipeline, rgb, size, output_size, finish, self._failed)
+
+    def _device_seconds_per_frame(self, model_seconds: float) -> float:
+        """What one of this viewer's frames costs the device: its own model time plus the other viewers' frames
+        since its last one. With one viewer that is the model time; with three, about three frames' worth — so
+        each controller sizes its frames for a third of the device, and all of them hold the target."""
+        if self._device_busy is None:
+            return model_seconds
+        now, busy = time.monotonic(), self._device_busy()
+        mark, self._busy_mark = self._busy_mark, (now, busy)
+        # After a pause (no camera, a slow client), the others' work in between says nothing about this frame.
+        if mark is None or now - mark[0] > 3 / self.session_params.target_fps:
+            return model_seconds
+        return max(model_seconds, busy - mark[1])
 
     def _fit_ladder_to_camera(self, camera_side: int) -> None:
         """No rung above the camera's own size: above it every rung gives the same picture, and stepping down

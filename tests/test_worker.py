@@ -81,3 +81,20 @@ async def test_the_engine_survives_a_failing_session(tiny):
     finally:
         engine.remove(client)
         engine.stop()
+
+
+async def test_viewers_share_the_device_budget(tiny):
+    busy = [0.0]
+    stats = SessionStats()
+    worker = SessionWorker(
+        StreamPipeline(tiny),
+        StylisedTrack(stats),
+        stats,
+        lambda: None,
+        session_specs(512, 8.0),
+        device_busy=lambda: busy[0],
+    )
+    busy[0] += 0.05
+    assert worker._device_seconds_per_frame(0.05) == 0.05  # the first frame: its own time
+    busy[0] += 0.05 + 0.05 + 0.05  # two other viewers' frames, then this one's
+    assert abs(worker._device_seconds_per_frame(0.05) - 0.15) < 1e-9
