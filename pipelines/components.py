@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, LCMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, LCMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 from .presets import ModelPreset
@@ -20,7 +20,7 @@ class ModelComponents:
 
     preset: ModelPreset
     unet: UNet2DConditionModel
-    vae: AutoencoderKL
+    vae: AutoencoderKL | AutoencoderTiny
     text_encoder: CLIPTextModel
     tokenizer: CLIPTokenizer
     scheduler: LCMScheduler
@@ -44,6 +44,11 @@ class ModelComponents:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def vae_has_posterior(self) -> bool:
+        """AutoencoderKL encodes to a distribution that is sampled; a tiny VAE (TAESD) to latents directly."""
+        return isinstance(self.vae, AutoencoderKL)
 
     @property
     def has_guidance_embedding(self) -> bool:

@@ -13,7 +13,7 @@ import torch
 
 from .components import ModelComponents
 from .devices import default_dtype, resolve_device
-from .presets import CONTROLNETS, OFFLINE_PRESET, GuidanceKind, ModelPreset, ScheduleKind, get_preset
+from .presets import CONTROLNETS, OFFLINE_PRESET, TINY_VAES, GuidanceKind, ModelPreset, ScheduleKind, get_preset
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +30,12 @@ def load_model(
     device: str | torch.device | None = "auto",
     dtype: torch.dtype | None = None,
     controlnet: str | None = None,
+    tiny_vae: bool = False,
 ) -> ModelComponents:
     """Load a preset (`tiny`, `lcm-dreamshaper`, ...) or a local diffusers folder onto `device`.
 
     `controlnet="canny"` adds the Canny ControlNet of the model's family (a tiny one for the built-in models).
+    `tiny_vae` swaps the VAE for TAESD / TAESDXL (random weights of that shape for the built-in models).
     """
     resolved = resolve_device(device)
     dtype = dtype or default_dtype(resolved)
@@ -56,6 +58,8 @@ def load_model(
             )
     if controlnet is not None:
         parts["controlnet"] = _controlnet(controlnet, preset, parts)
+    if tiny_vae:
+        parts["vae"] = _tiny_vae(preset, dtype)
     components = ModelComponents(preset=preset, device=resolved, dtype=dtype, model_id=model, **parts)
     return components.to(resolved, dtype)
 
@@ -114,6 +118,20 @@ def _controlnet(kind: str, preset: ModelPreset, parts: dict):
     return _fetch(
         f"{kind} ControlNet", [repo], lambda local: ControlNetModel.from_pretrained(repo, dtype=dtype, **local)
     )
+
+
+def _tiny_vae(preset: ModelPreset, dtype: torch.dtype):
+    from diffusers import AutoencoderTiny
+
+    from . import tiny
+
+    if preset.builtin and preset.builtin.startswith("tiny"):
+        return tiny.tiny_taesd()
+    if preset.builtin:  # *-arch: TAESD's real shape
+        torch.manual_seed(tiny.TINY_SEED)
+        return AutoencoderTiny()
+    repo = TINY_VAES[preset.family]
+    return _fetch("tiny VAE", [repo], lambda local: AutoencoderTiny.from_pretrained(repo, dtype=dtype, **local))
 
 
 def _fetch(name: str, repos: list[str], load: Callable[[dict[str, Any]], Any]) -> Any:

@@ -62,7 +62,7 @@ class SeededNoise:
     per non-final step. Step terms are pre-multiplied by sqrt(1 - alpha_prev).
     """
 
-    first: torch.Tensor  # img2img: the posterior sample; txt2img: the initial latents
+    first: torch.Tensor | None  # img2img: the posterior sample (None for a tiny VAE); txt2img: the latents
     start_term: torch.Tensor | None  # img2img: sqrt(1 - alpha_t0) * noise, added to the scaled init latents
     step_terms: tuple[torch.Tensor | None, ...]
 
@@ -238,8 +238,13 @@ class StreamPipeline:
 
     def _encode(self, plan: FramePlan, image: torch.Tensor, noise: SeededNoise) -> torch.Tensor:
         c = self.components
-        posterior = c.vae.encode(image).latent_dist
-        latents = c.vae.config.scaling_factor * (posterior.mean + posterior.std * noise.first)
+        encoded = c.vae.encode(image)
+        if c.vae_has_posterior:
+            posterior = encoded.latent_dist
+            latents = posterior.mean + posterior.std * noise.first
+        else:
+            latents = encoded.latents
+        latents = c.vae.config.scaling_factor * latents
         return plan.schedule.noise_sqrt_alpha * latents + noise.start_term
 
     def _denoise(
@@ -374,7 +379,9 @@ class StreamPipeline:
             # A CPU generator, as diffusers' randn_tensor uses for a CPU generator on any device: same seed, same
             # numbers on every machine.
             generator = torch.Generator("cpu").manual_seed(seed)
-            count = 1 + (0 if plan.txt2img else 1) + sum(not step.is_last for step in plan.schedule.steps)
+            # txt2img: initial latents; img2img: the VAE posterior sample (if it has one), then the add-noise.
+            first = 1 if plan.txt2img or self.components.vae_has_posterior else 0
+            count = first + (0 if plan.txt2img else 1) + sum(not step.is_last for step in plan.schedule.steps)
             draws = [torch.randn(shape, generator=generator, dtype=self.components.dtype) for _ in range(count)]
             if plan.txt2img:
                 plan.draws[key] = draws
@@ -384,7 +391,7 @@ class StreamPipeline:
         """Draws moved to the device and scaled by the schedule's coefficients."""
         device = self.components.device
         on_device = iter([draw.to(device) for draw in draws])
-        first = next(on_device)
+        first = next(on_device) if plan.txt2img or self.components.vae_has_posterior else None
         # LCMScheduler.init_noise_sigma is 1: txt2img latents are the first draw itself.
         start_term = None if plan.txt2img else plan.schedule.noise_sqrt_beta * next(on_device)
         step_terms = tuple(

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, ControlNetModel, LCMScheduler, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, LCMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
 TINY_SEED = 0
@@ -111,6 +111,17 @@ def tiny_vae(seed: int = TINY_SEED) -> AutoencoderKL:
         norm_num_groups=8,
         sample_size=64,
         force_upcast=False,  # fp16 is safe for it, as for the fp16-fix VAE the SDXL presets use
+    )
+
+
+def tiny_taesd(seed: int = TINY_SEED) -> AutoencoderTiny:
+    """A small TAESD-shaped VAE (no posterior, scale factor 8), for the tiny models' `--tiny-vae`."""
+    torch.manual_seed(seed)
+    return AutoencoderTiny(
+        encoder_block_out_channels=(16, 16, 16, 16),
+        decoder_block_out_channels=(16, 16, 16, 16),
+        num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1),
     )
 
 

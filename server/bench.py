@@ -165,7 +165,7 @@ def run_pipeline_bench(args: argparse.Namespace) -> dict:
     modes = _choices(args.mode, MODES, "--mode")
     controlnets = _choices(args.controlnet, ("none", *CONTROLNETS), "--controlnet")
     kind = next((c for c in controlnets if c != "none"), None)
-    components = load_model(args.model, device=args.device, controlnet=kind)
+    components = load_model(args.model, device=args.device, controlnet=kind, tiny_vae=args.tiny_vae)
     print(
         f"model {args.model} on {components.device} ({str(components.dtype).removeprefix('torch.')}), "
         f"{args.size}x{args.size}, steps {args.steps}, strength {args.strength}, {args.frames} frames"
@@ -229,6 +229,7 @@ def _choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="tiny", help="preset name or local diffusers folder (default: tiny)")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
+    parser.add_argument("--tiny-vae", action="store_true", help="TAESD / TAESDXL instead of the full VAE")
     parser.add_argument("--size", type=int, help="square frame side in pixels (default 512; 256 through WebRTC)")
     parser.add_argument("--steps", type=int, help="LCM steps per frame, 1-4 (default 4; 2 through WebRTC)")
     parser.add_argument("--strength", type=float, default=0.5, help="img2img strength (default 0.5)")

@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--controlnet", choices=sorted(CONTROLNETS), help="add a ControlNet of the model's family (canny)"
     )
     parser.add_argument(
+        "--tiny-vae", action="store_true", help="TAESD / TAESDXL instead of the full VAE: faster, a little softer"
+    )
+    parser.add_argument(
         "--token", default=os.environ.get("LCMLIVE_TOKEN"), help="require this token (or set LCMLIVE_TOKEN)"
     )
     parser.add_argument("--max-sessions", type=int, default=4, help="most viewers at once (default 4)")
@@ -87,7 +90,7 @@ def main(args: argparse.Namespace) -> int:
     if warning:
         log.warning(warning)
     log.info("loading model %s on %s ...", model_name, device)
-    model = load_model(model_name, device=device, controlnet=args.controlnet)
+    model = load_model(model_name, device=device, controlnet=args.controlnet, tiny_vae=args.tiny_vae)
     with_controlnet = f" + {args.controlnet} ControlNet" if args.controlnet else ""
     log.info("model ready: %s%s (%s)", model_name, with_controlnet, str(model.dtype).removeprefix("torch."))
     threads = reserve_a_core_for_media(model.device)

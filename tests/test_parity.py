@@ -8,7 +8,7 @@ import pytest
 import torch
 from diffusers import LatentConsistencyModelImg2ImgPipeline, StableDiffusionImg2ImgPipeline
 
-from pipelines import StreamPipeline
+from pipelines import StreamPipeline, load_model
 from pipelines.tiny import save_tiny_lora, tiny_sd15_parts
 
 TOLERANCE = 1e-4  # max abs difference on the float image in [0, 1], before quantisation
@@ -92,3 +92,21 @@ def test_lora_parity_is_not_vacuous_the_lora_changes_the_picture(lora_reference,
     plain = without_lora(PROMPT, **reference_kwargs(frame, 2, 0.5, 1.0)).images[0]
     adapted = lora_reference(PROMPT, **reference_kwargs(frame, 2, 0.5, 1.0)).images[0]
     assert np.abs(plain - adapted).max() > 100 * TOLERANCE
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_tiny_vae_parity_with_latent_consistency_img2img(frame, steps):
+    """TAESD has no posterior to sample: diffusers takes its latents as they are, and so must the stream."""
+    from pipelines.tiny import tiny_taesd
+
+    reference = LatentConsistencyModelImg2ImgPipeline(
+        **{**tiny_sd15_parts(), "vae": tiny_taesd()},
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    reference.set_progress_bar_config(disable=True)
+    pipe = StreamPipeline(load_model("tiny", device="cpu", tiny_vae=True))
+    params = pipe.update(prompt=PROMPT, steps=steps, strength=0.6, seed=SEED)
+    expected = reference(PROMPT, **reference_kwargs(frame, steps, 0.6, params.guidance_scale)).images[0]
+    assert np.abs(stream_image(pipe, frame) - expected).max() <= TOLERANCE
