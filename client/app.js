@@ -527,7 +527,9 @@ function iceGatheringComplete(pc, timeoutMs) {
 
 // The first video track is the stylised output; a second one, when asked for, is the Canny map.
 function showTrack(session, event) {
-  const stream = event.streams[0] ?? new MediaStream([event.track]);
+  // A stream of its own per track: the server sends both tracks in one MediaStream, and a <video> given that
+  // stream would play its first video track in both places.
+  const stream = new MediaStream([event.track]);
   const isControl = session.controlTransceiver !== null && event.transceiver === session.controlTransceiver;
   (isControl ? ui.controlVideo : ui.outputVideo).srcObject = stream;
 }

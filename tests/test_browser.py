@@ -40,10 +40,10 @@ STEP_TIMEOUT_S = 20
 # answering /health.
 RECONNECT_TIMEOUT_S = 30
 
-# Grabs the output video into a small canvas and returns its grey values, so Python can compare two frames.
+# Grabs a video element (by id) into a small canvas and returns its grey values, so Python can compare two frames.
 GRAB_OUTPUT_GREY = """
-() => {
-  const video = document.getElementById("output-video");
+(id) => {
+  const video = document.getElementById(id);
   const canvas = document.createElement("canvas");
   canvas.width = 64;
   canvas.height = 64;
@@ -127,7 +127,7 @@ def wait_for_output_video_size(page: sync_api.Page) -> tuple[int, int]:
 
 
 def grab_output_grey(page: sync_api.Page) -> list[int]:
-    return page.evaluate(GRAB_OUTPUT_GREY)
+    return page.evaluate(GRAB_OUTPUT_GREY, "output-video")
 
 
 def mean_abs_difference(a: list[int], b: list[int]) -> float:
@@ -222,3 +222,32 @@ def test_chromium_reconnects_after_server_restart(page, script_errors):
     finally:
         for server in servers:
             server.stop()
+
+
+def test_chromium_shows_the_canny_map_and_switches_to_txt2img(page: sync_api.Page, script_errors: list[str]):
+    """With a ControlNet, the page offers the Canny view (a second video track) and the mode control."""
+    server = LiveServer("--controlnet", "canny")
+    try:
+        open_page(page, f"{server.url}/")
+        page.locator("#show-canny-label").wait_for(state="visible")
+        page.check("#show-canny")
+        assert page.locator("#control-pane").is_visible()
+        start_and_wait_for_video(page)
+        page.wait_for_function(
+            "() => { const v = document.getElementById('control-video'); return v.videoWidth > 0; }",
+            timeout=FIRST_VIDEO_TIMEOUT_S * 1000,
+        )
+        # The Canny map, not the picture: mostly dark, with bright edges of the fake camera's shapes.
+        canny = page.evaluate(GRAB_OUTPUT_GREY, "control-video")
+        picture = page.evaluate(GRAB_OUTPUT_GREY, "output-video")
+        assert sum(1 for v in canny if v < 48) > 0.7 * len(canny), canny[:64]
+        assert sum(1 for v in picture if v < 48) < 0.5 * len(picture)
+        page.select_option("#param-mode", "txt2img")
+        wait_for_state(page, "s.lastParams && s.lastParams.mode === 'txt2img'", STEP_TIMEOUT_S)
+        frames = state(page)["outputFrames"]
+        wait_for_state(page, f"s.outputFrames > {frames + 3}", STEP_TIMEOUT_S)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "chromium-controlnet.png"), full_page=True)
+    finally:
+        server.stop()
+    assert not script_errors
