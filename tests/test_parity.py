@@ -32,26 +32,23 @@ def stream_image(pipe: StreamPipeline, frame: np.ndarray) -> np.ndarray:
     return pipe.render(frame)[0].permute(1, 2, 0).numpy()
 
 
-@pytest.fixture(scope="module")
-def lcm_reference() -> LatentConsistencyModelImg2ImgPipeline:
-    pipe = LatentConsistencyModelImg2ImgPipeline(
-        **tiny_sd15_parts(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
-    )
+def reference(cls, parts: dict):
+    """A diffusers SD1.5 pipeline on fresh tiny parts, quiet and without a safety checker."""
+    pipe = cls(**parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 @pytest.fixture(scope="module")
+def lcm_reference() -> LatentConsistencyModelImg2ImgPipeline:
+    return reference(LatentConsistencyModelImg2ImgPipeline, tiny_sd15_parts())
+
+
+@pytest.fixture(scope="module")
 def lora_reference(tmp_path_factory) -> StableDiffusionImg2ImgPipeline:
     """The tiny base model with the tiny LoRA loaded (not fused) the way the LCM-LoRA guide does it."""
-    pipe = StableDiffusionImg2ImgPipeline(
-        **tiny_sd15_parts(guidance_embedding=False),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    pipe = reference(StableDiffusionImg2ImgPipeline, tiny_sd15_parts(guidance_embedding=False))
     pipe.load_lora_weights(str(save_tiny_lora(tmp_path_factory.mktemp("lora"))))
-    pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
@@ -82,13 +79,7 @@ def test_lcm_lora_parity_with_sd_img2img_and_load_lora_weights(
 
 def test_lora_parity_is_not_vacuous_the_lora_changes_the_picture(lora_reference, frame):
     """Guards the LoRA parity test: the adapter must move the output far more than the tolerance."""
-    without_lora = StableDiffusionImg2ImgPipeline(
-        **tiny_sd15_parts(guidance_embedding=False),
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    without_lora.set_progress_bar_config(disable=True)
+    without_lora = reference(StableDiffusionImg2ImgPipeline, tiny_sd15_parts(guidance_embedding=False))
     plain = without_lora(PROMPT, **reference_kwargs(frame, 2, 0.5, 1.0)).images[0]
     adapted = lora_reference(PROMPT, **reference_kwargs(frame, 2, 0.5, 1.0)).images[0]
     assert np.abs(plain - adapted).max() > 100 * TOLERANCE
@@ -99,14 +90,8 @@ def test_tiny_vae_parity_with_latent_consistency_img2img(frame, steps):
     """TAESD has no posterior to sample: diffusers takes its latents as they are, and so must the stream."""
     from pipelines.tiny import tiny_taesd
 
-    reference = LatentConsistencyModelImg2ImgPipeline(
-        **{**tiny_sd15_parts(), "vae": tiny_taesd()},
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    reference.set_progress_bar_config(disable=True)
+    with_taesd = reference(LatentConsistencyModelImg2ImgPipeline, {**tiny_sd15_parts(), "vae": tiny_taesd()})
     pipe = StreamPipeline(load_model("tiny", device="cpu", tiny_vae=True))
     params = pipe.update(prompt=PROMPT, steps=steps, strength=0.6, seed=SEED)
-    expected = reference(PROMPT, **reference_kwargs(frame, steps, 0.6, params.guidance_scale)).images[0]
+    expected = with_taesd(PROMPT, **reference_kwargs(frame, steps, 0.6, params.guidance_scale)).images[0]
     assert np.abs(stream_image(pipe, frame) - expected).max() <= TOLERANCE
