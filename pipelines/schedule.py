@@ -28,7 +28,6 @@ class LcmStep:
 class Schedule:
     """The steps one frame runs, plus the add-noise coefficients of the first timestep."""
 
-    timesteps: tuple[int, ...]
     steps: tuple[LcmStep, ...]
     # In the model dtype, as `LCMScheduler.add_noise` casts alphas to the sample dtype first.
     noise_sqrt_alpha: torch.Tensor
@@ -93,7 +92,6 @@ def build_schedule(
         )
     alpha_start = alphas.to(dtype=dtype)[full[first]]
     return Schedule(
-        timesteps=tuple(int(t) for t in full[first:]),
         steps=tuple(lcm_steps),
         noise_sqrt_alpha=(alpha_start**0.5).to(device),
         noise_sqrt_beta=((1 - alpha_start) ** 0.5).to(device),

@@ -16,11 +16,9 @@ class ModelCallTimer:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds = 0.0
-        self.calls = 0
 
     def reset(self) -> None:
         self.seconds = 0.0
-        self.calls = 0
 
     @contextmanager
     def attach(self, unet, vae, text_encoder, extra=()) -> Iterator[ModelCallTimer]:
@@ -48,7 +46,6 @@ class ModelCallTimer:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.seconds += time.perf_counter() - start
-            self.calls += 1
             return result
 
         return timed

@@ -223,9 +223,7 @@ def sd15_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
         )
         vae = _real_vae(sample_size=512)
         text_encoder = CLIPTextModel(_clip_config(768, 3072, 12, 12, "quick_gelu"))
-    for module in (unet, vae, text_encoder):
-        if dtype != torch.float32:  # built in float32; diffusers warns even on a no-op cast
-            module.to(dtype=dtype)
+    _cast((unet, vae, text_encoder), dtype)
     return {
         "unet": unet,
         "vae": vae,
@@ -257,9 +255,7 @@ def sdxl_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
         vae = _real_vae(sample_size=1024, scaling_factor=0.13025, force_upcast=False)  # as the fp16-fix VAE
         text_encoder = CLIPTextModel(_clip_config(768, 3072, 12, 12, "quick_gelu"))
         text_encoder_2 = CLIPTextModelWithProjection(_clip_config(1280, 5120, 32, 20, "gelu", projection_dim=1280))
-    for module in (unet, vae, text_encoder, text_encoder_2):
-        if dtype != torch.float32:
-            module.to(dtype=dtype)
+    _cast((unet, vae, text_encoder, text_encoder_2), dtype)
     return {
         "unet": unet,
         "vae": vae,
@@ -269,6 +265,13 @@ def sdxl_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
         "tokenizer_2": offline_tokenizer(),
         "scheduler": lcm_scheduler(),
     }
+
+
+def _cast(modules: tuple[torch.nn.Module, ...], dtype: torch.dtype) -> None:
+    """Cast modules built in float32; only when needed, as diffusers warns even on a no-op cast."""
+    if dtype != torch.float32:
+        for module in modules:
+            module.to(dtype=dtype)
 
 
 def _real_vae(**config) -> AutoencoderKL:

@@ -52,7 +52,6 @@ class LoopbackRecord:
     stats: list[dict] = field(default_factory=list)
     params: list[dict] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
-    sent_frames: int = 0
 
     def fps_between(self, start: float, end: float) -> float:
         count = sum(1 for t in self.arrivals if start <= t < end)
@@ -77,7 +76,6 @@ class LoopbackClient:
         self.sample_every = sample_every
         self.canny_view = canny_view
         self.record = LoopbackRecord()
-        self.started = 0.0
         self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._ws: Any = None
         self._tasks: list[asyncio.Task] = []
@@ -100,7 +98,6 @@ class LoopbackClient:
         # The server follows its answer with the effective params; take them here, so that the echo awaited by
         # `send_params` is never mistaken for them.
         await self._file(await self._next_message("params", timeout=30))
-        self.started = time.monotonic()
         await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
         self._tasks.append(asyncio.create_task(self._read_messages(), name="loopback-messages"))
         return self
@@ -109,7 +106,6 @@ class LoopbackClient:
         await self.close()
 
     async def close(self) -> None:
-        self.record.sent_frames = self.camera.sent
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
