@@ -112,6 +112,11 @@ function authHeaders() {
 async function loadParamSchema() {
   try {
     const response = await fetch("/params/schema", { headers: authHeaders() });
+    if (response.status === 401) {
+      const refusal = await response.json();
+      showError(refusal.code, refusal.message);
+      return;
+    }
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     buildControls(await response.json());
   } catch (err) {

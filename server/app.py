@@ -1,52 +1,66 @@
-"""The web app on one port: the client page, /health, /params/schema and the /ws signaling socket."""
+"""The web app on one port: the pages, /health, /params/schema, the /ws socket, WHIP and WHEP.
+
+It builds the parts (engine, registry of streams, peer connections) and hands each front end the registry; the
+front ends never reach the engine or each other.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import json
 import logging
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
-from starlette.routing import Mount, Route, WebSocketRoute
-from starlette.staticfiles import StaticFiles
+from starlette.responses import JSONResponse
+from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from pipelines import ModelComponents, PromptCache, param_specs, params_json_schema
 
+from .access import AccessGate
+from .config import ServerConfig
 from .engine import Engine
-from .protocol import error_message
-from .session import Session
+from .frontends.pages import page_routes
+from .frontends.websocket import PageSocket, page_socket
+from .frontends.whep import whep_routes
+from .frontends.whip import whip_routes
+from .media.peers import PeerConnections
+from .registry import StreamRegistry
 from .session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, session_specs
 
 log = logging.getLogger(__name__)
 
-CLIENT_DIR = Path(__file__).resolve().parent.parent / "client"
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    token: str | None = None
-    max_sessions: int = 4
-    target_fps: float | None = None  # the viewers' starting target; None: by device
+# The pages and their scripts hold nothing secret; the token guards what they call.
+OPEN_PATHS = ("/", "/view", "/control", "/client")
+SHUTDOWN_MESSAGE = "the server is shutting down"
 
 
 def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
-    """The ASGI app serving one loaded model to up to `config.max_sessions` viewers."""
+    """The ASGI app serving one loaded model to up to `config.max_sessions` streams."""
     engine = Engine(model.device)
-    prompt_cache = PromptCache()
-    sessions: set[Session] = set()
+    peers = PeerConnections()
     device = model.device.type
-    viewer_specs = session_specs(
+    stream_specs = session_specs(
         DEFAULT_MAX_RESOLUTION.get(device, 512), config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0)
     )
-    model_specs = param_specs(model.preset, controlnet=model.controlnet is not None)
-    schema = params_json_schema({**model_specs, **viewer_specs})
+    registry = StreamRegistry(engine, model, PromptCache(), stream_specs, peers, config)
+    sockets: set[PageSocket] = set()
+    schema = params_json_schema({**param_specs(model.preset, controlnet=model.controlnet is not None), **stream_specs})
+
+    stopping = asyncio.Event()
+
+    async def shutdown() -> None:
+        """Tell every client, end every stream, stop the engine: before the server closes the sockets. Idempotent."""
+        if stopping.is_set():
+            return
+        stopping.set()
+        await registry.end_all("shutting_down", SHUTDOWN_MESSAGE)
+        await asyncio.gather(*(s.end("shutting_down", SHUTDOWN_MESSAGE) for s in list(sockets)), return_exceptions=True)
+        # The engine finishes the frame it is on; joining it must not hold the event loop.
+        await asyncio.to_thread(engine.stop)
 
     @asynccontextmanager
     async def lifespan(app: Starlette):
@@ -54,11 +68,7 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
         try:
             yield
         finally:
-            await asyncio.gather(*(session.close() for session in list(sessions)), return_exceptions=True)
-            engine.stop()
-
-    async def index(request: Request) -> FileResponse:
-        return FileResponse(CLIENT_DIR / "index.html")
+            await shutdown()
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse(
@@ -68,11 +78,15 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
                 "controlnet": "canny" if model.controlnet is not None else None,
                 "device": str(model.device),
                 "dtype": str(model.dtype).removeprefix("torch."),
-                "sessions": len(sessions),
+                "streams": len(registry),
+                "publishers": registry.publishers,
+                "viewers": sum(len(stream.viewers) for stream in registry),
+                "controllers": sum(1 for s in sockets if s.role == "control"),
+                "sockets": len(sockets),
                 "max_sessions": config.max_sessions,
-                # What a leak would show first: both return to zero when the last viewer leaves.
+                # What a leak would show first: all return to zero when the last stream ends.
                 "engine_clients": engine.client_count,
-                "peer_connections": sum(1 for s in sessions if s.pc is not None),
+                "peer_connections": len(peers),
             }
         )
 
@@ -80,47 +94,32 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
         return JSONResponse(schema)
 
     async def signaling(websocket: WebSocket) -> None:
-        # Accept first, then refuse with a message: a rejected handshake looks like "server down" to a browser.
-        await websocket.accept()
-        if not _authorized(websocket, config.token):
-            await _refuse(websocket, "unauthorized", "missing or wrong token: add ?token=... to the page URL")
-            return
-        if len(sessions) >= config.max_sessions:
-            await _refuse(websocket, "server_full", f"the server is at its limit of {config.max_sessions} sessions")
-            return
-        session = Session(websocket, engine, model, prompt_cache, viewer_specs)
-        sessions.add(session)
-        try:
-            await session.run()
-        finally:
-            sessions.discard(session)
-            await session.close()
+        await page_socket(websocket, registry, sockets)
 
     app = Starlette(
         routes=[
-            Route("/", index),
+            *page_routes(),
             Route("/health", health),
             Route("/params/schema", params_schema),
             WebSocketRoute("/ws", signaling),
-            Mount("/client", StaticFiles(directory=CLIENT_DIR), name="client"),
+            *whip_routes(registry),
+            *whep_routes(registry),
+        ],
+        middleware=[
+            # Outermost: a CORS preflight from an allowed origin is answered before anything asks for a token.
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(config.allow_origins),
+                allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type"],
+                expose_headers=["Location"],
+            ),
+            Middleware(AccessGate, token=config.token, allow_origins=config.allow_origins, open_paths=OPEN_PATHS),
         ],
         lifespan=lifespan,
     )
     app.state.engine = engine
-    app.state.sessions = sessions
+    app.state.registry = registry
+    app.state.sockets = sockets
+    app.state.shutdown = shutdown
     return app
-
-
-def _authorized(websocket: WebSocket, token: str | None) -> bool:
-    if not token:
-        return True
-    offered = websocket.query_params.get("token")
-    header = websocket.headers.get("authorization", "")
-    if header.lower().startswith("bearer "):
-        offered = offered or header[7:].strip()
-    return offered is not None and hmac.compare_digest(offered.encode(), token.encode())
-
-
-async def _refuse(websocket: WebSocket, code: str, message: str) -> None:
-    await websocket.send_text(json.dumps(error_message(code, message)))
-    await websocket.close(code=1008 if code == "unauthorized" else 1013)

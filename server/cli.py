@@ -8,7 +8,8 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import bench, serve
+    from . import serve
+    from .bench import command as bench
 
     parser = argparse.ArgumentParser(prog="lcmlive", description="Real-time webcam stylisation with LCM.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return serve.main(args)
         if args.command == "bench":
-            from . import bench
+            from .bench import command as bench
 
             return bench.main(args)
     except (ModelUnavailableError, ValueError) as error:

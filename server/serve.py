@@ -8,12 +8,15 @@ import logging
 import os
 import sys
 
+import uvicorn
+
 from pipelines import load_model, resolve_device
 from pipelines.presets import CONTROLNETS, DEFAULT_CUDA_PRESET, OFFLINE_PRESET
 
+from .config import ServerConfig
 from .engine import reserve_a_core_for_media
-from .ice import restrict_ice_to_loopback
-from .video_bitrate import DEFAULT_MAX_KBPS, DEFAULT_START_KBPS, configure_video_bitrate
+from .media.encoder import DEFAULT_BITRATE_KBPS
+from .media.ice import restrict_ice_to_loopback
 
 log = logging.getLogger("lcmlive")
 
@@ -49,7 +52,44 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--token", default=os.environ.get("LCMLIVE_TOKEN"), help="require this token (or set LCMLIVE_TOKEN)"
     )
-    parser.add_argument("--max-sessions", type=int, default=4, help="most viewers at once (default 4)")
+    defaults = ServerConfig()
+    parser.add_argument(
+        "--max-sessions", type=int, default=defaults.max_sessions, help="most streams (publishers) at once (default 4)"
+    )
+    parser.add_argument(
+        "--max-viewers", type=int, default=defaults.max_viewers, help="most WHEP viewers per stream (default 8)"
+    )
+    parser.add_argument(
+        "--max-controllers",
+        type=int,
+        default=defaults.max_controllers,
+        help="most control sockets per stream (default 8)",
+    )
+    parser.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a web origin (e.g. https://studio.example) whose pages may use this server; repeatable",
+    )
+    parser.add_argument(
+        "--offer-timeout",
+        type=float,
+        default=defaults.offer_timeout,
+        help="seconds a publishing socket may wait before its offer (default 15)",
+    )
+    parser.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=defaults.connect_timeout,
+        help="seconds a peer connection may take to connect (default 30)",
+    )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=defaults.idle_timeout,
+        help="seconds without a camera frame before a stream ends (default 30)",
+    )
     parser.add_argument(
         "--target-fps", type=float, help="frame rate each viewer starts with (default 30 on CUDA, 8 on a CPU)"
     )
@@ -61,23 +101,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="WebRTC over 127.0.0.1 only (tests, or browser and server on one machine)",
     )
     parser.add_argument(
-        "--bitrate", type=int, default=DEFAULT_START_KBPS, help=f"video start kbps (default {DEFAULT_START_KBPS})"
-    )
-    parser.add_argument(
-        "--max-bitrate", type=int, default=DEFAULT_MAX_KBPS, help=f"video max kbps (default {DEFAULT_MAX_KBPS})"
+        "--bitrate",
+        type=int,
+        default=DEFAULT_BITRATE_KBPS,
+        help=f"stylised video kbps, one encode per stream for all its viewers (default {DEFAULT_BITRATE_KBPS})",
     )
 
 
 def main(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from .app import ServerConfig, create_app
+    from .app import create_app
 
     if bool(args.cert) != bool(args.key):
         raise ValueError("--cert and --key go together")
-    if args.max_sessions < 1:
-        raise ValueError(f"--max-sessions must be at least 1, got {args.max_sessions}")
-    configure_video_bitrate(args.bitrate, args.max_bitrate)
+    config = config_from_arguments(args)
     if args.ice_loopback:
         restrict_ice_to_loopback()
     device = resolve_device(args.device)
@@ -97,15 +133,13 @@ def main(args: argparse.Namespace) -> int:
     if model.device.type == "cpu":
         log.info("model runs on %d CPU thread(s); one core is left for video coding", threads)
 
-    if args.target_fps is not None and not 1 <= args.target_fps <= 60:
-        raise ValueError(f"--target-fps must be between 1 and 60, got {args.target_fps}")
-    config = ServerConfig(token=args.token, max_sessions=args.max_sessions, target_fps=args.target_fps)
     app = create_app(model, config)
     scheme = "https" if args.cert else "http"
     shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     query = f"?token={args.token}" if args.token else ""
     print(f"\n  lcmlive is up: open {scheme}://{shown_host}:{args.port}/{query}\n", file=sys.stderr, flush=True)
-    server = uvicorn.Server(
+    server = TellingServer(
+        app,
         uvicorn.Config(
             app,
             host=args.host,
@@ -115,11 +149,60 @@ def main(args: argparse.Namespace) -> int:
             ssl_certfile=args.cert,
             ssl_keyfile=args.key,
             log_level="warning",
+            # Keepalive: a socket whose peer stopped answering pings is closed, and its slot freed.
+            ws_ping_interval=10.0,
+            ws_ping_timeout=10.0,
             timeout_graceful_shutdown=3,
-        )
+        ),
     )
     # uvicorn re-raises Ctrl-C after its graceful shutdown; that is the normal way out, not an error.
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
-    log.info("stopped: every session closed")
+    log.info("stopped: every stream ended")
     return 0
+
+
+def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
+    """The server's settings from the command line; ValueError for any that cannot work."""
+    for flag in ("max_sessions", "max_viewers", "max_controllers"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    for flag in ("offer_timeout", "connect_timeout", "idle_timeout"):
+        if not getattr(args, flag) > 0:
+            raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.target_fps is not None and not 1 <= args.target_fps <= 60:
+        raise ValueError(f"--target-fps must be between 1 and 60, got {args.target_fps}")
+    if not 100 <= args.bitrate <= 50_000:
+        raise ValueError(f"--bitrate must be between 100 and 50000 kbps, got {args.bitrate}")
+    origins = tuple(origin.rstrip("/") for value in args.allow_origin for origin in value.split(",") if origin)
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
+            raise ValueError(f"--allow-origin takes an origin like https://host:port, got {origin!r}")
+    return ServerConfig(
+        token=args.token,
+        max_sessions=args.max_sessions,
+        max_viewers=args.max_viewers,
+        max_controllers=args.max_controllers,
+        target_fps=args.target_fps,
+        allow_origins=origins,
+        offer_timeout=args.offer_timeout,
+        connect_timeout=args.connect_timeout,
+        idle_timeout=args.idle_timeout,
+        bitrate_kbps=args.bitrate,
+    )
+
+
+class TellingServer(uvicorn.Server):
+    """uvicorn, but on Ctrl-C or SIGTERM every client hears `shutting_down` before its socket is closed.
+
+    uvicorn closes the open WebSockets itself before the app's lifespan ends, so a goodbye sent from there would
+    never arrive.
+    """
+
+    def __init__(self, app, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._app = app
+
+    async def shutdown(self, sockets=None) -> None:
+        await self._app.state.shutdown()
+        await super().shutdown(sockets)

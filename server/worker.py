@@ -1,4 +1,4 @@
-"""One session's work on the engine thread: its newest camera frame, its pipeline and its parameters."""
+"""One stream's work on the engine thread: its newest camera frame, its pipeline and its parameters."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pipelines import ParamSpec, StreamPipeline, processing_size
 from pipelines.executor import FrameResult
 from pipelines.resolution import ResolutionController
 
-from .mailbox import LatestSlot
+from .media.feed import Feed
+from .media.mailbox import LatestSlot
 from .session_params import SessionParams
 from .stats import SessionStats
-from .tracks import StylisedTrack
 
 
 @dataclass(frozen=True)
@@ -41,23 +41,23 @@ class CameraFrame:
     queue_seconds: float  # how far behind real time it arrived (see pump_frames)
 
 
-class SessionWorker:
-    """Implements the engine's client interface for one viewer. Only the engine thread calls `prepare`, the
+class StreamWorker:
+    """Implements the engine's client interface for one stream. Only the engine thread calls `prepare`, the
     jobs' callbacks and `update`; the pump calls `submit` from the event loop."""
 
     def __init__(
         self,
         pipeline: StreamPipeline,
-        output: StylisedTrack,
+        output: Feed,
         stats: SessionStats,
         wake,
         session_specs: dict[str, ParamSpec],
-        control_output: StylisedTrack | None = None,
+        control_output: Feed | None = None,
         device_busy: Callable[[], float] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.output = output
-        self.control_output = control_output  # the Canny map, when the viewer asked for a second video track
+        self.control_output = control_output  # the Canny map, sent to those who asked for a second video track
         self.stats = stats
         self.session_specs = session_specs
         self.session_params = SessionParams.defaults(session_specs)
@@ -137,7 +137,7 @@ class SessionWorker:
             self._last_result = result.picture
             self.output.publish(VideoFrame.from_ndarray(result.picture, format="rgb24"), arrival)
             control = result.control_image
-            if self.control_output is not None and control is not None and self.pipeline.uses_controlnet:
+            if self.control_output is not None and control is not None and self.control_output.subscribed:
                 self.control_output.publish(VideoFrame.from_ndarray(control, format="rgb24"), arrival)
             self.stats.width, self.stats.height = size
             self.stats.output_width, self.stats.output_height = output_size

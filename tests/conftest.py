@@ -16,7 +16,7 @@ import torch
 
 from pipelines import ModelComponents, load_model
 from pipelines.synthetic import moving_pattern
-from server.loopback import free_port
+from server.bench.loopback import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,6 +50,7 @@ class LiveServer:
     """`lcmlive serve` in a subprocess on a free loopback port; stopped (SIGINT) when the fixture ends."""
 
     def __init__(self, *args: str) -> None:
+        self.token = args[args.index("--token") + 1] if "--token" in args else None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}/ws"
@@ -74,7 +75,12 @@ class LiveServer:
         raise RuntimeError("lcmlive serve did not answer /health within 90 s")
 
     def health(self) -> dict:
-        with urllib.request.urlopen(f"{self.url}/health", timeout=5) as response:
+        return self.get_json("/health")
+
+    def get_json(self, path: str) -> dict:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(f"{self.url}{path}", headers=headers)
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
 
     def stop(self) -> str:

@@ -165,7 +165,7 @@ def test_chromium_shows_stylised_video_and_follows_the_prompt(page, script_error
     page.screenshot(path=str(ARTIFACTS / "chromium-e2e.png"), full_page=True)
 
     page.click("#stop")
-    health = wait_for_health(live_server, lambda h: h["sessions"] == 0 and h["peer_connections"] == 0, STEP_TIMEOUT_S)
+    health = wait_for_health(live_server, lambda h: h["publishers"] == h["peer_connections"] == 0, STEP_TIMEOUT_S)
     assert health["engine_clients"] == 0, health
     assert page.inner_text("#status") == "idle"
     assert page.is_enabled("#start") and not page.is_enabled("#stop")
@@ -176,17 +176,21 @@ def test_chromium_shows_stylised_video_and_follows_the_prompt(page, script_error
 def test_chromium_shows_a_wrong_token_as_an_error(page, script_errors):
     server = LiveServer("--token", "right")
     try:
-        open_page(page, f"{server.url}/?token=wrong")
-        page.click("#start")
+        page.goto(f"{server.url}/?token=wrong")
         error_banner = page.locator("#error")
-        error_banner.wait_for(state="visible")
+        error_banner.wait_for(state="visible")  # the parameter list is refused at once
+        assert "token" in error_banner.inner_text()
+        assert state(page)["lastError"]["code"] == "unauthorized"
+        page.click("#error-dismiss")
+        page.click("#start")
+        error_banner.wait_for(state="visible")  # and so is the stream
         assert "token" in error_banner.inner_text()
         assert state(page)["lastError"]["code"] == "unauthorized"
         # The refusal is final: the page stops instead of retrying, and says so.
         wait_for_state(page, "!s.running", STEP_TIMEOUT_S)
         assert page.inner_text("#status") == "error"
         assert page.is_enabled("#start")
-        assert server.health()["sessions"] == 0
+        assert server.health()["streams"] == 0
         assert script_errors == []
     finally:
         server.stop()
@@ -217,7 +221,7 @@ def test_chromium_reconnects_after_server_restart(page, script_errors):
         assert page.inner_text("#status") == "live"
         # The "lost the connection" banner goes away once the video is back.
         assert not page.locator("#error").is_visible()
-        assert servers[1].health()["sessions"] == 1
+        assert servers[1].health()["streams"] == 1
         assert script_errors == []
     finally:
         for server in servers:

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from server.ice import restrict_ice_to_loopback
-from server.loopback import LoopbackClient
+from server.bench.loopback import LoopbackClient
+from server.media.ice import restrict_ice_to_loopback
 
 SIZE = 256
 

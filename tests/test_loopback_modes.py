@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from server.ice import restrict_ice_to_loopback
-from server.loopback import LoopbackClient
+from server.bench.loopback import LoopbackClient
+from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 

@@ -1,4 +1,4 @@
-"""A session's worker and the engine, without networking: sizes, the controller's memory, failures survived."""
+"""A stream's worker and the engine, without networking: sizes, the controller's memory, failures survived."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ from av import VideoFrame
 from pipelines import StreamPipeline
 from pipelines.synthetic import moving_pattern
 from server.engine import Engine
+from server.media.feed import Feed
 from server.session_params import session_specs
 from server.stats import SessionStats
-from server.tracks import StylisedTrack
-from server.worker import FrameJob, SessionWorker
+from server.worker import FrameJob, StreamWorker
 
 
-def make_worker(components) -> SessionWorker:
+def make_worker(components) -> StreamWorker:
     stats = SessionStats()
-    return SessionWorker(StreamPipeline(components), StylisedTrack(stats), stats, lambda: None, session_specs(512, 8.0))
+    return StreamWorker(StreamPipeline(components), Feed("test", stats), stats, lambda: None, session_specs(512, 8.0))
 
 
 def camera_frame(width: int, height: int) -> VideoFrame:
@@ -86,9 +86,9 @@ async def test_the_engine_survives_a_failing_session(tiny):
 async def test_viewers_share_the_device_budget(tiny):
     busy = [0.0]
     stats = SessionStats()
-    worker = SessionWorker(
+    worker = StreamWorker(
         StreamPipeline(tiny),
-        StylisedTrack(stats),
+        Feed("test", stats),
         stats,
         lambda: None,
         session_specs(512, 8.0),

@@ -4,7 +4,6 @@ stream pipeline, same model, size, steps and strength."""
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Callable
@@ -224,54 +223,3 @@ def _choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
     if wrong or not chosen:
         raise ValueError(f"{flag}: {', '.join(wrong) or 'nothing'} not in {', '.join(allowed)}")
     return chosen
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="tiny", help="preset name or local diffusers folder (default: tiny)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default)")
-    parser.add_argument("--tiny-vae", action="store_true", help="TAESD / TAESDXL instead of the full VAE")
-    parser.add_argument("--size", type=int, help="square frame side in pixels (default 512; 256 through WebRTC)")
-    parser.add_argument("--steps", type=int, help="LCM steps per frame, 1-4 (default 4; 2 through WebRTC)")
-    parser.add_argument("--strength", type=float, default=0.5, help="img2img strength (default 0.5)")
-    parser.add_argument("--frames", type=int, default=20, help="measured frames per way (default 20)")
-    parser.add_argument("--warmup", type=int, default=2, help="unmeasured frames first (default 2)")
-    parser.add_argument("--mode", default="img2img", help="img2img, txt2img or both comma-separated (default img2img)")
-    parser.add_argument("--controlnet", default="none", help="none, canny or both comma-separated (default none)")
-    parser.add_argument(
-        "--double-buffer", action="store_true", help="also compare frames back to back with and without the executor"
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
-    parser.add_argument("--e2e", action="store_true", help="WebRTC loopback through the server instead")
-    parser.add_argument(
-        "--adaptive", action="store_true", help="loopback with the model 2x slower half-way: does the rate hold?"
-    )
-    parser.add_argument("--seconds", type=float, help="measured seconds: --e2e 15, --adaptive 40 (default)")
-    parser.add_argument(
-        "--target-fps", type=float, help="--adaptive: the target (default: what the largest size just holds)"
-    )
-    parser.add_argument("--plot", default="artifacts/adaptive.png", help="--adaptive: where to write the plot")
-
-
-def main(args: argparse.Namespace) -> int:
-    through_webrtc = args.e2e or args.adaptive
-    args.size = args.size or (256 if through_webrtc else 512)
-    args.steps = args.steps or (2 if through_webrtc else 4)
-    if args.size % 64 or args.size < 64:
-        raise SystemExit(f"lcmlive bench: --size must be a positive multiple of 64, got {args.size}")
-    if args.frames < 1:
-        raise SystemExit(f"lcmlive bench: --frames must be at least 1, got {args.frames}")
-    if args.adaptive:
-        from . import bench_adaptive
-
-        args.seconds = args.seconds or 40.0
-        result = bench_adaptive.main(args)
-    elif args.e2e:
-        from . import bench_e2e
-
-        args.seconds = args.seconds or 15.0
-        result = bench_e2e.main(args)
-    else:
-        result = run_pipeline_bench(args)
-    if args.json:
-        print(json.dumps(result))
-    return 0

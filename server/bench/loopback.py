@@ -205,10 +205,10 @@ async def measure(ws_url: str, size: int, params: dict, warmup: float, seconds: 
 
 
 def main() -> None:
-    """`python -m server.loopback URL ...`: run one measuring viewer in its own process, print JSON."""
+    """`python -m server.bench.loopback URL ...`: run one measuring viewer in its own process, print JSON."""
     import argparse
 
-    from .ice import restrict_ice_to_loopback
+    from ..media.ice import restrict_ice_to_loopback
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("url")

@@ -15,10 +15,9 @@ from typing import Any
 
 from pipelines import ModelComponents, load_model
 
-from .bench_e2e import BenchServer, fixed_size_params
-from .engine import reserve_a_core_for_media
-from .ice import restrict_ice_to_loopback
-from .video_bitrate import configure_video_bitrate
+from ..engine import reserve_a_core_for_media
+from ..media.ice import restrict_ice_to_loopback
+from .e2e import BenchServer, fixed_size_params
 
 SLOWDOWN = 2.0
 SAMPLE_EVERY_S = 0.25
@@ -58,14 +57,14 @@ async def adaptive_run(model: ModelComponents, args: argparse.Namespace) -> dict
     # Calibration: the largest size, fixed, unpaced, to learn what one frame costs in the server.
     async with BenchServer(model) as server:
         viewer = await server.start_viewer(args.size, fixed_size_params(args), 0.0, CALIBRATION_S + args.seconds + 2)
-        session = await server.first_session()
+        stream = await server.first_stream()
         for _ in range(1200):  # the first frames, within a minute
-            if session.worker is not None and session.stats.frames_out >= 3:
+            if stream.stats.frames_out >= 3:
                 break
             await asyncio.sleep(0.05)
         else:
             raise RuntimeError("no stylised frame came back within a minute")
-        worker, stats = session.worker, session.stats
+        worker, stats = stream.worker, stream.stats
         frames, seconds = stats.frames_processed, stats.model_seconds
         await asyncio.sleep(CALIBRATION_S)
         frame_seconds = (stats.model_seconds - seconds) / max(stats.frames_processed - frames, 1)
@@ -168,7 +167,6 @@ def plot(path: Path, run: dict, analysis: dict, target_fps: float, model: str) -
 
 def main(args: argparse.Namespace) -> dict:
     restrict_ice_to_loopback()
-    configure_video_bitrate()
     model = load_model(args.model, device=args.device)
     reserve_a_core_for_media(model.device)  # as `lcmlive serve` does
     run = asyncio.run(adaptive_run(model, args))

@@ -14,11 +14,11 @@ import uvicorn
 from pipelines import ModelComponents, StreamPipeline, load_model
 from pipelines.synthetic import moving_pattern
 
-from .app import ServerConfig, create_app
-from .engine import reserve_a_core_for_media
-from .ice import restrict_ice_to_loopback
+from ..app import create_app
+from ..config import ServerConfig
+from ..engine import reserve_a_core_for_media
+from ..media.ice import restrict_ice_to_loopback
 from .loopback import free_port
-from .video_bitrate import configure_video_bitrate
 
 WARMUP_SECONDS = 3.0
 
@@ -43,11 +43,11 @@ async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict
     # A fixed size and no pacing: this benchmark measures the transport, not the adaptation.
     async with BenchServer(model) as server:
         viewer = await server.start_viewer(args.size, fixed_size_params(args), WARMUP_SECONDS, args.seconds)
-        session = await server.first_session()
+        stream = await server.first_stream()
         measured = await server.viewer_result(viewer, args.seconds)
         window = (measured["window_start"], measured["window_end"])
-        latencies = sorted(latency for sent, latency in session.stats.recent_latencies if window[0] <= sent < window[1])
-        return {**measured, "latencies": latencies, "final": session.stats.snapshot()}
+        latencies = sorted(latency for sent, latency in stream.stats.recent_latencies if window[0] <= sent < window[1])
+        return {**measured, "latencies": latencies, "final": stream.stats.snapshot()}
 
 
 def fixed_size_params(args: argparse.Namespace) -> dict:
@@ -96,7 +96,7 @@ class BenchServer:
 
     async def start_viewer(self, size: int, params: dict, warmup: float, seconds: float):
         return await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "server.loopback", f"ws://127.0.0.1:{self.port}/ws", "--size", str(size)),
+            *(sys.executable, "-m", "server.bench.loopback", f"ws://127.0.0.1:{self.port}/ws", "--size", str(size)),
             *("--params", json.dumps(params), "--warmup", str(warmup), "--seconds", str(seconds)),
             stdout=asyncio.subprocess.PIPE,
         )
@@ -110,19 +110,19 @@ class BenchServer:
             raise RuntimeError(f"the server reported errors during the run: {result['errors']}")
         return result
 
-    async def first_session(self, timeout: float = 120):
-        """The viewer's session, held so that its stats outlive its removal from the app when it disconnects."""
+    async def first_stream(self, timeout: float = 120):
+        """The viewer's stream, held so that its stats outlive its removal from the registry when it ends."""
+        registry = self.app.state.registry
         deadline = time.monotonic() + timeout
-        while not self.app.state.sessions:
+        while not len(registry):
             if time.monotonic() > deadline:
-                raise RuntimeError("the loopback viewer never opened a session")
+                raise RuntimeError("the loopback viewer never started a stream")
             await asyncio.sleep(0.05)
-        return next(iter(self.app.state.sessions))
+        return next(iter(registry))
 
 
 def main(args: argparse.Namespace) -> dict:
     restrict_ice_to_loopback()
-    configure_video_bitrate()
     model = load_model(args.model, device=args.device)
     threads = reserve_a_core_for_media(model.device)  # as `lcmlive serve` does
     # The pipeline alone, with the serving thread budget, before and after the run: a shared machine drifts.

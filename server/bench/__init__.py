@@ -1,0 +1,1 @@
+"""`lcmlive bench` and the Python WebRTC clients it drives; the server never imports this package."""

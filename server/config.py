@@ -1,0 +1,21 @@
+"""What `lcmlive serve` was told: access, limits, timeouts and video settings, in one frozen object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .media.encoder import DEFAULT_BITRATE_KBPS
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    token: str | None = None
+    max_sessions: int = 4  # streams at once (publishers: the page's camera, WHIP)
+    max_viewers: int = 8  # WHEP viewers per stream
+    max_controllers: int = 8  # control sockets per stream (they send no offer, so no offer timeout frees them)
+    target_fps: float | None = None  # each stream's starting target; None: by device
+    allow_origins: tuple[str, ...] = ()  # other web origins whose pages may use the server
+    offer_timeout: float = 15.0  # a publishing socket that sends no offer in this time is closed
+    connect_timeout: float = 30.0  # a peer connection not connected in this time is closed
+    idle_timeout: float = 30.0  # a stream whose source sends no frame for this long ends
+    bitrate_kbps: int = DEFAULT_BITRATE_KBPS

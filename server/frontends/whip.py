@@ -1,0 +1,66 @@
+"""WHIP ingest (RFC 9725): OBS, GStreamer or a browser publishes a camera as a named stream.
+
+`POST /whip/{stream}` with an SDP offer → 201, the answer, and `Location: /whip/{stream}/{id}`; `DELETE` on that
+Location ends the stream. No trickle and no ICE restart: the offer carries its candidates and the answer all of
+ours, so PATCH is refused (405). Audio is accepted (OBS always sends Opus) and dropped unread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..media.peers import OfferError
+from ..registry import StreamError, StreamRegistry
+from .http_sdp import SDP_TYPE, HttpError, answer_created, error_response, read_offer
+
+log = logging.getLogger(__name__)
+
+
+def whip_routes(registry: StreamRegistry) -> list[Route]:
+    async def publish(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": "POST, OPTIONS", "Accept-Post": SDP_TYPE})
+        name = request.path_params["stream"]
+        try:
+            offer = await read_offer(request)
+            name = registry.reserve(name)
+        except HttpError as error:
+            return error_response(error.status, error.code, error.message)
+        except StreamError as error:
+            return error_response(error.status, error.code, error.message)
+        try:
+            pc = await registry.peers.accept(offer, sends_video=True)
+            stream = await registry.open(name, "whip", pc)
+        except OfferError as error:
+            return error_response(400, error.code, error.message)
+        finally:
+            registry.release(name)  # a no-op once the stream is open
+        try:
+            answer = await registry.peers.answer(pc)
+        except OfferError as error:
+            await stream.end(error.code, error.message)
+            return error_response(400, error.code, error.message)
+        stream.start()
+        log.info("stream %s: WHIP publisher connected", name)
+        return answer_created(answer, f"/whip/{name}/{stream.id}")
+
+    async def resource(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            return Response(status_code=204, headers={"Allow": "DELETE, OPTIONS"})
+        try:
+            stream = registry.get(request.path_params["stream"])
+        except StreamError as error:
+            return error_response(error.status, error.code, error.message)
+        if stream.source_kind != "whip" or stream.id != request.path_params["resource"]:
+            return error_response(404, "no_such_resource", "no such WHIP session on this stream")
+        await stream.end("publisher_left", "the WHIP publisher ended its session")
+        return Response(status_code=200)
+
+    return [
+        Route("/whip/{stream}", publish, methods=["POST", "OPTIONS"]),
+        Route("/whip/{stream}/{resource}", resource, methods=["DELETE", "OPTIONS"]),
+    ]

@@ -1,0 +1,200 @@
+"""Encode once, send to many: a stream's output pictures, encoded once per codec in use, fanned out as packets.
+
+The engine thread publishes finished pictures into a one-slot mailbox (the newest wins, a replaced one is counted
+as dropped). One task per feed takes the newest, encodes it in a worker thread — once per codec that some viewer
+negotiated — and offers the packet to every subscriber. A subscriber is the `MediaStreamTrack` of one viewer's
+sender: aiortc's sender packetises packets it is given instead of encoding frames.
+
+A subscriber that has not sent its last packet when the next one comes has lost a picture that the following
+ones refer to: it skips to the next keyframe, which it asks the encoder for (as a viewer's PLI does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+import av
+from aiortc import MediaStreamTrack
+from aiortc.mediastreams import MediaStreamError
+from av import VideoFrame
+
+from ..stats import SessionStats
+from .encoder import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, VideoEncoder
+
+
+class Feed:
+    """One output picture of a stream (the stylised video, or the control map) and the viewers that receive it."""
+
+    def __init__(self, name: str, stats: SessionStats | None = None, bitrate_kbps: int = 2500) -> None:
+        self.name = name
+        self._loop = asyncio.get_running_loop()
+        self._stats = stats
+        self._bitrate_kbps = bitrate_kbps
+        self._pending: tuple[VideoFrame, float] | None = None
+        self._fresh = asyncio.Event()
+        self._subscribers: set[PacketTrack] = set()
+        self._encoders: dict[str, VideoEncoder] = {}
+        self._keyframes_wanted: set[str] = set()
+        self._start: float | None = None
+        self._last_pts = -1
+        self._task: asyncio.Task | None = None
+        self._closed = False
+        self.encodes = 0  # frames encoded, summed over codecs: one per frame per codec, whatever the viewers
+        self.encode_seconds = 0.0
+
+    @property
+    def subscribed(self) -> bool:
+        """Whether anyone receives this feed (read from the engine thread: a stale answer costs one frame)."""
+        return bool(self._subscribers)
+
+    def publish(self, frame: VideoFrame, arrival: float) -> None:
+        """From the engine thread: a finished picture and the arrival time of the camera frame it came from."""
+        with contextlib.suppress(RuntimeError):  # a closed event loop means the stream is gone
+            self._loop.call_soon_threadsafe(self._deliver, frame, arrival)
+
+    def subscribe(self) -> PacketTrack:
+        """A track for one viewer's sender; it starts receiving once `PacketTrack.bind` names its codec."""
+        if self._closed:
+            raise RuntimeError(f"feed {self.name} is closed")
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=f"feed-{self.name}")
+        return PacketTrack(self)
+
+    def request_keyframe(self, codec: str) -> None:
+        self._keyframes_wanted.add(codec)
+
+    async def close(self) -> None:
+        """Stop encoding and end every subscriber's track. Idempotent."""
+        self._closed = True
+        for track in list(self._subscribers):
+            track.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    def _add(self, track: PacketTrack) -> None:
+        self._subscribers.add(track)
+        self.request_keyframe(track.codec)  # a new viewer can only start decoding at a keyframe
+
+    def _remove(self, track: PacketTrack) -> None:
+        self._subscribers.discard(track)
+        if not any(t.codec == track.codec for t in self._subscribers):
+            self._encoders.pop(track.codec, None)
+
+    def _deliver(self, frame: VideoFrame, arrival: float) -> None:
+        if self._pending is not None and self._stats is not None:
+            self._stats.add(dropped_out=1)
+        self._pending = (frame, arrival)
+        self._fresh.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._fresh.wait()
+            self._fresh.clear()
+            if self._pending is None:
+                continue
+            (frame, arrival), self._pending = self._pending, None
+            codecs = {track.codec for track in self._subscribers if track.codec is not None}
+            if not codecs:
+                continue  # nobody receives this feed now: nothing to encode
+            self._stamp(frame)
+            keyframes = codecs & self._keyframes_wanted
+            self._keyframes_wanted -= keyframes
+            encoders = {codec: self._encoder(codec) for codec in codecs}
+            started = time.perf_counter()
+            packets = await self._loop.run_in_executor(None, _encode_each, encoders, frame, keyframes)
+            self.encode_seconds += time.perf_counter() - started
+            self.encodes += len(encoders)
+            now = time.monotonic()
+            if self._stats is not None:
+                self._stats.add(frames_out=1, latency_seconds=now - arrival)
+                self._stats.recent_latencies.append((now, now - arrival))
+            for track in list(self._subscribers):
+                packet = packets.get(track.codec)
+                if packet is not None:
+                    track.offer(packet)
+
+    def _stamp(self, frame: VideoFrame) -> None:
+        """Monotonic timestamps on a 90 kHz clock from the feed's first frame: viewers play at the real pace."""
+        now = time.monotonic()
+        if self._start is None:
+            self._start = now
+        pts = max(int((now - self._start) * VIDEO_CLOCK_RATE), self._last_pts + 1)
+        self._last_pts = pts
+        frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
+
+    def _encoder(self, codec: str) -> VideoEncoder:
+        encoder = self._encoders.get(codec)
+        if encoder is None:
+            encoder = self._encoders[codec] = VideoEncoder(codec, self._bitrate_kbps)
+        return encoder
+
+
+def _encode_each(
+    encoders: dict[str, VideoEncoder], frame: VideoFrame, keyframes: set[str]
+) -> dict[str, av.Packet | None]:
+    return {codec: encoder.encode(frame, codec in keyframes) for codec, encoder in encoders.items()}
+
+
+class PacketTrack(MediaStreamTrack):
+    """One viewer's end of a feed: the newest encoded packet, pulled by aiortc's sender, which only packetises it.
+
+    `dropped` counts packets the sender never took; `skipped` those passed over while waiting for a keyframe.
+    """
+
+    kind = "video"
+
+    def __init__(self, feed: Feed) -> None:
+        super().__init__()
+        self._feed = feed
+        self.codec: str | None = None
+        self._pending: av.Packet | None = None
+        self._fresh = asyncio.Event()
+        self._awaiting_keyframe = True
+        self.dropped = 0
+        self.skipped = 0
+
+    def bind(self, codec: str) -> None:
+        """Start receiving `codec` packets (the codec the viewer's peer connection negotiated)."""
+        self.codec = codec
+        if self.readyState == "live":
+            self._feed._add(self)
+
+    def offer(self, packet: av.Packet) -> None:
+        if self._pending is not None:
+            # The sender never took the last one; the pictures after it refer to it.
+            self._pending = None
+            self.dropped += 1
+            self._awaiting_keyframe = True
+            self._feed.request_keyframe(self.codec)
+        if self._awaiting_keyframe and not packet.is_keyframe:
+            self.skipped += 1
+            return
+        self._awaiting_keyframe = False
+        self._pending = packet
+        self._fresh.set()
+
+    def on_picture_loss(self) -> None:
+        """The viewer reported a lost picture (PLI/FIR): the next picture it gets must be a keyframe."""
+        if self.codec is not None:
+            self._feed.request_keyframe(self.codec)
+
+    async def recv(self) -> av.Packet:
+        while self._pending is None:
+            if self.readyState != "live":
+                raise MediaStreamError
+            self._fresh.clear()
+            await self._fresh.wait()
+        if self.readyState != "live":
+            raise MediaStreamError
+        packet, self._pending = self._pending, None
+        return packet
+
+    def stop(self) -> None:
+        super().stop()
+        self._feed._remove(self)
+        self._fresh.set()  # wake a waiting recv so it raises MediaStreamError

@@ -1,0 +1,148 @@
+"""Peer connections as the server makes them: offers checked, no STUN, the DTLS server role, every one counted.
+
+Every front end that takes an offer (the page's socket, WHIP, WHEP) goes through `PeerConnections`, so a bad offer
+gets the same answer everywhere and `/health` can show that none is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import sdp as aiortc_sdp
+
+log = logging.getLogger(__name__)
+
+# What aiortc can decode and encode.
+VIDEO_CODECS = ("video/VP8", "video/H264")
+KEYFRAME_REQUEST_WAIT_SECONDS = 10.0
+
+
+class OfferError(Exception):
+    """An offer the server cannot answer; `code` is the protocol's error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def check_offer(sdp: str, sends_video: bool) -> aiortc_sdp.SessionDescription:
+    """The parsed offer, or an OfferError saying what is wrong with it.
+
+    `sends_video`: the offerer publishes a camera (its video m-line sends); otherwise it views (it receives).
+    """
+    if not isinstance(sdp, str) or not sdp.strip():
+        raise OfferError("bad_sdp", "the offer is empty: send an SDP offer")
+    try:
+        description = aiortc_sdp.SessionDescription.parse(sdp)
+    except Exception as error:  # aiortc raises ValueError, KeyError, IndexError ... for malformed SDP
+        raise OfferError("bad_sdp", f"the offer's SDP could not be read: {error!r}") from None
+    if not sdp.lstrip().startswith("v=0") or not description.media:
+        raise OfferError("bad_sdp", "the offer is not an SDP offer with media sections (it must start with v=0)")
+    video = [media for media in description.media if media.kind == "video" and media.port != 0]
+    if not video:
+        kinds = ", ".join(sorted({media.kind for media in description.media})) or "none"
+        raise OfferError("no_video", f"the offer has no video m-line (it has: {kinds}); send the camera as video")
+    wanted = ("sendonly", "sendrecv") if sends_video else ("recvonly", "sendrecv")
+    if not any(media.direction in wanted for media in video):
+        what = "send video (sendonly or sendrecv)" if sends_video else "receive video (recvonly or sendrecv)"
+        raise OfferError("bad_direction", f"the offer's video m-line is {video[0].direction}; it must {what}")
+    offered = [codec.mimeType for media in video for codec in media.rtp.codecs]
+    if not any(codec.lower() in {c.lower() for c in VIDEO_CODECS} for codec in offered):
+        names = ", ".join(sorted(set(offered))) or "none"
+        message = f"the offer's video codecs ({names}) are not supported: offer VP8 or H.264"
+        raise OfferError("unsupported_codec", message)
+    return description
+
+
+class PeerConnections:
+    """Makes, answers and closes the server's peer connections, and knows how many are open."""
+
+    def __init__(self) -> None:
+        self._open: set[RTCPeerConnection] = set()
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    async def accept(self, sdp: str, sends_video: bool) -> RTCPeerConnection:
+        """A new peer connection with `sdp` as its remote offer; OfferError if the offer will not do."""
+        check_offer(sdp, sends_video)
+        # No STUN/TURN: aiortc's default asks a public STUN server, which a LAN or localhost setup never needs.
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._open.add(pc)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        except asyncio.CancelledError:  # the caller is going away: this connection is nobody's
+            await self.close(pc)
+            raise
+        except Exception as error:
+            await self.close(pc)
+            raise OfferError("bad_sdp", f"the offer could not be applied: {error!r}") from None
+        return pc
+
+    async def answer(self, pc: RTCPeerConnection) -> str:
+        """Make and apply the answer (with every track the caller added); returns its SDP."""
+        _take_dtls_server_role(pc)
+        try:
+            await pc.setLocalDescription(await pc.createAnswer())
+        except asyncio.CancelledError:
+            await self.close(pc)
+            raise
+        except Exception as error:
+            await self.close(pc)
+            raise OfferError("bad_sdp", f"could not answer the offer: {error!r}") from None
+        return pc.localDescription.sdp
+
+    async def close(self, pc: RTCPeerConnection) -> None:
+        self._open.discard(pc)
+        await pc.close()
+
+
+def _take_dtls_server_role(pc: RTCPeerConnection) -> None:
+    """Answer `a=setup:passive` when the offer leaves the DTLS role to us (`actpass`).
+
+    As DTLS client, aiortc offers ECDHE-ECDSA cipher suites only; a publisher with an RSA certificate (GStreamer's
+    webrtcbin by default) then fails the handshake with "no shared cipher". As DTLS server aiortc presents its own
+    ECDSA certificate, which browsers, OBS and GStreamer all accept. aiortc has no public setting for this.
+    """
+    for transceiver in pc.getTransceivers():
+        transport = transceiver.receiver.transport
+        if transport is not None and transport._role == "auto":
+            transport._set_role("server")
+
+
+def negotiated_codec(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver) -> str | None:
+    """The video codec the answer chose for `transceiver` (what its sender will send), e.g. "video/VP8"."""
+    description = aiortc_sdp.SessionDescription.parse(pc.localDescription.sdp)
+    for media in description.media:
+        if media.rtp.muxId == transceiver.mid:
+            codecs = [c.mimeType for c in media.rtp.codecs if c.mimeType.lower() != "video/rtx"]
+            return next((c for c in VIDEO_CODECS for n in codecs[:1] if n.lower() == c.lower()), None)
+    return None
+
+
+def offered_transceivers(pc: RTCPeerConnection, kind: str, sends: bool) -> list[RTCRtpTransceiver]:
+    """The transceivers of `kind` whose offered m-line sends (`sends`: the offerer's camera, microphone) or
+    receives (where the offerer wants our video), in m-line order."""
+    wanted = ("sendonly", "sendrecv") if sends else ("recvonly", "sendrecv")
+    offer = aiortc_sdp.SessionDescription.parse(pc.remoteDescription.sdp)
+    directions = {media.rtp.muxId: media.direction for media in offer.media}
+    return [t for t in pc.getTransceivers() if t.kind == kind and directions.get(t.mid) in wanted]
+
+
+async def request_keyframe(receiver: RTCRtpReceiver) -> None:
+    """Ask the publisher for a keyframe (RTCP PLI) as soon as its first packets show its SSRC.
+
+    A decoder can only start at a keyframe; an encoder that began before the connection was up (OBS) would
+    otherwise leave the stream black until its next scheduled one.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + KEYFRAME_REQUEST_WAIT_SECONDS
+    while loop.time() < deadline:
+        sources = receiver.getSynchronizationSources()
+        if sources:
+            await receiver._send_rtcp_pli(sources[0].source)
+            return
+        await asyncio.sleep(0.1)

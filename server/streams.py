@@ -1,0 +1,233 @@
+"""A named stream: one source of camera frames, its engine worker and params, its outputs and its controllers.
+
+Front ends never touch the engine or the media directly: they find a stream in the registry and ask it to change
+params (echoed to every attached socket), to feed a new viewer, or to end. A stream ends when its source leaves
+(socket closed, WHIP DELETE, ICE failed or closed), connects too late, or sends no frame for too long; its viewers'
+peer connections close and its controllers are told.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiortc import RTCPeerConnection
+
+from .config import ServerConfig
+from .engine import Engine
+from .media.feed import PacketTrack
+from .media.peers import PeerConnections, negotiated_codec, offered_transceivers, request_keyframe
+from .media.pump import drain, pump_frames
+from .worker import StreamWorker
+
+log = logging.getLogger(__name__)
+
+STATS_INTERVAL_SECONDS = 1.0
+TASK_CANCEL_TIMEOUT_SECONDS = 3.0
+WATCH_INTERVAL_SECONDS = 0.5
+
+
+class Listener(Protocol):
+    """A socket attached to a stream: it gets the params echo and the stats, and is told when the stream ends."""
+
+    role: str  # "publish" or "control"
+
+    async def send(self, message: dict[str, Any]) -> None: ...
+
+    async def end(self, code: str, message: str) -> None: ...
+
+
+@dataclass
+class Viewer:
+    """One WHEP viewer: its peer connection and the tracks it receives."""
+
+    id: str
+    pc: RTCPeerConnection
+    tracks: list[PacketTrack]
+    created: float = field(default_factory=time.monotonic)
+
+
+class Stream:
+    """Lives from its source's offer to its end. Only the event loop calls it; the engine thread sees its worker."""
+
+    def __init__(
+        self,
+        name: str,
+        source_kind: str,
+        source: RTCPeerConnection,
+        worker: StreamWorker,
+        engine: Engine,
+        peers: PeerConnections,
+        config: ServerConfig,
+        on_end: Callable[[Stream], Awaitable[None]],
+    ) -> None:
+        self.name = name
+        self.id = secrets.token_urlsafe(12)  # the WHIP resource of the source
+        self.source_kind = source_kind  # "page" or "whip"
+        self.source = source
+        self.worker = worker
+        self.stats = worker.stats
+        self.picture = worker.output
+        self.control = worker.control_output
+        self.viewers: dict[str, Viewer] = {}
+        self.listeners: set[Listener] = set()
+        self.ended = asyncio.Event()
+        self.end_code = ""
+        self.end_reason = ""
+        self._engine = engine
+        self._peers = peers
+        self._config = config
+        self._on_end = on_end
+        self._tasks: set[asyncio.Task] = set()
+        self._started = time.monotonic()
+
+    # ---- life ----
+
+    def start(self) -> None:
+        """Pump the source's camera into the worker, drain its audio, and watch it; the engine starts serving."""
+        camera = next(iter(offered_transceivers(self.source, "video", sends=True)), None)
+        if camera is not None:
+            self._spawn(pump_frames(camera.receiver.track, self.worker.submit), "pump")
+            self._spawn(request_keyframe(camera.receiver), "keyframe")
+        for audio in offered_transceivers(self.source, "audio", sends=True):
+            self._spawn(drain(audio.receiver.track), "audio")
+        self._spawn(self._watch_source(), "watch")
+        self._spawn(self._stats_loop(), "stats")
+
+        @self.source.on("connectionstatechange")
+        async def on_state() -> None:
+            if self.source.connectionState in ("failed", "closed"):
+                self._spawn(self.end("source_gone", "the publisher's connection ended"), "end")
+
+        self._engine.add(self.worker)
+
+    async def end(self, code: str, reason: str) -> None:
+        """Stop serving, close every viewer and the source, tell the listeners. Idempotent."""
+        if self.ended.is_set():
+            return
+        self.ended.set()
+        self.end_code, self.end_reason = code, reason
+        log.info("stream %s ended: %s", self.name, reason)
+        self._engine.remove(self.worker)
+        current = asyncio.current_task()
+        tasks = [task for task in self._tasks if task is not current]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=TASK_CANCEL_TIMEOUT_SECONDS)
+        await self.picture.close()
+        if self.control is not None:
+            await self.control.close()
+        for viewer in list(self.viewers.values()):
+            await self.remove_viewer(viewer.id)
+        await self._peers.close(self.source)
+        await self._on_end(self)
+        listeners, self.listeners = list(self.listeners), set()
+        message = f"stream {self.name} ended: {reason}"
+        await asyncio.gather(*(listener.end(code, message) for listener in listeners), return_exceptions=True)
+
+    # ---- params and listeners ----
+
+    def effective(self) -> dict[str, Any]:
+        return self.worker.effective()
+
+    async def set_params(self, changes: dict[str, Any]) -> dict[str, Any]:
+        """Validate and apply on the engine thread (all or nothing: ValueError), then echo to every listener."""
+        worker = self.worker
+        effective = await self._engine.call(lambda: worker.update(changes))
+        await self.broadcast({"type": "params", **effective})
+        return effective
+
+    async def broadcast(self, message: dict[str, Any]) -> None:
+        listeners = list(self.listeners)
+        if listeners:
+            await asyncio.gather(*(listener.send(message) for listener in listeners), return_exceptions=True)
+
+    # ---- outputs ----
+
+    def add_outputs(self, pc: RTCPeerConnection) -> list[PacketTrack]:
+        """Tracks for the video m-lines of `pc` that receive: the first gets the picture, a second the control map.
+
+        Call before the answer: addTrack fills the offered transceivers in order.
+        """
+        receiving = offered_transceivers(pc, "video", sends=False)
+        feeds = [self.picture] + ([self.control] if self.control is not None else [])
+        tracks = []
+        for _, feed in zip(receiving, feeds, strict=False):
+            track = feed.subscribe()
+            pc.addTrack(track)
+            tracks.append(track)
+        return tracks
+
+    def bind_outputs(self, pc: RTCPeerConnection, tracks: list[PacketTrack]) -> None:
+        """After the answer: each track gets the codec its m-line negotiated, and the viewer's keyframe requests."""
+        for transceiver in pc.getTransceivers():
+            track = transceiver.sender.track
+            if track in tracks:
+                codec = negotiated_codec(pc, transceiver)
+                if codec is None:
+                    track.stop()
+                    continue
+                # aiortc's sender would set its own (unused) encoder's flag on a PLI/FIR; the feed's encoder must
+                # hear it instead.
+                transceiver.sender._send_keyframe = track.on_picture_loss
+                track.bind(codec)
+
+    def add_viewer(self, viewer: Viewer) -> None:
+        self.viewers[viewer.id] = viewer
+
+        @viewer.pc.on("connectionstatechange")
+        async def on_state() -> None:
+            if viewer.pc.connectionState in ("failed", "closed"):
+                await self.remove_viewer(viewer.id)
+
+    async def remove_viewer(self, viewer_id: str) -> bool:
+        viewer = self.viewers.pop(viewer_id, None)
+        if viewer is None:
+            return False
+        for track in viewer.tracks:
+            track.stop()
+        await self._peers.close(viewer.pc)
+        return True
+
+    # ---- watching ----
+
+    async def _watch_source(self) -> None:
+        """End the stream when its source never connects, or stops sending; drop viewers that never connect."""
+        config = self._config
+        last_frames, last_frame_time = self.stats.frames_in, time.monotonic()
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_SECONDS)
+            now = time.monotonic()
+            connected = self.source.connectionState == "connected"
+            if not connected and self.stats.frames_in == 0 and now - self._started > config.connect_timeout:
+                await self.end("connect_timeout", f"the publisher did not connect within {config.connect_timeout:g} s")
+                return
+            if self.stats.frames_in != last_frames:
+                last_frames, last_frame_time = self.stats.frames_in, now
+            elif self.stats.frames_in and now - last_frame_time > config.idle_timeout:
+                await self.end("source_idle", f"no camera frame for {config.idle_timeout:g} s")
+                return
+            for viewer in list(self.viewers.values()):
+                late = now - viewer.created > config.connect_timeout
+                if late and viewer.pc.connectionState != "connected":
+                    await self.remove_viewer(viewer.id)
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(STATS_INTERVAL_SECONDS)
+            snapshot = self.stats.snapshot()
+            snapshot["target_fps"] = self.worker.session_params.target_fps
+            snapshot["viewers"] = len(self.viewers)
+            await self.broadcast({"type": "stats", "stream": self.name, **snapshot})
+
+    def _spawn(self, coroutine, name: str) -> asyncio.Task:
+        task = asyncio.create_task(coroutine, name=f"stream-{self.name}-{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
