@@ -224,6 +224,7 @@ class Stream:
             snapshot = self.stats.snapshot()
             snapshot["target_fps"] = self.worker.session_params.target_fps
             snapshot["viewers"] = len(self.viewers)
+            snapshot["encodes"] = self.picture.encodes  # one per output frame and codec, whatever the viewers
             await self.broadcast({"type": "stats", "stream": self.name, **snapshot})
 
     def _spawn(self, coroutine, name: str) -> asyncio.Task:

@@ -11,6 +11,7 @@ import contextlib
 import json
 import socket
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,49 +59,16 @@ class LoopbackRecord:
         return count / max(end - start, 1e-6)
 
 
-class LoopbackClient:
-    """One viewer. `async with LoopbackClient(url) as client:` connects and streams until the block ends."""
+class SocketClient:
+    """The `/ws` socket of a page: files the server's messages in a record and sends params (with their echo)."""
 
-    def __init__(
-        self,
-        ws_url: str,
-        width: int = 256,
-        height: int = 256,
-        still: bool = False,
-        sample_every: int = 5,
-        token: str | None = None,
-        canny_view: bool = False,
-    ) -> None:
-        self.ws_url = ws_url + (f"?token={token}" if token else "")
-        self.camera = SyntheticCamera(width, height, still)
-        self.sample_every = sample_every
-        self.canny_view = canny_view
+    def __init__(self, ws_url: str) -> None:
+        self.ws_url = ws_url
+        self.stream_name: str | None = None
         self.record = LoopbackRecord()
-        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._ws: Any = None
         self._tasks: list[asyncio.Task] = []
         self._params_seen = asyncio.Condition()
-
-    async def __aenter__(self) -> LoopbackClient:
-        self._ws = await websockets.connect(self.ws_url, max_size=1 << 20)
-        self._pc.addTransceiver(self.camera, direction="sendrecv")
-        control = self._pc.addTransceiver("video", direction="recvonly") if self.canny_view else None
-
-        @self._pc.on("track")
-        def on_track(track) -> None:
-            is_control = control is not None and track is control.receiver.track
-            consume = self._consume_control(track) if is_control else self._consume(track)
-            self._tasks.append(asyncio.create_task(consume, name="loopback-consume"))
-
-        await self._pc.setLocalDescription(await self._pc.createOffer())
-        await self._ws.send(json.dumps({"type": "offer", "sdp": self._pc.localDescription.sdp}))
-        answer = await self._next_message("answer", timeout=30)
-        # The server follows its answer with the effective params; take them here, so that the echo awaited by
-        # `send_params` is never mistaken for them.
-        await self._file(await self._next_message("params", timeout=30))
-        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
-        self._tasks.append(asyncio.create_task(self._read_messages(), name="loopback-messages"))
-        return self
 
     async def __aexit__(self, *exc_info) -> None:
         await self.close()
@@ -109,9 +77,14 @@ class LoopbackClient:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._pc.close()
         if self._ws is not None:
             await self._ws.close()
+
+    async def _connect(self) -> None:
+        self._ws = await websockets.connect(self.ws_url, max_size=1 << 20)
+
+    def _start_reading(self) -> None:
+        self._tasks.append(asyncio.create_task(self._read_messages(), name="loopback-messages"))
 
     async def send_params(self, timeout: float = 30, **params: Any) -> dict:
         """Send a params message and wait for the server's echo of the effective params."""
@@ -121,12 +94,13 @@ class LoopbackClient:
             await asyncio.wait_for(self._params_seen.wait_for(lambda: len(self.record.params) > seen), timeout)
             return self.record.params[-1]
 
-    async def wait_for_frames(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.record.arrivals) < count:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{len(self.record.arrivals)} of {count} frames in {timeout} s")
-            await asyncio.sleep(0.05)
+    async def wait_for_params(self, condition, timeout: float = 30) -> dict:
+        """The first params message (already received or coming) for which `condition(params)` holds."""
+        async with self._params_seen:
+            await asyncio.wait_for(
+                self._params_seen.wait_for(lambda: any(condition(m["params"]) for m in self.record.params)), timeout
+            )
+            return next(m for m in self.record.params if condition(m["params"]))
 
     async def _next_message(self, kind: str, timeout: float) -> dict:
         deadline = time.monotonic() + timeout
@@ -146,7 +120,9 @@ class LoopbackClient:
 
     async def _file(self, message: dict) -> None:
         kind = message.get("type")
-        if kind == "stats":
+        if kind == "stream":
+            self.stream_name = message["name"]
+        elif kind == "stats":
             self.record.stats.append(message)
         elif kind == "error":
             self.record.errors.append(message)
@@ -155,18 +131,58 @@ class LoopbackClient:
                 self.record.params.append(message)
                 self._params_seen.notify_all()
 
+
+class LoopbackClient(SocketClient):
+    """A page publishing its camera. `async with LoopbackClient(url) as client:` streams until the block ends."""
+
+    def __init__(
+        self,
+        ws_url: str,
+        width: int = 256,
+        height: int = 256,
+        still: bool = False,
+        sample_every: int = 5,
+        token: str | None = None,
+        canny_view: bool = False,
+        stream: str | None = None,
+    ) -> None:
+        super().__init__(socket_url(ws_url, token, stream=stream))
+        self.stream_name = stream
+        self.camera = SyntheticCamera(width, height, still)
+        self.sample_every = sample_every
+        self.canny_view = canny_view
+        self._pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+    async def __aenter__(self) -> LoopbackClient:
+        await self._connect()
+        self._pc.addTransceiver(self.camera, direction="sendrecv")
+        control = self._pc.addTransceiver("video", direction="recvonly") if self.canny_view else None
+
+        @self._pc.on("track")
+        def on_track(track) -> None:
+            is_control = control is not None and track is control.receiver.track
+            consume = self._consume_control(track) if is_control else self._consume(track)
+            self._tasks.append(asyncio.create_task(consume, name="loopback-consume"))
+
+        await self._pc.setLocalDescription(await self._pc.createOffer())
+        await self._ws.send(json.dumps({"type": "offer", "sdp": self._pc.localDescription.sdp}))
+        answer = await self._next_message("answer", timeout=30)
+        # The server follows its answer with the effective params; take them here, so that the echo awaited by
+        # `send_params` is never mistaken for them.
+        await self._file(await self._next_message("params", timeout=30))
+        await self._pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        self._start_reading()
+        return self
+
+    async def close(self) -> None:
+        await super().close()
+        await self._pc.close()
+
+    async def wait_for_frames(self, count: int, timeout: float) -> None:
+        await wait_for_frames(self.record, count, timeout)
+
     async def _consume(self, track) -> None:
-        received = 0
-        while True:
-            try:
-                frame = await track.recv()
-            except MediaStreamError:
-                return
-            now = time.monotonic()
-            self.record.arrivals.append(now)
-            if received % self.sample_every == 0:
-                self.record.samples.append((now, frame.to_ndarray(format="rgb24")))
-            received += 1
+        await consume_frames(track, self.record, self.sample_every)
 
     async def _consume_control(self, track) -> None:
         while True:
@@ -176,6 +192,50 @@ class LoopbackClient:
                 return
             self.record.control_samples.append((time.monotonic(), frame.to_ndarray(format="rgb24")))
             del self.record.control_samples[:-20]  # the latest few are all a test looks at
+
+
+class ControlClient(SocketClient):
+    """A control socket on a stream that publishes elsewhere: params and stats, no camera, no video."""
+
+    def __init__(self, ws_url: str, stream: str, token: str | None = None) -> None:
+        super().__init__(socket_url(ws_url, token, stream=stream, role="control"))
+        self.stream_name = stream
+
+    async def __aenter__(self) -> ControlClient:
+        await self._connect()
+        await self._file(await self._next_message("params", timeout=30))
+        self._start_reading()
+        return self
+
+
+async def wait_for_frames(record: LoopbackRecord, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while len(record.arrivals) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{len(record.arrivals)} of {count} frames in {timeout} s")
+        await asyncio.sleep(0.05)
+
+
+async def consume_frames(track, record: LoopbackRecord, sample_every: int) -> None:
+    """Receive a video track until it ends: every arrival time, and every `sample_every`-th picture."""
+    received = 0
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        now = time.monotonic()
+        record.arrivals.append(now)
+        if received % sample_every == 0:
+            record.samples.append((now, frame.to_ndarray(format="rgb24")))
+        received += 1
+
+
+def socket_url(ws_url: str, token: str | None = None, **query: str | None) -> str:
+    """`ws_url` with the token and any other query parameters that are set."""
+    pairs = {"token": token, **query}
+    encoded = urllib.parse.urlencode({k: v for k, v in pairs.items() if v is not None})
+    return f"{ws_url}?{encoded}" if encoded else ws_url
 
 
 def free_port() -> int:

@@ -1,0 +1,170 @@
+"""Python WHIP publisher and WHEP viewer: aiortc peers that talk to the server as OBS and a WHEP player would.
+
+Used by the tests, `lcmlive bench --viewers` and `lcmlive soak`. HTTP goes through urllib in a worker thread:
+a handful of requests per session do not justify an HTTP client dependency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
+from aiortc.mediastreams import AudioStreamTrack
+
+from .loopback import LoopbackRecord, SyntheticCamera, consume_frames, wait_for_frames
+
+HTTP_TIMEOUT_SECONDS = 30
+
+
+@dataclass
+class HttpReply:
+    status: int
+    headers: dict[str, str]  # names in lower case
+    body: str
+
+
+async def http(method: str, url: str, body: str | None = None, token: str | None = None, **headers: str) -> HttpReply:
+    """One HTTP request in a worker thread; error statuses are returned, not raised."""
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = body.encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
+
+    def send() -> HttpReply:
+        try:
+            with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_SECONDS) as response:
+                return HttpReply(response.status, _lower(response.headers), response.read().decode())
+        except urllib.error.HTTPError as error:
+            return HttpReply(error.code, _lower(error.headers), error.read().decode())
+
+    return await asyncio.to_thread(send)
+
+
+def _lower(headers) -> dict[str, str]:
+    return {name.lower(): value for name, value in headers.items()}
+
+
+async def post_sdp(url: str, sdp: str, token: str | None = None) -> HttpReply:
+    return await http("POST", url, sdp, token, **{"Content-Type": "application/sdp"})
+
+
+def prefer_codec(transceiver, mime_type: str) -> None:
+    """Offer only `mime_type` (with its RTX), as OBS offers H.264 alone."""
+    codecs = RTCRtpSender.getCapabilities("video").codecs
+    chosen = [c for c in codecs if c.mimeType.lower() == mime_type.lower()]
+    transceiver.setCodecPreferences(chosen + [c for c in codecs if c.mimeType.lower() == "video/rtx"])
+
+
+class WhipPublisher:
+    """Publishes a synthetic camera to `POST /whip/{stream}` as OBS does: H.264 only plus Opus, sendonly, bundle,
+    no trickle. `async with WhipPublisher(url) as publisher:`; leaving the block sends DELETE."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        width: int = 256,
+        height: int = 256,
+        codec: str = "video/H264",
+        audio: bool = True,
+        still: bool = False,
+    ) -> None:
+        self.url = url
+        self.token = token
+        self.camera = SyntheticCamera(width, height, still)
+        self.codec = codec
+        self.audio = audio
+        self.reply: HttpReply | None = None
+        self.location: str | None = None
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+
+    async def __aenter__(self) -> WhipPublisher:
+        await self.publish()
+        if self.reply.status != 201:
+            await self.pc.close()
+            raise RuntimeError(f"WHIP refused: {self.reply.status} {self.reply.body}")
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def publish(self) -> HttpReply:
+        """Send the offer; on 201 apply the answer. Returns the server's reply whatever it is."""
+        prefer_codec(self.pc.addTransceiver(self.camera, direction="sendonly"), self.codec)
+        if self.audio:
+            self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self.reply = await post_sdp(self.url, self.pc.localDescription.sdp, self.token)
+        if self.reply.status == 201:
+            self.location = urllib.parse.urljoin(self.url, self.reply.headers["location"])
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.reply.body, type="answer"))
+        return self.reply
+
+    async def close(self) -> int | None:
+        """DELETE the session (if it was created) and close the peer connection; returns DELETE's status."""
+        status = None
+        if self.location is not None:
+            status = (await http("DELETE", self.location, token=self.token)).status
+            self.location = None
+        await self.pc.close()
+        return status
+
+
+class WhepViewer:
+    """Watches a stream over `POST /whep/{stream}` and records what arrives. `async with WhepViewer(url) as v:`."""
+
+    def __init__(self, url: str, token: str | None = None, codec: str | None = None, sample_every: int = 5) -> None:
+        self.url = url
+        self.token = token
+        self.codec = codec
+        self.sample_every = sample_every
+        self.record = LoopbackRecord()
+        self.reply: HttpReply | None = None
+        self.location: str | None = None
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self._tasks: list[asyncio.Task] = []
+
+    async def __aenter__(self) -> WhepViewer:
+        await self.view()
+        if self.reply.status != 201:
+            await self.pc.close()
+            raise RuntimeError(f"WHEP refused: {self.reply.status} {self.reply.body}")
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def view(self) -> HttpReply:
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        if self.codec is not None:
+            prefer_codec(transceiver, self.codec)
+
+        @self.pc.on("track")
+        def on_track(track) -> None:
+            consume = consume_frames(track, self.record, self.sample_every)
+            self._tasks.append(asyncio.create_task(consume, name="whep-consume"))
+
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        self.reply = await post_sdp(self.url, self.pc.localDescription.sdp, self.token)
+        if self.reply.status == 201:
+            self.location = urllib.parse.urljoin(self.url, self.reply.headers["location"])
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.reply.body, type="answer"))
+        return self.reply
+
+    async def wait_for_frames(self, count: int, timeout: float) -> None:
+        await wait_for_frames(self.record, count, timeout)
+
+    async def close(self) -> int | None:
+        status = None
+        if self.location is not None:
+            status = (await http("DELETE", self.location, token=self.token)).status
+            self.location = None
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.pc.close()
+        return status
