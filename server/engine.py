@@ -81,6 +81,12 @@ class Engine:
             self._thread.join(timeout)
         self.executor.close()
 
+    def cpu_seconds(self) -> float:
+        """CPU time of the engine thread so far (the model's, with one model thread; benchmarks subtract it)."""
+        if self._thread.ident is None:
+            return 0.0
+        return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
+
     @property
     def client_count(self) -> int:
         with self._wake:

@@ -1,4 +1,4 @@
-"""Per-session counters, written by the pump, the engine and the outbound track, read once a second."""
+"""Per-stream counters, written by the pump, the engine and the feed's encoder, read once a second."""
 
 from __future__ import annotations
 
@@ -34,6 +34,12 @@ class SessionStats:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last: tuple = field(default=(0, 0, 0, 0.0, 0.0, 0.0), repr=False)
     _last_time: float = field(default_factory=time.monotonic, repr=False)
+
+    def set(self, **values: object) -> None:
+        """Set fields (sizes, state) from the engine thread while the loop may be taking a snapshot."""
+        with self._lock:
+            for name, value in values.items():
+                setattr(self, name, value)
 
     def add(self, **increments: float) -> None:
         with self._lock:

@@ -139,9 +139,14 @@ class StreamWorker:
             control = result.control_image
             if self.control_output is not None and control is not None and self.control_output.subscribed:
                 self.control_output.publish(VideoFrame.from_ndarray(control, format="rgb24"), arrival)
-            self.stats.width, self.stats.height = size
-            self.stats.output_width, self.stats.output_height = output_size
-            self.stats.state, self.stats.switches = self.controller.state, self.controller.switches
+            self.stats.set(
+                width=size[0],
+                height=size[1],
+                output_width=output_size[0],
+                output_height=output_size[1],
+                state=self.controller.state,
+                switches=self.controller.switches,
+            )
             self.stats.add(frames_processed=1, model_seconds=model_seconds, queue_seconds=queue_seconds)
 
         return FrameJob(self.pipeline, rgb, size, output_size, finish, self._failed)

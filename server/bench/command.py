@@ -25,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--adaptive", action="store_true", help="loopback with the model 2x slower half-way: does the rate hold?"
     )
-    parser.add_argument("--seconds", type=float, help="measured seconds: --e2e 15, --adaptive 40 (default)")
+    parser.add_argument(
+        "--viewers", help="WHIP in, WHEP out: server CPU per frame outside the model for these viewer counts (1,4)"
+    )
+    parser.add_argument(
+        "--seconds", type=float, help="measured seconds: --e2e 15, --adaptive 40, --viewers 15 per count (default)"
+    )
     parser.add_argument(
         "--target-fps", type=float, help="--adaptive: the target (default: what the largest size just holds)"
     )
@@ -33,7 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    through_webrtc = args.e2e or args.adaptive
+    through_webrtc = args.e2e or args.adaptive or bool(args.viewers)
     args.size = args.size or (256 if through_webrtc else 512)
     args.steps = args.steps or (2 if through_webrtc else 4)
     if args.size % 64 or args.size < 64:
@@ -45,6 +50,11 @@ def main(args: argparse.Namespace) -> int:
 
         args.seconds = args.seconds or 40.0
         result = adaptive.main(args)
+    elif args.viewers:
+        from . import viewers
+
+        args.seconds = args.seconds or 15.0
+        result = viewers.main(args)
     elif args.e2e:
         from . import e2e
 

@@ -168,3 +168,43 @@ class WhepViewer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pc.close()
         return status
+
+
+async def run_clients(args) -> dict:
+    """Publish over WHIP, or watch over WHEP with `--count` viewers, for `--seconds`; what arrived."""
+    if args.role == "whip":
+        async with WhipPublisher(args.url, token=args.token, width=args.size, height=args.size) as publisher:
+            await asyncio.sleep(args.seconds)
+            return {"sent": publisher.camera.sent}
+    viewers = [WhepViewer(args.url, token=args.token) for _ in range(args.count)]
+    try:
+        for viewer in viewers:
+            await viewer.__aenter__()
+        await asyncio.sleep(args.seconds)
+        return {"received": [len(viewer.record.arrivals) for viewer in viewers]}
+    finally:
+        for viewer in viewers:
+            await viewer.close()
+
+
+def main() -> None:
+    """`python -m server.bench.rtc_clients whip|whep URL ...`: clients in a process of their own, JSON out."""
+    import argparse
+    import json
+
+    from ..media.ice import restrict_ice_to_loopback
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("role", choices=("whip", "whep"))
+    parser.add_argument("url")
+    parser.add_argument("--token")
+    parser.add_argument("--size", type=int, default=256, help="whip: the camera's side")
+    parser.add_argument("--count", type=int, default=1, help="whep: how many viewers")
+    parser.add_argument("--seconds", type=float, default=15.0)
+    args = parser.parse_args()
+    restrict_ice_to_loopback()
+    print(json.dumps(asyncio.run(run_clients(args))))
+
+
+if __name__ == "__main__":
+    main()
