@@ -45,3 +45,14 @@ def test_bench_rejects_an_unknown_mode():
     command = [sys.executable, "-m", "server.cli", "bench", "--size", "64", "--mode", "inpaint"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--mode" in result.stderr
+
+
+def test_adaptive_bench_without_matplotlib_names_the_extra_before_running():
+    # A None entry in sys.modules is how Python marks a module as not importable.
+    script = "import sys; sys.modules['matplotlib'] = None; from server.cli import main; sys.exit(main())"
+    command = [sys.executable, "-c", script, "bench", "--adaptive", "--model", "tiny", "--device", "cpu"]
+    # A run would take a minute (calibration, then 40 s); the refusal comes before the model is even loaded.
+    result = subprocess.run(command, capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "pip install 'lcmlive[bench]'" in result.stderr
+    assert "loading" not in result.stdout + result.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 
 
@@ -46,6 +47,12 @@ def main(args: argparse.Namespace) -> int:
     if args.frames < 1:
         raise SystemExit(f"lcmlive bench: --frames must be at least 1, got {args.frames}")
     if args.adaptive:
+        # Checked before anything runs: the plot comes at the end, after a minute of benchmark.
+        if importlib.util.find_spec("matplotlib") is None:
+            raise SystemExit(
+                "lcmlive bench --adaptive: the plot needs matplotlib, from the `bench` extra: "
+                "pip install 'lcmlive[bench]' (./lcmlive installs it)"
+            )
         from . import adaptive
 
         args.seconds = args.seconds or 40.0
