@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
 
 import uvicorn
@@ -155,7 +156,9 @@ def main(args: argparse.Namespace) -> int:
             timeout_graceful_shutdown=3,
         ),
     )
-    # uvicorn re-raises Ctrl-C after its graceful shutdown; that is the normal way out, not an error.
+    # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the signal again with the previous handler:
+    # a KeyboardInterrupt for both makes either the normal way out (exit 0), not an error or a death by signal.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     log.info("stopped: every stream ended")

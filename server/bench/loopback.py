@@ -31,9 +31,14 @@ class SyntheticCamera(VideoStreamTrack):
 
     def __init__(self, width: int, height: int, still: bool = False) -> None:
         super().__init__()
-        count = 1 if still else PATTERN_CYCLE
-        self.frames = [moving_pattern(width, height, i) for i in range(count)]
+        self.still = still
         self.sent = 0
+        self.resize(width, height)
+
+    def resize(self, width: int, height: int) -> None:
+        """From the next frame on, send this size (a camera switched to another mode)."""
+        count = 1 if self.still else PATTERN_CYCLE
+        self.frames = [moving_pattern(width, height, i) for i in range(count)]
 
     async def recv(self) -> VideoFrame:
         pts, time_base = await self.next_timestamp()

@@ -7,6 +7,7 @@ a handful of requests per session do not justify an HTTP client dependency.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -108,7 +109,8 @@ class WhipPublisher:
         """DELETE the session (if it was created) and close the peer connection; returns DELETE's status."""
         status = None
         if self.location is not None:
-            status = (await http("DELETE", self.location, token=self.token)).status
+            with contextlib.suppress(OSError):  # the server may be gone already
+                status = (await http("DELETE", self.location, token=self.token)).status
             self.location = None
         await self.pc.close()
         return status
@@ -161,7 +163,8 @@ class WhepViewer:
     async def close(self) -> int | None:
         status = None
         if self.location is not None:
-            status = (await http("DELETE", self.location, token=self.token)).status
+            with contextlib.suppress(OSError):  # the server may be gone already
+                status = (await http("DELETE", self.location, token=self.token)).status
             self.location = None
         for task in self._tasks:
             task.cancel()
