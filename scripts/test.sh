@@ -1,14 +1,24 @@
 #!/usr/bin/env bash
-# Install everything the test suite needs (Python packages, Debian's chromium) and run the whole suite.
+# Install everything the test suite needs (Python packages, Debian's chromium and GStreamer) and run it all.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k parity
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [ ! -x /usr/bin/chromium ]; then
-  echo "lcmlive: installing Debian's chromium for the browser test" >&2
+# Debian packages: chromium for the browser tests; GStreamer's webrtcbin (run by Debian's own python3 with its
+# gi bindings) for the test of a real non-browser WHIP publisher.
+debian_packages=(chromium python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0
+  gir1.2-nice-0.1 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-nice)
+missing=()
+for package in "${debian_packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "lcmlive: installing Debian packages for the tests: ${missing[*]}" >&2
   apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
+export LCMLIVE_REQUIRE_GSTREAMER=1
 scripts/bootstrap.sh test,bench
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
