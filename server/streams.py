@@ -225,6 +225,7 @@ class Stream:
             snapshot["target_fps"] = self.worker.session_params.target_fps
             snapshot["viewers"] = len(self.viewers)
             snapshot["encodes"] = self.picture.encodes  # one per output frame and codec, whatever the viewers
+            snapshot["packets_dropped"] = self.picture.packets_dropped  # a viewer's sender fell a frame behind
             await self.broadcast({"type": "stats", "stream": self.name, **snapshot})
 
     def _spawn(self, coroutine, name: str) -> asyncio.Task:

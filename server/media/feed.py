@@ -43,6 +43,7 @@ class Feed:
         self._closed = False
         self.encodes = 0  # frames encoded, summed over codecs: one per frame per codec, whatever the viewers
         self.encode_seconds = 0.0
+        self.packets_dropped = 0  # over all subscribers, past ones too: packets a sender never took
 
     @property
     def subscribed(self) -> bool:
@@ -169,6 +170,7 @@ class PacketTrack(MediaStreamTrack):
             # The sender never took the last one; the pictures after it refer to it.
             self._pending = None
             self.dropped += 1
+            self._feed.packets_dropped += 1
             self._awaiting_keyframe = True
             self._feed.request_keyframe(self.codec)
         if self._awaiting_keyframe and not packet.is_keyframe:
