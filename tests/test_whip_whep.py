@@ -223,3 +223,16 @@ async def test_server_full_counts_publishers_not_viewers():
 
 def test_free_port_is_loopback():
     assert free_port() > 0
+
+
+async def test_a_simulcast_offer_is_answered_with_one_layer(studio):
+    whip, _ = urls(studio, "simulcast")
+    offer = await offer_sdp(codec="video/H264")
+    video = offer.index("m=video")
+    end = offer.find("m=", video + 1)
+    layers = "a=rid:h send\r\na=rid:l send\r\na=simulcast:send h;l\r\n"
+    offer = offer[: end if end > 0 else len(offer)] + layers + (offer[end:] if end > 0 else "")
+    reply = await post_sdp(whip, offer, TOKEN)
+    assert reply.status == 201, reply.body
+    assert "a=simulcast" not in reply.body and "a=rid" not in reply.body  # the publisher falls back to one layer
+    assert (await http("DELETE", f"{studio.url}{reply.headers['location']}", token=TOKEN)).status == 200
