@@ -1,4 +1,4 @@
-"""The web app on one port: the pages, /health, /params/schema, the /ws socket, WHIP and WHEP.
+"""The web app on one port: the pages, /health, /params/schema, /metrics, the /ws socket, WHIP and WHEP.
 
 It builds the parts (engine, registry of streams, peer connections) and hands each front end the registry; the
 front ends never reach the engine or each other.
@@ -10,11 +10,12 @@ import asyncio
 import logging
 from contextlib import asynccontextmanager
 
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
@@ -28,6 +29,7 @@ from .frontends.websocket import PageSocket, page_socket
 from .frontends.whep import whep_routes
 from .frontends.whip import whip_routes
 from .media.peers import PeerConnections
+from .metrics import Metrics
 from .registry import StreamRegistry
 from .session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, session_specs
 
@@ -46,7 +48,9 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     stream_specs = session_specs(
         DEFAULT_MAX_RESOLUTION.get(device, 512), config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0)
     )
-    registry = StreamRegistry(engine, model, PromptCache(), stream_specs, peers, config)
+    metrics = Metrics(model.device)
+    registry = StreamRegistry(engine, model, PromptCache(), stream_specs, peers, config, metrics)
+    metrics.read_streams(lambda: list(registry))
     sockets: set[PageSocket] = set()
     schema = params_json_schema({**param_specs(model.preset, controlnet=model.controlnet is not None), **stream_specs})
 
@@ -93,6 +97,9 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     async def params_schema(request: Request) -> JSONResponse:
         return JSONResponse(schema)
 
+    async def metrics_exposition(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
     async def signaling(websocket: WebSocket) -> None:
         await page_socket(websocket, registry, sockets)
 
@@ -101,6 +108,7 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
             *page_routes(),
             Route("/health", health),
             Route("/params/schema", params_schema),
+            Route("/metrics", metrics_exposition),
             WebSocketRoute("/ws", signaling),
             *whip_routes(registry),
             *whep_routes(registry),
@@ -114,7 +122,12 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
                 allow_headers=["Authorization", "Content-Type"],
                 expose_headers=["Location"],
             ),
-            Middleware(AccessGate, token=config.token, allow_origins=config.allow_origins, open_paths=OPEN_PATHS),
+            Middleware(
+                AccessGate,
+                token=config.token,
+                allow_origins=config.allow_origins,
+                open_paths=OPEN_PATHS + (("/metrics",) if config.metrics_public else ()),
+            ),
         ],
         lifespan=lifespan,
     )

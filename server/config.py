@@ -19,3 +19,4 @@ class ServerConfig:
     connect_timeout: float = 30.0  # a peer connection not connected in this time is closed
     idle_timeout: float = 30.0  # a stream whose source sends no frame for this long ends
     bitrate_kbps: int = DEFAULT_BITRATE_KBPS
+    metrics_public: bool = False  # /metrics without the token (a scraper on a trusted network)

@@ -19,6 +19,7 @@ from .config import ServerConfig
 from .engine import Engine
 from .media.feed import Feed
 from .media.peers import PeerConnections
+from .metrics import Metrics
 from .stats import SessionStats
 from .streams import Stream
 from .worker import StreamWorker
@@ -65,8 +66,10 @@ class StreamRegistry:
         session_specs: dict[str, ParamSpec],
         peers: PeerConnections,
         config: ServerConfig,
+        metrics: Metrics,
     ) -> None:
         self.engine = engine
+        self.metrics = metrics
         self.model = model
         self.prompt_cache = prompt_cache
         self.session_specs = session_specs
@@ -114,7 +117,7 @@ class StreamRegistry:
             raise RuntimeError(f"stream {name!r} was not reserved")
         model, cache = self.model, self.prompt_cache
         pipeline = await self.engine.call(lambda: StreamPipeline(model, cache))
-        stats = SessionStats()
+        stats = SessionStats(metrics=self.metrics.for_stream(name))
         bitrate = self.config.bitrate_kbps
         picture = Feed(f"{name}-picture", stats, bitrate)
         control = Feed(f"{name}-control", None, bitrate) if model.controlnet is not None else None
@@ -127,7 +130,9 @@ class StreamRegistry:
             control,
             device_busy=lambda: self.engine.busy_seconds,
         )
-        stream = Stream(name, source_kind, source, worker, self.engine, self.peers, self.config, self._forget)
+        stream = Stream(
+            name, source_kind, source, worker, self.engine, self.peers, self.config, self.metrics, self._forget
+        )
         self._reserved.discard(name)
         self._streams[name] = stream
         return stream
@@ -139,6 +144,8 @@ class StreamRegistry:
     async def _forget(self, stream: Stream) -> None:
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
+        if stream.stats.metrics is not None:
+            stream.stats.metrics.remove()
 
     def _generated_name(self) -> str:
         while True:

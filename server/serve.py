@@ -102,6 +102,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="WebRTC over 127.0.0.1 only (tests, or browser and server on one machine)",
     )
     parser.add_argument(
+        "--metrics-public", action="store_true", help="serve /metrics without the token (a trusted scraper network)"
+    )
+    parser.add_argument(
         "--bitrate",
         type=int,
         default=DEFAULT_BITRATE_KBPS,
@@ -192,6 +195,7 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,
         bitrate_kbps=args.bitrate,
+        metrics_public=args.metrics_public,
     )
 
 

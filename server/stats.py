@@ -6,6 +6,10 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .metrics import StreamMetrics
 
 RECENT_LATENCIES = 1000
 
@@ -31,9 +35,23 @@ class SessionStats:
     switches: int = 0
     # (sent at, latency) of the last frames sent, for percentiles (bounded: a long session keeps no history).
     recent_latencies: deque = field(default_factory=lambda: deque(maxlen=RECENT_LATENCIES), repr=False)
+    metrics: StreamMetrics | None = field(default=None, repr=False)  # histograms for /metrics
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last: tuple = field(default=(0, 0, 0, 0.0, 0.0, 0.0), repr=False)
     _last_time: float = field(default_factory=time.monotonic, repr=False)
+
+    def processed(self, model_seconds: float, queue_seconds: float) -> None:
+        """A frame ran through the model (from the engine thread)."""
+        self.add(frames_processed=1, model_seconds=model_seconds, queue_seconds=queue_seconds)
+        if self.metrics is not None:
+            self.metrics.model_seconds.observe(model_seconds)
+
+    def sent(self, latency_seconds: float) -> None:
+        """A stylised frame left for the viewers, `latency_seconds` after its camera frame arrived."""
+        self.add(frames_out=1, latency_seconds=latency_seconds)
+        self.recent_latencies.append((time.monotonic(), latency_seconds))
+        if self.metrics is not None:
+            self.metrics.latency_seconds.observe(latency_seconds)
 
     def set(self, **values: object) -> None:
         """Set fields (sizes, state) from the engine thread while the loop may be taking a snapshot."""

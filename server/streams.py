@@ -23,6 +23,7 @@ from .engine import Engine
 from .media.feed import PacketTrack
 from .media.peers import PeerConnections, negotiated_codec, offered_transceivers, request_keyframe
 from .media.pump import drain, pump_frames
+from .metrics import Metrics
 from .worker import StreamWorker
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Stream:
         engine: Engine,
         peers: PeerConnections,
         config: ServerConfig,
+        metrics: Metrics,
         on_end: Callable[[Stream], Awaitable[None]],
     ) -> None:
         self.name = name
@@ -82,6 +84,7 @@ class Stream:
         self._engine = engine
         self._peers = peers
         self._config = config
+        self._metrics = metrics
         self._on_end = on_end
         self._tasks: set[asyncio.Task] = set()
         self._started = time.monotonic()
@@ -136,10 +139,17 @@ class Stream:
     def effective(self) -> dict[str, Any]:
         return self.worker.effective()
 
-    async def set_params(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate and apply on the engine thread (all or nothing: ValueError), then echo to every listener."""
+    async def set_params(self, changes: dict[str, Any], front_end: str) -> dict[str, Any]:
+        """Validate and apply on the engine thread (all or nothing: ValueError), then echo to every listener.
+
+        `front_end` names who asked (websocket, rest, osc), for the metrics."""
         worker = self.worker
-        effective = await self._engine.call(lambda: worker.update(changes))
+        try:
+            effective = await self._engine.call(lambda: worker.update(changes))
+        except ValueError:
+            self._metrics.control_message(front_end, applied=False)
+            raise
+        self._metrics.control_message(front_end, applied=True)
         await self.broadcast({"type": "params", **effective})
         return effective
 

@@ -147,7 +147,7 @@ class StreamWorker:
                 state=self.controller.state,
                 switches=self.controller.switches,
             )
-            self.stats.add(frames_processed=1, model_seconds=model_seconds, queue_seconds=queue_seconds)
+            self.stats.processed(model_seconds, queue_seconds)
 
         return FrameJob(self.pipeline, rgb, size, output_size, finish, self._failed)
 

@@ -90,7 +90,7 @@ async def viewers_run(model: ModelComponents, args: argparse.Namespace, counts: 
         publisher = await clients("whip", url, "--size", str(args.size), "--seconds", str(total))
         try:
             stream = await server.first_stream()
-            await stream.set_params(fixed_size_params(args))
+            await stream.set_params(fixed_size_params(args), front_end="bench")
             return [await measure_count(server, stream, count, args.seconds) for count in counts]
         finally:
             publisher.terminate()

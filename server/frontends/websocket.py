@@ -144,7 +144,7 @@ class PageSocket:
         if not isinstance(changes, dict):
             raise ProtocolError("bad_params", 'a params message needs an object "params"')
         try:
-            await stream.set_params(changes)
+            await stream.set_params(changes, front_end="websocket")
         except ValueError as error:
             await self.send(error_message("bad_params", str(error)))
             # Nothing changed: the effective params again, so a client can put back what it showed.

@@ -110,10 +110,8 @@ class Feed:
             packets = await self._loop.run_in_executor(None, _encode_each, encoders, frame, keyframes)
             self.encode_seconds += time.perf_counter() - started
             self.encodes += len(encoders)
-            now = time.monotonic()
             if self._stats is not None:
-                self._stats.add(frames_out=1, latency_seconds=now - arrival)
-                self._stats.recent_latencies.append((now, now - arrival))
+                self._stats.sent(time.monotonic() - arrival)
             for track in list(self._subscribers):
                 packet = packets.get(track.codec)
                 if packet is not None:
