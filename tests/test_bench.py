@@ -1,10 +1,21 @@
-"""`lcmlive bench` runs end to end and reports the keys the issue names."""
+"""`lcmlive bench` runs end to end, reports the keys the issue names, and its stand-ins do what they say."""
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from pipelines import FrameExecutor, StreamPipeline
+from pipelines import executor as executor_module
+from pipelines.synthetic import moving_pattern
+from server.bench.adaptive import SlowedPipeline
 
 
 def test_bench_prints_a_table_and_a_json_line():
@@ -56,3 +67,37 @@ def test_adaptive_bench_without_matplotlib_names_the_extra_before_running():
     assert result.returncode != 0
     assert "pip install 'lcmlive[bench]'" in result.stderr
     assert "loading" not in result.stdout + result.stderr
+
+
+def test_adaptive_slowdown_doubles_the_model_work_through_the_cpu_executor(tiny, monkeypatch):
+    # The executor's clock reads this thread's CPU time, with one model thread, instead of the wall: the machine is
+    # shared, and under other processes' load one frame's wall time ranged from 37 to 870 ms in one run (and with
+    # two OpenMP threads, the CPU time spent spinning at barriers from 0.1 to 1.2 s).
+    monkeypatch.setattr(executor_module, "time", SimpleNamespace(perf_counter=time.thread_time))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pipe = StreamPipeline(tiny)
+    slowed = SlowedPipeline(pipe, 2)
+    executor = FrameExecutor(tiny.device)
+    unet_calls = []
+    hook = tiny.unet.register_forward_pre_hook(lambda *_: unet_calls.append(1))
+    try:
+        frame = moving_pattern(128, 128, 0)
+        executor.result(executor.submit(pipe, frame))  # warm-up
+        plain_seconds, slowed_seconds = [], []
+        for _ in range(3):
+            unet_calls.clear()
+            plain = executor.result(executor.submit(pipe, frame))
+            plain_calls = len(unet_calls)
+            unet_calls.clear()
+            result = executor.result(executor.submit(slowed, frame))
+            assert len(unet_calls) == 2 * plain_calls
+            assert np.array_equal(result.picture, plain.picture)
+            plain_seconds.append(plain.model_seconds)
+            slowed_seconds.append(result.model_seconds)
+    finally:
+        hook.remove()
+        executor.close()
+        torch.set_num_threads(threads)
+    # The model's own time, as the controller sees it: about twice.
+    assert 1.6 <= statistics.median(slowed_seconds) / statistics.median(plain_seconds) <= 2.4

@@ -1,6 +1,8 @@
-"""GPU checks: fp16 parity with the reference pipeline. Skipped on machines without CUDA."""
+"""GPU checks: fp16 parity, the double-buffered executor's overlap, the bench's slowdown. Skipped without CUDA."""
 
 from __future__ import annotations
+
+import statistics
 
 import numpy as np
 import PIL.Image
@@ -8,12 +10,18 @@ import pytest
 import torch
 from diffusers import LatentConsistencyModelImg2ImgPipeline
 
-from pipelines import StreamPipeline, load_model
+from pipelines import FrameExecutor, StreamPipeline, load_model
 from pipelines.synthetic import moving_pattern
 
 pytestmark = pytest.mark.cuda
 
 FP16_TOLERANCE = 2e-2
+
+
+@pytest.fixture(scope="module")
+def sd15_arch():
+    """The real SD1.5 shapes in fp16, random weights; shared: tests must not modify its modules."""
+    return load_model("sd15-arch", device="cuda")
 
 
 @pytest.mark.parametrize("steps", [1, 4])
@@ -47,17 +55,15 @@ def test_fp16_cuda_parity_with_latent_consistency_img2img(steps):
     assert np.abs(actual - expected).max() <= FP16_TOLERANCE
 
 
-def test_sd15_arch_runs_a_512_frame_in_fp16():
-    pipe = StreamPipeline(load_model("sd15-arch", device="cuda"))
+def test_sd15_arch_runs_a_512_frame_in_fp16(sd15_arch):
+    pipe = StreamPipeline(sd15_arch)
     pipe.update(steps=1, strength=0.5)
     out = pipe(moving_pattern(512, 512, 0))
     assert out.shape == (512, 512, 3) and out.dtype == np.uint8
 
 
-def test_double_buffering_overlaps_copies_with_compute_and_matches_the_plain_path():
-    from pipelines import FrameExecutor
-
-    components = load_model("sd15-arch", device="cuda")
+def test_double_buffering_overlaps_copies_with_compute_and_matches_the_plain_path(sd15_arch):
+    components = sd15_arch
     pipe = StreamPipeline(components)
     pipe.update(steps=2, strength=0.5)
     frames = [moving_pattern(512, 512, i) for i in range(8)]
@@ -79,3 +85,21 @@ def test_double_buffering_overlaps_copies_with_compute_and_matches_the_plain_pat
         if timeline[ticket + 1]["upload"][0] < timeline[ticket]["compute"][1]:
             overlapped += 1
     assert overlapped >= len(tickets[2:-1]) - 1, timeline
+
+
+def test_the_adaptive_slowdown_shows_in_the_cuda_executors_device_time(sd15_arch):
+    from server.bench.adaptive import SlowedPipeline
+
+    pipe = StreamPipeline(sd15_arch)
+    pipe.update(steps=2, strength=0.5)
+    slowed = SlowedPipeline(pipe, 2)
+    executor = FrameExecutor(sd15_arch.device)
+    frame = moving_pattern(512, 512, 0)
+    executor.result(executor.submit(pipe, frame))  # warm-up
+    plain_seconds, slowed_seconds = [], []
+    for _ in range(5):
+        plain_seconds.append(executor.result(executor.submit(pipe, frame)).model_seconds)
+        slowed_seconds.append(executor.result(executor.submit(slowed, frame)).model_seconds)
+    # Device time between the compute stream's events: a host sleep would leave it unchanged.
+    ratio = statistics.median(slowed_seconds) / statistics.median(plain_seconds)
+    assert 1.7 <= ratio <= 2.3, (plain_seconds, slowed_seconds)
