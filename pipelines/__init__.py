@@ -4,7 +4,14 @@ from .components import ModelComponents
 from .devices import default_dtype, resolve_device
 from .executor import FrameExecutor
 from .loading import ModelUnavailableError, load_model
-from .params import ParamSpec, StreamParams, default_params, param_specs, params_json_schema
+from .params import (
+    ParamsError,
+    StreamParams,
+    default_params,
+    params_json_schema,
+    params_model,
+    params_model_for,
+)
 from .presets import PRESETS, GuidanceKind, ModelPreset, ScheduleKind, get_preset
 from .prompt_cache import PromptCache
 from .stream import StreamPipeline, check_frame, processing_size
@@ -16,7 +23,7 @@ __all__ = [
     "ModelComponents",
     "ModelPreset",
     "ModelUnavailableError",
-    "ParamSpec",
+    "ParamsError",
     "PromptCache",
     "ScheduleKind",
     "StreamParams",
@@ -26,7 +33,8 @@ __all__ = [
     "default_params",
     "get_preset",
     "load_model",
-    "param_specs",
+    "params_model",
+    "params_model_for",
     "params_json_schema",
     "processing_size",
     "resolve_device",

@@ -1,171 +1,233 @@
-"""Stream parameters: one table of specs gives the defaults, the validation and the JSON schema."""
+"""Stream parameters as pydantic models: one definition gives the defaults, the validation and the JSON schema.
+
+A model's limits come from its preset (steps, guidance) and its ControlNet, so each loaded model gets its own
+params class from `params_model`. Every change is validated whole — unknown names forbidden, types strict (no
+`true` for 1, no "3" for 3), ranges and cross-field rules checked — and refused with `ParamsError`, whose messages
+name the parameter and the allowed range, before anything changes.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import math
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from .presets import GuidanceKind, ModelPreset
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
+from pydantic_core import PydanticCustomError
 
+from .presets import GuidanceKind, ModelPreset, ScheduleKind
 
-@dataclass(frozen=True)
-class ParamSpec:
-    """One user-settable parameter: its type, range and meaning."""
-
-    name: str
-    kind: type
-    default: Any
-    description: str
-    minimum: float | None = None
-    maximum: float | None = None
-    max_length: int | None = None
-    choices: tuple[str, ...] | None = None
-    multiple_of: int | None = None
-
-    def check(self, value: Any) -> Any:
-        """Return `value` in this parameter's type, or raise a ValueError that names the parameter."""
-        if self.kind is str:
-            if not isinstance(value, str):
-                raise ValueError(f"{self.name} must be a string, got {type(value).__name__}")
-            if self.max_length is not None and len(value) > self.max_length:
-                raise ValueError(f"{self.name} is {len(value)} characters; the limit is {self.max_length}")
-            if self.choices is not None and value not in self.choices:
-                raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}; got {value!r}")
-            return value
-        # bool is an int subclass in Python; `true` for a number is a client bug, not a value.
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ValueError(f"{self.name} must be a number, got {type(value).__name__}")
-        if self.kind is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(f"{self.name} must be a whole number, got {value}")
-            value = int(value)
-        else:
-            value = float(value)
-            if not math.isfinite(value):
-                raise ValueError(f"{self.name} must be finite, got {value}")
-        if (self.minimum is not None and value < self.minimum) or (self.maximum is not None and value > self.maximum):
-            raise ValueError(f"{self.name} must be between {self.minimum} and {self.maximum}, got {value}")
-        if self.multiple_of is not None and value % self.multiple_of:
-            raise ValueError(f"{self.name} must be a multiple of {self.multiple_of}, got {value}")
-        return value
-
-    def json_schema(self) -> dict:
-        schema: dict[str, Any] = {
-            "type": {str: "string", int: "integer", float: "number"}[self.kind],
-            "default": self.default,
-            "description": self.description,
-            "title": self.name.replace("_", " "),
-        }
-        if self.minimum is not None:
-            schema["minimum"] = self.minimum
-        if self.maximum is not None:
-            schema["maximum"] = self.maximum
-        if self.max_length is not None:
-            schema["maxLength"] = self.max_length
-        if self.choices is not None:
-            schema["enum"] = list(self.choices)
-        if self.multiple_of is not None:
-            schema["multipleOf"] = self.multiple_of
-        return schema
-
-
-@dataclass(frozen=True)
-class StreamParams:
-    """What the person controls. Immutable: a change makes a new object, so a frame never sees half an update."""
-
-    prompt: str = "an oil painting, vivid colors, thick brush strokes"
-    negative_prompt: str = ""
-    strength: float = 0.5
-    steps: int = 2
-    guidance_scale: float = 8.0
-    seed: int = 0
-    mode: str = "img2img"
-    controlnet_scale: float = 0.5
-    canny_low: int = 100
-    canny_high: int = 200
-
-    def replace(self, changes: dict[str, Any], specs: dict[str, ParamSpec]) -> StreamParams:
-        """A copy with `changes` applied; any unknown name or bad value raises ValueError and changes nothing."""
-        unknown = sorted(set(changes) - set(specs))
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(specs)}")
-        checked = {name: specs[name].check(value) for name, value in changes.items()}
-        return dataclasses.replace(self, **checked)
-
-    def as_dict(self, specs: dict[str, ParamSpec]) -> dict[str, Any]:
-        """The parameters a person can set with this model (ControlNet ones only when one is loaded)."""
-        return {name: value for name, value in dataclasses.asdict(self).items() if name in specs}
-
+if TYPE_CHECKING:
+    from .components import ModelComponents
 
 MODES = ("img2img", "txt2img")
+MAX_PROMPT_LENGTH = 2000
 
 
-def param_specs(preset: ModelPreset, controlnet: bool = False) -> dict[str, ParamSpec]:
-    """The parameter table for one model: defaults and limits come from its preset and its ControlNet."""
+class ParamsError(ValueError):
+    """A refused params change: one (param, message) per problem; the param is None for a rule across several."""
+
+    def __init__(self, errors: list[tuple[str | None, str]]) -> None:
+        super().__init__("; ".join(message for _, message in errors))
+        self.errors = errors
+
+    def as_list(self) -> list[dict[str, str | None]]:
+        return [{"param": param, "message": message} for param, message in self.errors]
+
+
+def _whole_number(value: Any) -> Any:
+    """3.0 is 3 (JSON from some clients writes every number as a float); 3.5 and true stay wrong."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+WholeNumber = Annotated[int, BeforeValidator(_whole_number)]
+
+
+class Params(BaseModel):
+    """Base of every params model: frozen, strict, closed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+    @classmethod
+    def validated(cls, values: dict[str, Any]) -> Params:
+        """A params object from `values`, or ParamsError with every problem in words."""
+        if not isinstance(values, dict):
+            raise ParamsError([(None, "params must be a JSON object of name: value")])
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            raise ParamsError([_describe(cls, detail) for detail in error.errors()]) from None
+
+    def replace(self, changes: dict[str, Any]) -> Params:
+        """A copy with `changes` applied, validated as a whole; ParamsError changes nothing."""
+        if not isinstance(changes, dict):
+            raise ParamsError([(None, "params must be a JSON object of name: value")])
+        return self.validated({**self.model_dump(), **changes})
+
+    def as_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class StreamParams(Params):
+    """What the person controls in the picture. Frozen: a change makes a new object, so a frame never sees half
+    an update. Limits here are the widest; `params_model` narrows them to the loaded model."""
+
+    prompt: str = Field(
+        "an oil painting, vivid colors, thick brush strokes",
+        max_length=MAX_PROMPT_LENGTH,
+        description="what the picture should become",
+    )
+    negative_prompt: str = Field(
+        "",
+        max_length=MAX_PROMPT_LENGTH,
+        description="what to steer away from (used only with classifier-free guidance)",
+    )
+    strength: float = Field(
+        0.5, ge=0.01, le=1.0, description="how far to move from the camera frame: 0 keeps it, 1 ignores it"
+    )
+    steps: WholeNumber = Field(2, ge=1, le=8, description="denoising steps per frame")
+    guidance_scale: float = Field(8.0, ge=0.0, le=20.0, description="how strongly the prompt steers the picture")
+    seed: WholeNumber = Field(
+        0, ge=0, le=2**31 - 1, description="noise seed: the same seed and frame give the same picture"
+    )
+    mode: Literal["img2img", "txt2img"] = Field(
+        "img2img",
+        description="img2img restyles the camera; txt2img ignores it and draws new pictures at the target rate",
+    )
+
+
+class ControlNetParams(StreamParams):
+    """With a ControlNet loaded: how strongly the camera's edges shape the picture, and how they are found."""
+
+    controlnet_scale: float = Field(
+        0.5, ge=0.0, le=2.0, description="how strongly the camera's edges shape the picture"
+    )
+    canny_low: WholeNumber = Field(100, ge=0, le=500, description="Canny edge detector: lower threshold")
+    canny_high: WholeNumber = Field(200, ge=0, le=500, description="Canny edge detector: upper threshold")
+
+    @model_validator(mode="after")
+    def _thresholds_in_order(self) -> ControlNetParams:
+        if self.canny_low > self.canny_high:
+            raise PydanticCustomError(
+                "canny_order",
+                "canny_low ({low}) must not exceed canny_high ({high})",
+                {"low": self.canny_low, "high": self.canny_high},
+            )
+        return self
+
+
+def steps_that_run(kind: ScheduleKind, steps: int, strength: float | None, origin_steps: int) -> int:
+    """How many denoising steps a frame runs, as the diffusers pipeline of `kind` would (0: none at all).
+
+    An SD1.5 LCM UNet's img2img always runs `steps`, if strength leaves that many of its `origin_steps` timesteps
+    (else 0); the other img2img pipelines run int(steps x strength). `strength=None` is text-to-image: all.
+    """
+    if strength is None:
+        return steps
+    if kind is ScheduleKind.LCM_IMG2IMG:
+        return steps if steps <= int(origin_steps * strength) else 0
+    return min(int(steps * strength), steps)
+
+
+def params_model(preset: ModelPreset, controlnet: bool = False, origin_steps: int = 50) -> type[StreamParams]:
+    """The params class of one loaded model: its preset's defaults and limits, its ControlNet's params, and the
+    rule that a frame runs at least one step (`origin_steps`: the scheduler's original_inference_steps)."""
     # LCM-LoRA: the guide recommends guidance in [1, 2]; 1 or less turns classifier-free guidance off.
     max_guidance = 2.0 if preset.guidance is GuidanceKind.CLASSIFIER_FREE else 20.0
-    specs = (
-        ParamSpec("prompt", str, StreamParams.prompt, "what the picture should become", max_length=2000),
-        ParamSpec(
-            "negative_prompt",
-            str,
-            "",
-            "what to steer away from (used only with classifier-free guidance)",
-            max_length=2000,
-        ),
-        ParamSpec(
-            "strength",
-            float,
-            preset.default_strength,
-            "how far to move from the camera frame: 0 keeps it, 1 ignores it",
-            minimum=0.01,
-            maximum=1.0,
-        ),
-        ParamSpec(
-            "steps",
-            int,
-            preset.default_steps,
-            "denoising steps per frame",
-            minimum=1,
-            maximum=preset.max_steps,
-        ),
-        ParamSpec(
-            "guidance_scale",
-            float,
-            preset.default_guidance,
-            "how strongly the prompt steers the picture",
-            minimum=0.0,
-            maximum=max_guidance,
-        ),
-        ParamSpec("seed", int, 0, "noise seed: the same seed and frame give the same picture", 0, 2**31 - 1),
-        ParamSpec(
-            "mode",
-            str,
-            "img2img",
-            "img2img restyles the camera; txt2img ignores it and draws new pictures at the target rate",
-            choices=MODES,
-        ),
+    base = ControlNetParams if controlnet else StreamParams
+
+    def at_least_one_step(params: StreamParams) -> StreamParams:
+        strength = None if params.mode == "txt2img" else params.strength
+        if steps_that_run(preset.schedule, params.steps, strength, origin_steps) == 0:
+            steps, strength = params.steps, params.strength
+            if preset.schedule is ScheduleKind.LCM_IMG2IMG:
+                message = (
+                    f"strength {strength} leaves fewer LCM timesteps than steps={steps}: raise strength to at least "
+                    f"{steps / origin_steps:.2f} or lower steps"
+                )
+            else:
+                message = (
+                    f"steps={steps} at strength {strength} runs no denoising step (int(steps x strength) = 0): "
+                    f"raise strength to at least {1 / steps:.2f} or raise steps"
+                )
+            raise PydanticCustomError("no_step", message)
+        return params
+
+    return create_model(
+        base.__name__,
+        __base__=base,
+        __validators__={"at_least_one_step": model_validator(mode="after")(at_least_one_step)},
+        strength=(float, _narrowed(base, "strength", default=preset.default_strength)),
+        steps=(WholeNumber, _narrowed(base, "steps", default=preset.default_steps, le=preset.max_steps)),
+        guidance_scale=(float, _narrowed(base, "guidance_scale", default=preset.default_guidance, le=max_guidance)),
     )
-    if controlnet:
-        specs += (
-            ParamSpec("controlnet_scale", float, 0.5, "how strongly the camera's edges shape the picture", 0.0, 2.0),
-            ParamSpec("canny_low", int, 100, "Canny edge detector: lower threshold", 0, 500),
-            ParamSpec("canny_high", int, 200, "Canny edge detector: upper threshold", 0, 500),
-        )
-    return {spec.name: spec for spec in specs}
+
+
+def _narrowed(model: type[BaseModel], name: str, default: Any, le: float | None = None) -> Any:
+    """The field `name` of `model` with another default (and upper limit), everything else kept."""
+    field = model.model_fields[name]
+    lower = next(m.ge for m in field.metadata if hasattr(m, "ge") and m.ge is not None)
+    upper = le if le is not None else next(m.le for m in field.metadata if hasattr(m, "le") and m.le is not None)
+    return Field(default, ge=lower, le=upper, description=field.description)
+
+
+def params_model_for(components: ModelComponents) -> type[StreamParams]:
+    """The params class of loaded components (their preset, ControlNet and scheduler)."""
+    origin_steps = components.scheduler.config.original_inference_steps
+    return params_model(components.preset, components.controlnet is not None, origin_steps)
 
 
 def default_params(preset: ModelPreset, controlnet: bool = False) -> StreamParams:
     """The preset's recommended starting point."""
-    return StreamParams(**{name: spec.default for name, spec in param_specs(preset, controlnet).items()})
+    return params_model(preset, controlnet)()
 
 
-def params_json_schema(specs: dict[str, ParamSpec]) -> dict[str, Any]:
-    """JSON Schema of the params object, for clients that build their controls from it."""
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "properties": {name: spec.json_schema() for name, spec in specs.items()},
-    }
+def params_json_schema(*models: type[BaseModel]) -> dict[str, Any]:
+    """JSON Schema of one params object made of these models' fields, for clients that build controls from it."""
+    properties: dict[str, Any] = {}
+    for model in models:
+        properties.update(model.model_json_schema()["properties"])
+    return {"type": "object", "additionalProperties": False, "properties": properties}
+
+
+def _bounds(model: type[BaseModel], name: str) -> tuple[Any, Any, Any]:
+    field = model.model_fields[name]
+    found = {"ge": None, "le": None, "multiple_of": None}
+    for constraint in field.metadata:
+        for key in found:
+            if getattr(constraint, key, None) is not None:
+                found[key] = getattr(constraint, key)
+    return found["ge"], found["le"], found["multiple_of"]
+
+
+def _describe(model: type[BaseModel], detail: dict[str, Any]) -> tuple[str | None, str]:
+    """One pydantic error as (param, words a person can act on)."""
+    kind, location, value = detail["type"], detail["loc"], detail.get("input")
+    name = str(location[0]) if location else None
+    if name is None or name not in model.model_fields:
+        if kind == "extra_forbidden":
+            return name, f"unknown parameter {name}; known: {', '.join(model.model_fields)}"
+        return None, detail["msg"].removeprefix("Value error, ")
+    lower, upper, multiple = _bounds(model, name)
+    annotation = model.model_fields[name].annotation
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return name, f"{name} must be between {lower} and {upper}, got {value}"
+    if kind == "multiple_of":
+        return name, f"{name} must be a multiple of {multiple}, got {value}"
+    if kind == "string_too_long":
+        return name, f"{name} is {len(value)} characters; the limit is {MAX_PROMPT_LENGTH}"
+    if kind == "literal_error":
+        choices = ", ".join(getattr(annotation, "__args__", ()))
+        return name, f"{name} must be one of {choices}; got {value!r}"
+    if kind in ("finite_number",):
+        return name, f"{name} must be finite, got {value}"
+    if annotation is str:
+        return name, f"{name} must be a string, got {_json_type(value)}"
+    if annotation is int and isinstance(value, float):
+        return name, f"{name} must be a whole number, got {value}"
+    return name, f"{name} must be a number between {lower} and {upper}, got {_json_type(value)}"
+
+
+def _json_type(value: Any) -> str:
+    names = {bool: "a boolean", type(None): "null", str: "a string", list: "a list", dict: "an object"}
+    return names.get(type(value), type(value).__name__)

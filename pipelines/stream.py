@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .components import ModelComponents
 from .conditioning import PromptEmbeds, canny_map, sdxl_time_ids
-from .params import ParamSpec, StreamParams, default_params, param_specs
+from .params import StreamParams, params_model_for
 from .presets import GuidanceKind
 from .prompt_cache import PromptCache
 from .schedule import Schedule, build_schedule, guidance_embedding
@@ -106,11 +106,10 @@ class StreamPipeline:
     ) -> None:
         self.components = components
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache()
-        has_controlnet = components.controlnet is not None
-        self.specs: dict[str, ParamSpec] = param_specs(components.preset, controlnet=has_controlnet)
+        self.params_model = params_model_for(components)
         self._update_lock = threading.Lock()
         self._tick = 0  # txt2img frames drawn so far: each one gets new noise
-        self._plan = self._make_plan(params or default_params(components.preset, has_controlnet))
+        self._plan = self._make_plan(params or self.params_model())
         self.last_control_image: np.ndarray | None = None  # the Canny map of the last frame, for display
 
     @property
@@ -122,17 +121,27 @@ class StreamPipeline:
         return self._plan.controlnet_scale > 0
 
     @property
+    def classifier_free(self) -> bool:
+        """Whether each step runs the UNet on a batch of 2 (negative and positive prompt): guidance > 1, LCM-LoRA."""
+        return self._plan.classifier_free
+
+    @property
+    def steps_per_frame(self) -> int:
+        """The denoising steps one frame runs: fewer than `steps` where strength shortens the schedule."""
+        return len(self._plan.schedule.steps)
+
+    @property
     def needs_frame(self) -> bool:
         """False in txt2img without ControlNet: the camera is not looked at."""
         return not self._plan.txt2img or self._plan.controlnet_scale > 0
 
     def effective_params(self) -> dict[str, Any]:
-        return self.params.as_dict(self.specs)
+        return self.params.as_dict()
 
     def update(self, **changes: Any) -> StreamParams:
-        """Validate and apply parameter changes from the next frame on; a ValueError leaves everything as it was."""
+        """Validate and apply parameter changes from the next frame on; a ParamsError leaves everything as it was."""
         with self._update_lock:
-            params = self._plan.params.replace(changes, self.specs)
+            params = self._plan.params.replace(changes)
             if params != self._plan.params:
                 self._plan = self._make_plan(params)
             return params

@@ -1,4 +1,4 @@
-"""The web app on one port: the pages, /health, /params/schema, /metrics, the /ws socket, WHIP and WHEP.
+"""The web app on one port: the pages, /health, /params/schema, /metrics, the /ws socket, WHIP, WHEP and REST.
 
 It builds the parts (engine, registry of streams, peer connections) and hands each front end the registry; the
 front ends never reach the engine or each other.
@@ -19,19 +19,20 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from pipelines import ModelComponents, PromptCache, param_specs, params_json_schema
+from pipelines import ModelComponents, PromptCache, params_json_schema, params_model_for
 
 from .access import AccessGate
 from .config import ServerConfig
 from .engine import Engine
 from .frontends.pages import page_routes
+from .frontends.rest import rest_routes
 from .frontends.websocket import PageSocket, page_socket
 from .frontends.whep import whep_routes
 from .frontends.whip import whip_routes
 from .media.peers import PeerConnections
 from .metrics import Metrics
 from .registry import StreamRegistry
-from .session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, session_specs
+from .session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, session_params_model
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +46,15 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     engine = Engine(model.device)
     peers = PeerConnections()
     device = model.device.type
-    stream_specs = session_specs(
+    session_model = session_params_model(
         DEFAULT_MAX_RESOLUTION.get(device, 512), config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0)
     )
     metrics = Metrics(model.device)
-    registry = StreamRegistry(engine, model, PromptCache(), stream_specs, peers, config, metrics)
+    registry = StreamRegistry(engine, model, PromptCache(), session_model, peers, config, metrics)
     metrics.read_streams(lambda: list(registry))
     sockets: set[PageSocket] = set()
-    schema = params_json_schema({**param_specs(model.preset, controlnet=model.controlnet is not None), **stream_specs})
+    # What every front end validates against, as the pages build their controls from it.
+    schema = params_json_schema(params_model_for(model), session_model)
 
     stopping = asyncio.Event()
 
@@ -112,6 +114,7 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
             WebSocketRoute("/ws", signaling),
             *whip_routes(registry),
             *whep_routes(registry),
+            *rest_routes(registry),
         ],
         middleware=[
             # Outermost: a CORS preflight from an allowed origin is answered before anything asks for a token.

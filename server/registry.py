@@ -13,13 +13,14 @@ from typing import Any
 
 from aiortc import RTCPeerConnection
 
-from pipelines import ModelComponents, ParamSpec, PromptCache, StreamPipeline
+from pipelines import ModelComponents, PromptCache, StreamPipeline
 
 from .config import ServerConfig
 from .engine import Engine
 from .media.feed import Feed
 from .media.peers import PeerConnections
 from .metrics import Metrics
+from .session_params import SessionParams
 from .stats import SessionStats
 from .streams import Stream
 from .worker import StreamWorker
@@ -63,7 +64,7 @@ class StreamRegistry:
         engine: Engine,
         model: ModelComponents,
         prompt_cache: PromptCache,
-        session_specs: dict[str, ParamSpec],
+        session_model: type[SessionParams],
         peers: PeerConnections,
         config: ServerConfig,
         metrics: Metrics,
@@ -72,7 +73,7 @@ class StreamRegistry:
         self.metrics = metrics
         self.model = model
         self.prompt_cache = prompt_cache
-        self.session_specs = session_specs
+        self.session_model = session_model
         self.peers = peers
         self.config = config
         self._streams: dict[str, Stream] = {}
@@ -126,7 +127,7 @@ class StreamRegistry:
             picture,
             stats,
             self.engine.notify,
-            self.session_specs,
+            self.session_model,
             control,
             device_busy=lambda: self.engine.busy_seconds,
         )

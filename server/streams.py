@@ -18,6 +18,8 @@ from typing import Any, Protocol
 
 from aiortc import RTCPeerConnection
 
+from pipelines import ParamsError
+
 from .config import ServerConfig
 from .engine import Engine
 from .media.feed import PacketTrack
@@ -78,6 +80,7 @@ class Stream:
         self.control = worker.control_output
         self.viewers: dict[str, Viewer] = {}
         self.listeners: set[Listener] = set()
+        self.last_stats: dict[str, Any] = {}  # the latest once-a-second snapshot, for REST and dashboards
         self.ended = asyncio.Event()
         self.end_code = ""
         self.end_reason = ""
@@ -140,13 +143,13 @@ class Stream:
         return self.worker.effective()
 
     async def set_params(self, changes: dict[str, Any], front_end: str) -> dict[str, Any]:
-        """Validate and apply on the engine thread (all or nothing: ValueError), then echo to every listener.
+        """Validate and apply on the engine thread (all or nothing: ParamsError), then echo to every listener.
 
         `front_end` names who asked (websocket, rest, osc), for the metrics."""
         worker = self.worker
         try:
             effective = await self._engine.call(lambda: worker.update(changes))
-        except ValueError:
+        except ParamsError:
             self._metrics.control_message(front_end, applied=False)
             raise
         self._metrics.control_message(front_end, applied=True)
@@ -157,6 +160,19 @@ class Stream:
         listeners = list(self.listeners)
         if listeners:
             await asyncio.gather(*(listener.send(message) for listener in listeners), return_exceptions=True)
+
+    def summary(self) -> dict[str, Any]:
+        """What a list of streams shows (REST): who publishes, who watches, how fast, at what size."""
+        stats = self.last_stats
+        return {
+            "name": self.name,
+            "source": self.source_kind,
+            "viewers": len(self.viewers),
+            "controllers": sum(1 for listener in self.listeners if listener.role == "control"),
+            "fps": stats.get("fps_out", 0.0),
+            "processing_size": [stats.get("width", 0), stats.get("height", 0)],
+            "latency_ms": stats.get("latency_ms", 0.0),
+        }
 
     # ---- outputs ----
 
@@ -236,6 +252,7 @@ class Stream:
             snapshot["viewers"] = len(self.viewers)
             snapshot["encodes"] = self.picture.encodes  # one per output frame and codec, whatever the viewers
             snapshot["packets_dropped"] = self.picture.packets_dropped  # a viewer's sender fell a frame behind
+            self.last_stats = snapshot
             await self.broadcast({"type": "stats", "stream": self.name, **snapshot})
 
     def _spawn(self, coroutine, name: str) -> asyncio.Task:

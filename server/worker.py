@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 from av import VideoFrame
+from pydantic import create_model
 
-from pipelines import ParamSpec, StreamPipeline, processing_size
+from pipelines import ParamsError, StreamPipeline, processing_size
 from pipelines.executor import FrameResult
 from pipelines.resolution import ResolutionController
 
@@ -51,7 +51,7 @@ class StreamWorker:
         output: Feed,
         stats: SessionStats,
         wake,
-        session_specs: dict[str, ParamSpec],
+        session_model: type[SessionParams],
         control_output: Feed | None = None,
         device_busy: Callable[[], float] | None = None,
     ) -> None:
@@ -59,8 +59,10 @@ class StreamWorker:
         self.output = output
         self.control_output = control_output  # the Canny map, sent to those who asked for a second video track
         self.stats = stats
-        self.session_specs = session_specs
-        self.session_params = SessionParams.defaults(session_specs)
+        self.session_params = session_model()
+        # One model for every param of the stream, the pipeline's and the server's: a change is validated whole,
+        # cross-field rules included, before any of it is applied.
+        self.settings_model = create_model("StreamSettings", __base__=(pipeline.params_model, session_model))
         self.controller = ResolutionController(
             self.session_params.target_fps,
             max_side=self.session_params.max_resolution,
@@ -207,14 +209,14 @@ class StreamWorker:
         return similar
 
     def update(self, changes: dict[str, Any]) -> dict[str, Any]:
-        """Validate every change first; apply all or none. Returns the effective params and notes."""
-        known = {**self.pipeline.specs, **self.session_specs}
-        unknown = sorted(set(changes) - set(known))
-        if unknown:
-            raise ValueError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
-        session_changes = {k: v for k, v in changes.items() if k in self.session_specs}
-        session_params = self.session_params.replace(session_changes, self.session_specs)
-        self.pipeline.update(**{k: v for k, v in changes.items() if k in self.pipeline.specs})
+        """Validate every change first; apply all or none (ParamsError). Returns the effective params and notes."""
+        current = {**self.pipeline.effective_params(), **self.session_params.as_dict()}
+        if not isinstance(changes, dict):
+            raise ParamsError([(None, "params must be a JSON object of name: value")])
+        settings = self.settings_model.validated({**current, **changes})
+        self.pipeline.update(**{name: getattr(settings, name) for name in self.pipeline.params_model.model_fields})
+        session_model = type(self.session_params)
+        session_params = session_model(**{name: getattr(settings, name) for name in session_model.model_fields})
         adaptation = ("target_fps", "max_resolution", "min_resolution")
         changed = any(getattr(session_params, n) != getattr(self.session_params, n) for n in adaptation)
         self.session_params = session_params
@@ -224,6 +226,6 @@ class StreamWorker:
 
     def effective(self) -> dict[str, Any]:
         return {
-            "params": {**self.pipeline.effective_params(), **dataclasses.asdict(self.session_params)},
+            "params": {**self.pipeline.effective_params(), **self.session_params.as_dict()},
             "notes": self.pipeline.notes(),
         }

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from pipelines import PRESETS, ModelUnavailableError, load_model, param_specs, params_json_schema
+from pipelines import PRESETS, ModelUnavailableError, load_model, params_json_schema, params_model
 from pipelines.tiny import sd15_arch_parts, sdxl_arch_parts
 
 
@@ -82,7 +82,7 @@ def test_presets_cover_the_design_table():
 
 
 def test_params_schema_describes_every_parameter_with_its_range():
-    schema = params_json_schema(param_specs(PRESETS["tiny"]))
+    schema = params_json_schema(params_model(PRESETS["tiny"]))
     properties = schema["properties"]
     assert schema["additionalProperties"] is False
     assert properties["steps"] == {**properties["steps"], "type": "integer", "minimum": 1, "maximum": 4}

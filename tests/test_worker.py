@@ -11,14 +11,16 @@ from pipelines import StreamPipeline
 from pipelines.synthetic import moving_pattern
 from server.engine import Engine
 from server.media.feed import Feed
-from server.session_params import session_specs
+from server.session_params import session_params_model
 from server.stats import SessionStats
 from server.worker import FrameJob, StreamWorker
 
 
 def make_worker(components) -> StreamWorker:
     stats = SessionStats()
-    return StreamWorker(StreamPipeline(components), Feed("test", stats), stats, lambda: None, session_specs(512, 8.0))
+    return StreamWorker(
+        StreamPipeline(components), Feed("test", stats), stats, lambda: None, session_params_model(512, 8.0)
+    )
 
 
 def camera_frame(width: int, height: int) -> VideoFrame:
@@ -91,7 +93,7 @@ async def test_viewers_share_the_device_budget(tiny):
         Feed("test", stats),
         stats,
         lambda: None,
-        session_specs(512, 8.0),
+        session_params_model(512, 8.0),
         device_busy=lambda: busy[0],
     )
     busy[0] += 0.05

@@ -15,6 +15,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from pipelines import ParamsError
+
 from ..media.peers import OfferError
 from ..protocol import ProtocolError, error_message, parse_client_message
 from ..registry import StreamError, StreamRegistry
@@ -145,7 +147,7 @@ class PageSocket:
             raise ProtocolError("bad_params", 'a params message needs an object "params"')
         try:
             await stream.set_params(changes, front_end="websocket")
-        except ValueError as error:
+        except ParamsError as error:
             await self.send(error_message("bad_params", str(error)))
             # Nothing changed: the effective params again, so a client can put back what it showed.
             await self.send({"type": "params", **stream.effective()})
