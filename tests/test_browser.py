@@ -141,6 +141,12 @@ def assert_not_blank(grey: list[int], when: str) -> None:
 def test_chromium_shows_stylised_video_and_follows_the_prompt(page, script_errors, live_server):
     open_page(page, live_server.url)
     start_and_wait_for_video(page)
+    # Without ?stream= the server names the stream; the page shows the name and where else it can be watched.
+    name = state(page)["streamName"]
+    assert name.startswith("cam-"), name
+    assert page.inner_text("#stream-name") == name
+    assert page.input_value("#view-url") == f"{live_server.url}/view/{name}"
+    assert page.url.endswith(f"?stream={name}")  # a reload publishes under the same name
     width, height = wait_for_output_video_size(page)
     assert width > 0 and height > 0
     stats = wait_for_state(page, "s.lastStats && s.lastStats.fps_out > 0", STEP_TIMEOUT_S)["lastStats"]
@@ -208,7 +214,7 @@ def test_chromium_reconnects_after_server_restart(page, script_errors):
     servers = [live_server_on_port(port)]
     try:
         open_page(page, servers[0].url)
-        start_and_wait_for_video(page)
+        name = start_and_wait_for_video(page)["streamName"]
 
         output = servers[0].stop()
         assert "Traceback" not in output, output
@@ -222,6 +228,7 @@ def test_chromium_reconnects_after_server_restart(page, script_errors):
         # The "lost the connection" banner goes away once the video is back.
         assert not page.locator("#error").is_visible()
         assert servers[1].health()["streams"] == 1
+        assert state(page)["streamName"] == name, "the stream came back under another name"
         assert script_errors == []
     finally:
         for server in servers:

@@ -1,0 +1,80 @@
+// Publishing the camera as a named stream: the /ws socket plus one peer connection that sends the camera and
+// receives the stylised picture (and, when asked for, the Canny map on a second video track). The session ends
+// when its socket closes; the page decides whether to open another.
+
+import { iceGatheringComplete } from "./ice.js";
+import { StreamSocket } from "./socket.js";
+
+export class PublishSession {
+  // `handlers`: those of StreamSocket (stream, params, stats, error, close), plus picture(track),
+  // controlMap(track) and peerState(state). `params()` gives the values to send along with the offer.
+  constructor({ stream, cameraTrack, withControlMap, params, handlers }) {
+    this.handlers = handlers;
+    this.pc = null;
+    this.sender = null;
+    this.controlTransceiver = null;
+    this.socket = new StreamSocket({
+      stream,
+      role: "publish",
+      handlers: {
+        ...handlers,
+        open: () => {
+          this.negotiate(cameraTrack, withControlMap, params).catch((err) =>
+            this.socket.fail("webrtc", `Could not set up the video connection: ${err.message}`),
+          );
+        },
+        answer: (message) => {
+          this.pc
+            ?.setRemoteDescription({ type: "answer", sdp: message.sdp })
+            .catch((err) => this.socket.fail("webrtc", `The server's answer was rejected: ${err.message}`));
+        },
+        close: (event) => {
+          this.pc?.close();
+          handlers.close?.(event);
+        },
+      },
+    });
+  }
+
+  get connected() {
+    return this.socket.isOpen && this.pc?.connectionState === "connected";
+  }
+
+  sendParams(params) {
+    this.socket.sendParams(params);
+  }
+
+  // Swap the camera on the live sender: the session and its peer connection survive.
+  replaceTrack(track) {
+    return this.sender?.replaceTrack(track);
+  }
+
+  close() {
+    this.pc?.close();
+    this.socket.close("stopped");
+  }
+
+  async negotiate(cameraTrack, withControlMap, params) {
+    const pc = new RTCPeerConnection();
+    this.pc = pc;
+    pc.addEventListener("track", (event) => this.receiveTrack(event));
+    pc.addEventListener("connectionstatechange", () => {
+      if (pc.connectionState === "failed") {
+        this.socket.fail("ice", "The video connection failed (ICE): the server may not be reachable over UDP.");
+      }
+      this.handlers.peerState?.(pc.connectionState);
+    });
+    this.sender = pc.addTransceiver(cameraTrack, { direction: "sendrecv" }).sender;
+    this.controlTransceiver = withControlMap ? pc.addTransceiver("video", { direction: "recvonly" }) : null;
+    await pc.setLocalDescription(await pc.createOffer());
+    await iceGatheringComplete(pc);
+    this.socket.send({ type: "offer", sdp: pc.localDescription.sdp });
+    this.socket.sendParams(params());
+  }
+
+  // The first video track is the stylised picture; a second one, when asked for, is the Canny map.
+  receiveTrack(event) {
+    const isControlMap = this.controlTransceiver !== null && event.transceiver === this.controlTransceiver;
+    (isControlMap ? this.handlers.controlMap : this.handlers.picture)?.(event.track);
+  }
+}

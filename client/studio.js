@@ -1,0 +1,350 @@
+// The studio page (/): publishes the camera as a named stream (/?stream=NAME, else the server names it), shows
+// the stylised video with its stats and the stream's addresses, and steers it with controls from the schema.
+
+import { serverIsHealthy, token } from "./lib/access.js";
+import { Retry } from "./lib/backoff.js";
+import { cameraErrorMessage, cameraIdOf, listCameras, openCamera, stopTracks } from "./lib/camera.js";
+import { loadParamSchema, ParamControls } from "./lib/controls.js";
+import { FrameCounter } from "./lib/frames.js";
+import { enableCopyButtons, showStreamLinks } from "./lib/links.js";
+import { ErrorBanner, StatusLight } from "./lib/notices.js";
+import { PublishSession } from "./lib/signaling.js";
+import { StatsTable } from "./lib/stats.js";
+
+const RECONNECT_FIRST_DELAY_MS = 1000;
+const RECONNECT_MAX_DELAY_MS = 10000;
+// The server closes the socket right after these, so reconnecting would only repeat the refusal.
+const FATAL_ERROR_CODES = new Set([
+  "server_full",
+  "unauthorized",
+  "forbidden_origin",
+  "stream_taken",
+  "bad_stream_name",
+]);
+// Banners that a restored connection makes obsolete.
+const CONNECTION_ERROR_CODES = new Set(["connection", "ice", "webrtc"]);
+const STATUS_TEXT = {
+  idle: "idle",
+  connecting: "connecting…",
+  live: "live",
+  reconnecting: "reconnecting…",
+  error: "error",
+};
+
+const ui = {
+  start: byId("start"),
+  stop: byId("stop"),
+  camera: byId("camera"),
+  status: byId("status"),
+  inputVideo: byId("input-video"),
+  outputVideo: byId("output-video"),
+  outputPane: byId("output-pane"),
+  controlPane: byId("control-pane"),
+  controlVideo: byId("control-video"),
+  showCanny: byId("show-canny"),
+  showCannyLabel: byId("show-canny-label"),
+  stats: byId("stats"),
+  fullscreen: byId("fullscreen"),
+  streamPanel: byId("stream-panel"),
+  whepTokenNote: byId("whep-token-note"),
+};
+
+const app = {
+  wantRunning: false,
+  cameraStream: null,
+  session: null,
+  // The name asked for in the URL, else the one the server gave the first session: later sessions (reconnects,
+  // Stop then Start) ask for it again, so the addresses shared with OBS or a projector stay good.
+  streamName: new URLSearchParams(location.search).get("stream") || null,
+  controlnet: false,
+};
+
+const banner = new ErrorBanner();
+const status = new StatusLight(ui.status, STATUS_TEXT);
+const stats = new StatsTable(ui.stats);
+const outputFrames = new FrameCounter(ui.outputVideo);
+const controls = new ParamControls({
+  prompt: byId("prompt"),
+  promptRow: byId("prompt-row"),
+  grid: byId("param-grid"),
+  notes: byId("notes"),
+  // Values changed while no session is open stay in the controls and go out with the next offer.
+  send: (params) => app.session?.sendParams(params),
+});
+const reconnect = new Retry(tryReconnect, { firstMs: RECONNECT_FIRST_DELAY_MS, maxMs: RECONNECT_MAX_DELAY_MS });
+
+function byId(id) {
+  return document.getElementById(id);
+}
+
+function updateButtons() {
+  ui.start.disabled = app.wantRunning;
+  ui.stop.disabled = !app.wantRunning;
+}
+
+// ---- parameter controls ----
+
+async function loadControls() {
+  try {
+    controls.build(await loadParamSchema());
+  } catch (err) {
+    banner.show(err.code ?? "schema", err.message);
+    return;
+  }
+  // A ControlNet on the server: offer to show the Canny map it conditions on, on a second video track.
+  app.controlnet = controls.has("controlnet_scale");
+  ui.showCannyLabel.hidden = !app.controlnet;
+  updateControlPane();
+}
+
+function updateControlPane() {
+  ui.controlPane.hidden = !(app.controlnet && ui.showCanny.checked);
+}
+
+// ---- the stream's name and addresses ----
+
+function showStream({ name, urls }) {
+  app.streamName = name;
+  showStreamLinks(ui.streamPanel, name, urls);
+  ui.whepTokenNote.hidden = !token;
+  ui.streamPanel.hidden = false;
+  document.title = `lcmlive · ${name}`;
+  // A reload publishes under the same name again.
+  const url = new URL(location.href);
+  if (url.searchParams.get("stream") !== name) {
+    url.searchParams.set("stream", name);
+    history.replaceState(null, "", url);
+  }
+}
+
+function errorText(code, message) {
+  if (code === "stream_taken") {
+    return `${message} (another page or OBS publishes it): open this page as /?stream=another-name, for example.`;
+  }
+  return message || code;
+}
+
+// ---- camera ----
+
+function showCamera(stream) {
+  app.cameraStream = stream;
+  ui.inputVideo.srcObject = stream;
+  stream.getVideoTracks()[0].addEventListener("ended", () => {
+    if (app.cameraStream !== stream) return;
+    banner.show("camera", "The camera stopped (unplugged or taken by another application).");
+  });
+}
+
+function releaseCamera() {
+  stopTracks(app.cameraStream);
+  app.cameraStream = null;
+  ui.inputVideo.srcObject = null;
+}
+
+async function refreshCameraList() {
+  try {
+    await listCameras(ui.camera, cameraIdOf(app.cameraStream) ?? ui.camera.value);
+  } catch (err) {
+    banner.show("camera", `Could not list cameras: ${err.message}`);
+  }
+}
+
+// While idle the choice is simply used by the next Start; while running the new track replaces the old one
+// on the live sender, so the session and its peer connection survive the swap.
+async function switchCamera() {
+  if (!app.cameraStream) return;
+  let stream = null;
+  try {
+    stream = await openCamera(ui.camera.value);
+    if (!app.cameraStream) throw new DOMException("stopped while switching", "AbortError");
+    await app.session?.replaceTrack(stream.getVideoTracks()[0]);
+    stopTracks(app.cameraStream);
+    showCamera(stream);
+  } catch (err) {
+    stopTracks(stream);
+    if (app.cameraStream) {
+      banner.show("camera", cameraErrorMessage(err));
+      ui.camera.value = cameraIdOf(app.cameraStream) ?? "";
+    }
+  }
+}
+
+// ---- the publishing session ----
+
+function openSession() {
+  status.set("connecting");
+  const session = new PublishSession({
+    stream: app.streamName,
+    cameraTrack: app.cameraStream.getVideoTracks()[0],
+    withControlMap: app.controlnet,
+    params: () => controls.values(),
+    handlers: {
+      stream: (message) => current(session) && showStream(message),
+      params: (message) => current(session) && controls.apply(message.params ?? {}, message.notes ?? []),
+      stats: (message) => current(session) && stats.show(message),
+      error: ({ code = "error", message }) => current(session) && banner.show(code, errorText(code, message)),
+      // A stream of its own per track: the server sends both tracks in one MediaStream, and a <video> given
+      // that stream would play its first video track in both places.
+      picture: (track) => {
+        if (current(session)) ui.outputVideo.srcObject = new MediaStream([track]);
+      },
+      controlMap: (track) => {
+        if (current(session)) ui.controlVideo.srcObject = new MediaStream([track]);
+      },
+      peerState: (state) => current(session) && state === "connected" && markLive(),
+      close: (event) => current(session) && sessionClosed(session, event),
+    },
+  });
+  app.session = session;
+}
+
+function current(session) {
+  return session === app.session;
+}
+
+function markLive() {
+  reconnect.succeeded();
+  status.set("live");
+  banner.dismissIf(CONNECTION_ERROR_CODES);
+}
+
+function clearOutput() {
+  ui.outputVideo.srcObject = null;
+  ui.controlVideo.srcObject = null;
+  stats.clear();
+}
+
+function sessionClosed(session, event) {
+  app.session = null;
+  clearOutput();
+  if (!app.wantRunning) return;
+  const { error, failure } = session.socket;
+  if (FATAL_ERROR_CODES.has(error?.code)) {
+    endRun("error");
+    return;
+  }
+  // A specific failure is always worth showing; "connection lost" only once per outage, not on every retry.
+  if (failure) banner.show(failure.code, failure.message);
+  else if (reconnect.failures === 0) banner.show("connection", connectionLostMessage(session.socket, event));
+  scheduleReconnect();
+}
+
+function connectionLostMessage(socket, event) {
+  if (!socket.opened) return `Cannot reach the server at ${location.host}; retrying.`;
+  const why = socket.error?.message ?? event.reason;
+  return `Lost the connection to the server${why ? ` (${why})` : ""}; reconnecting.`;
+}
+
+// ---- reconnect with backoff, waiting for /health before opening a new session ----
+
+function scheduleReconnect() {
+  status.set("reconnecting");
+  reconnect.schedule();
+}
+
+async function tryReconnect() {
+  const healthy = await serverIsHealthy();
+  if (!app.wantRunning || app.session) return;
+  if (healthy) openSession();
+  else scheduleReconnect();
+}
+
+// ---- start / stop ----
+
+async function start() {
+  if (app.wantRunning) return;
+  app.wantRunning = true;
+  updateButtons();
+  status.set("connecting");
+  if (!controls.built) await loadControls();
+  let stream;
+  try {
+    stream = await openCamera(ui.camera.value);
+  } catch (err) {
+    banner.show("camera", cameraErrorMessage(err));
+    endRun("error");
+    return;
+  }
+  if (!app.wantRunning) {
+    stopTracks(stream);
+    return;
+  }
+  showCamera(stream);
+  refreshCameraList();
+  openSession();
+}
+
+function stop() {
+  endRun("idle");
+}
+
+function endRun(state) {
+  app.wantRunning = false;
+  reconnect.cancel();
+  reconnect.succeeded();
+  const session = app.session;
+  app.session = null;
+  session?.close();
+  clearOutput();
+  releaseCamera();
+  status.set(state);
+  updateButtons();
+}
+
+// ---- full screen ----
+
+function toggleFullscreen() {
+  if (document.fullscreenElement) {
+    document.exitFullscreen();
+    return;
+  }
+  ui.outputPane
+    .requestFullscreen()
+    .catch((err) => banner.show("fullscreen", `Full screen was refused: ${err.message}`));
+}
+
+function updateFullscreenButton() {
+  const isFullscreen = document.fullscreenElement === ui.outputPane;
+  ui.fullscreen.textContent = isFullscreen ? "Exit full screen" : "Full screen";
+  ui.fullscreen.setAttribute("aria-pressed", String(isFullscreen));
+}
+
+// ---- test hook for automated browser tests ----
+
+function exposeTestHook() {
+  window.lcmlive = {
+    state: () => ({
+      connected: Boolean(app.session?.connected),
+      running: app.wantRunning,
+      streamName: app.streamName,
+      lastStats: stats.last,
+      lastParams: controls.lastParams,
+      lastError: banner.last,
+      outputFrames: outputFrames.count,
+    }),
+    start,
+    stop,
+    setPrompt: (text) => controls.setPrompt(text),
+  };
+}
+
+function init() {
+  ui.start.addEventListener("click", start);
+  ui.stop.addEventListener("click", stop);
+  ui.camera.addEventListener("change", switchCamera);
+  ui.fullscreen.addEventListener("click", toggleFullscreen);
+  ui.showCanny.addEventListener("change", updateControlPane);
+  ui.outputVideo.addEventListener("dblclick", toggleFullscreen);
+  document.addEventListener("fullscreenchange", updateFullscreenButton);
+  navigator.mediaDevices?.addEventListener("devicechange", refreshCameraList);
+  enableCopyButtons(ui.streamPanel);
+  // A name from the URL is known before the first session: its addresses can be shared before Start.
+  if (app.streamName) showStream({ name: app.streamName });
+  status.set("idle");
+  updateButtons();
+  exposeTestHook();
+  refreshCameraList();
+  loadControls();
+}
+
+init();
