@@ -190,6 +190,17 @@ def params_json_schema(*models: type[BaseModel]) -> dict[str, Any]:
     return {"type": "object", "additionalProperties": False, "properties": properties}
 
 
+def numeric_range(model: type[BaseModel], name: str) -> tuple[float, float, bool] | None:
+    """(minimum, maximum, whole numbers only) of a numeric param with a range; None for any other param."""
+    field = model.model_fields.get(name)
+    if field is None or field.annotation not in (int, float):
+        return None
+    lower, upper, _ = _bounds(model, name)
+    if lower is None or upper is None:
+        return None
+    return lower, upper, field.annotation is int
+
+
 def _bounds(model: type[BaseModel], name: str) -> tuple[Any, Any, Any]:
     field = model.model_fields[name]
     found = {"ge": None, "le": None, "multiple_of": None}

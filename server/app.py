@@ -1,4 +1,4 @@
-"""The web app on one port: the pages, /health, /params/schema, /metrics, the /ws socket, WHIP, WHEP and REST.
+"""The web app on one port: pages, /health, /params/schema, /metrics, the /ws socket, WHIP, WHEP, REST; and OSC.
 
 It builds the parts (engine, registry of streams, peer connections) and hands each front end the registry; the
 front ends never reach the engine or each other.
@@ -24,6 +24,7 @@ from pipelines import ModelComponents, PromptCache, params_json_schema, params_m
 from .access import AccessGate
 from .config import ServerConfig
 from .engine import Engine
+from .frontends.osc import osc_socket, start_osc
 from .frontends.pages import page_routes
 from .frontends.rest import rest_routes
 from .frontends.websocket import PageSocket, page_socket
@@ -32,7 +33,8 @@ from .frontends.whip import whip_routes
 from .media.peers import PeerConnections
 from .metrics import Metrics
 from .registry import StreamRegistry
-from .session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, session_params_model
+from .scenes import SceneBook
+from .session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, session_params_model, settings_model
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +51,10 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     session_model = session_params_model(
         DEFAULT_MAX_RESOLUTION.get(device, 512), config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0)
     )
+    settings = settings_model(params_model_for(model), session_model)
+    scenes = SceneBook(settings, config.scenes_path)  # a bad scene file is one clear ValueError, before serving
     metrics = Metrics(model.device)
+    osc_listener = osc_socket(config.osc_host, config.osc_port) if config.osc_port is not None else None
     registry = StreamRegistry(engine, model, PromptCache(), session_model, peers, config, metrics)
     metrics.read_streams(lambda: list(registry))
     sockets: set[PageSocket] = set()
@@ -71,9 +76,14 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette):
         engine.start()
+        osc = None
+        if osc_listener is not None:
+            osc, _ = await start_osc(registry, scenes, settings, metrics, osc_listener, config.osc_allow)
         try:
             yield
         finally:
+            if osc is not None:
+                osc.close()
             await shutdown()
 
     async def health(request: Request) -> JSONResponse:
@@ -114,7 +124,7 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
             WebSocketRoute("/ws", signaling),
             *whip_routes(registry),
             *whep_routes(registry),
-            *rest_routes(registry),
+            *rest_routes(registry, scenes),
         ],
         middleware=[
             # Outermost: a CORS preflight from an allowed origin is answered before anything asks for a token.
@@ -138,4 +148,5 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     app.state.registry = registry
     app.state.sockets = sockets
     app.state.shutdown = shutdown
+    app.state.scenes = scenes
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from .media.encoder import DEFAULT_BITRATE_KBPS
 
@@ -20,3 +21,7 @@ class ServerConfig:
     idle_timeout: float = 30.0  # a stream whose source sends no frame for this long ends
     bitrate_kbps: int = DEFAULT_BITRATE_KBPS
     metrics_public: bool = False  # /metrics without the token (a scraper on a trusted network)
+    scenes_path: Path | None = None  # the show's scenes (JSON), read at start and written back when one is saved
+    osc_port: int | None = None  # OSC control over UDP; off unless given
+    osc_host: str = "127.0.0.1"
+    osc_allow: tuple[str, ...] = ()  # senders heard when OSC listens beyond localhost

@@ -62,7 +62,7 @@ class Metrics:
         )
         self.control_messages = Counter(
             "lcmlive_control_messages",
-            "Params changes received, by front end and result (applied or rejected)",
+            "Params changes received, by front end and result (applied, rejected, coalesced)",
             ["front_end", "result"],
             registry=self.registry,
         )
@@ -74,8 +74,9 @@ class Metrics:
     def for_stream(self, name: str) -> StreamMetrics:
         return StreamMetrics(self, name)
 
-    def control_message(self, front_end: str, applied: bool) -> None:
-        self.control_messages.labels(front_end, "applied" if applied else "rejected").inc()
+    def control_message(self, front_end: str, result: str, count: int = 1) -> None:
+        """`result`: applied, rejected, or coalesced (an OSC value replaced by a newer one before it was applied)."""
+        self.control_messages.labels(front_end, result).inc(count)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

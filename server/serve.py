@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 import uvicorn
 
@@ -102,6 +103,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="WebRTC over 127.0.0.1 only (tests, or browser and server on one machine)",
     )
     parser.add_argument(
+        "--scenes", metavar="FILE", help='scenes: a JSON list of {"name", "params"}; saving a scene writes it back'
+    )
+    parser.add_argument("--osc-port", type=int, help="listen for OSC control on this UDP port (off by default)")
+    parser.add_argument(
+        "--osc-host", default="127.0.0.1", help="address for OSC (default 127.0.0.1; OSC has no authentication)"
+    )
+    parser.add_argument(
+        "--osc-allow",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="an IP address whose OSC messages are heard when --osc-host is not localhost; repeatable",
+    )
+    parser.add_argument(
         "--metrics-public", action="store_true", help="serve /metrics without the token (a trusted scraper network)"
     )
     parser.add_argument(
@@ -180,6 +195,8 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         raise ValueError(f"--target-fps must be between 1 and 60, got {args.target_fps}")
     if not 100 <= args.bitrate <= 50_000:
         raise ValueError(f"--bitrate must be between 100 and 50000 kbps, got {args.bitrate}")
+    if args.osc_port is not None and not 1 <= args.osc_port <= 65535:
+        raise ValueError(f"--osc-port must be a UDP port (1-65535), got {args.osc_port}")
     origins = tuple(origin.rstrip("/") for value in args.allow_origin for origin in value.split(",") if origin)
     for origin in origins:
         if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
@@ -196,6 +213,10 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         idle_timeout=args.idle_timeout,
         bitrate_kbps=args.bitrate,
         metrics_public=args.metrics_public,
+        scenes_path=Path(args.scenes) if args.scenes else None,
+        osc_port=args.osc_port,
+        osc_host=args.osc_host,
+        osc_allow=tuple(address for value in args.osc_allow for address in value.split(",") if address),
     )
 
 

@@ -68,3 +68,9 @@ def session_params_model(default_max_resolution: int = 512, default_target_fps: 
             ),
         ),
     )
+
+
+def settings_model(stream_model: type[Params], session_model: type[SessionParams]) -> type[Params]:
+    """Every param of a stream, the pipeline's and the server's, in one model: a change is validated whole, rules
+    across the two scopes included, before any of it is applied."""
+    return create_model("StreamSettings", __base__=(stream_model, session_model))

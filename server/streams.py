@@ -142,17 +142,23 @@ class Stream:
     def effective(self) -> dict[str, Any]:
         return self.worker.effective()
 
-    async def set_params(self, changes: dict[str, Any], front_end: str) -> dict[str, Any]:
+    def check(self, changes: dict[str, Any]) -> None:
+        """ParamsError if `changes` would be refused now; nothing is applied."""
+        current = self.effective()["params"]
+        self.worker.settings_model.validated({**current, **changes})
+
+    async def set_params(self, changes: dict[str, Any], front_end: str, messages: int = 1) -> dict[str, Any]:
         """Validate and apply on the engine thread (all or nothing: ParamsError), then echo to every listener.
 
-        `front_end` names who asked (websocket, rest, osc), for the metrics."""
+        `front_end` names who asked (websocket, rest, osc) and `messages` how many messages the change carries,
+        for the metrics."""
         worker = self.worker
         try:
             effective = await self._engine.call(lambda: worker.update(changes))
         except ParamsError:
-            self._metrics.control_message(front_end, applied=False)
+            self._metrics.control_message(front_end, "rejected", messages)
             raise
-        self._metrics.control_message(front_end, applied=True)
+        self._metrics.control_message(front_end, "applied", messages)
         await self.broadcast({"type": "params", **effective})
         return effective
 

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 from av import VideoFrame
-from pydantic import create_model
 
 from pipelines import ParamsError, StreamPipeline, processing_size
 from pipelines.executor import FrameResult
@@ -18,7 +17,7 @@ from pipelines.resolution import ResolutionController
 
 from .media.feed import Feed
 from .media.mailbox import LatestSlot
-from .session_params import SessionParams
+from .session_params import SessionParams, settings_model
 from .stats import SessionStats
 
 
@@ -60,9 +59,7 @@ class StreamWorker:
         self.control_output = control_output  # the Canny map, sent to those who asked for a second video track
         self.stats = stats
         self.session_params = session_model()
-        # One model for every param of the stream, the pipeline's and the server's: a change is validated whole,
-        # cross-field rules included, before any of it is applied.
-        self.settings_model = create_model("StreamSettings", __base__=(pipeline.params_model, session_model))
+        self.settings_model = settings_model(pipeline.params_model, session_model)
         self.controller = ResolutionController(
             self.session_params.target_fps,
             max_side=self.session_params.max_resolution,

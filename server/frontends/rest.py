@@ -1,4 +1,4 @@
-"""REST control for Stream Decks, Companion and curl: list streams, read one, change its params, end it.
+"""REST control for Stream Decks, Companion and curl: streams (list, read, change params, end) and scenes.
 
 `PATCH /streams/{stream}` goes through the same validation as the page's socket and is echoed to every socket on
 the stream; a refused change is `422 {"errors": [{"param": ..., "message": ...}]}` and changes nothing.
@@ -16,10 +16,11 @@ from pipelines import ParamsError
 
 from ..protocol import MAX_MESSAGE_BYTES
 from ..registry import StreamError, StreamRegistry
+from ..scenes import SceneBook
 from .http_sdp import error_response
 
 
-def rest_routes(registry: StreamRegistry) -> list[Route]:
+def rest_routes(registry: StreamRegistry, scenes: SceneBook) -> list[Route]:
     async def list_streams(request: Request) -> JSONResponse:
         return JSONResponse({"streams": [stream.summary() for stream in registry]})
 
@@ -33,22 +34,61 @@ def rest_routes(registry: StreamRegistry) -> list[Route]:
         if request.method == "DELETE":
             await stream.end("stopped", "stopped over REST")
             return JSONResponse({"ended": stream.name})
-        body = await request.body()
-        if len(body) > MAX_MESSAGE_BYTES:
-            return error_response(413, "message_too_large", f"the body is over {MAX_MESSAGE_BYTES} bytes")
-        try:
-            changes = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            return error_response(400, "malformed_json", f"the body is not JSON: {error}")
-        if not isinstance(changes, dict):
-            return JSONResponse({"errors": [{"param": None, "message": "send a JSON object of params"}]}, 422)
+        changes = await _json_object(request)
+        if isinstance(changes, Response):
+            return changes
         try:
             effective = await stream.set_params(changes, front_end="rest")
         except ParamsError as error:
             return JSONResponse({"errors": error.as_list()}, status_code=422)
         return JSONResponse(effective)
 
+    async def list_scenes(request: Request) -> JSONResponse:
+        return JSONResponse({"scenes": [scene.as_dict() for scene in scenes]})
+
+    async def scene(request: Request) -> Response:
+        """PUT: save a stream's current params as the scene; POST .../recall: apply the scene to a stream."""
+        body = await _json_object(request)
+        if isinstance(body, Response):
+            return body
+        try:
+            stream = registry.get(body.get("stream"))
+        except StreamError as error:
+            return error_response(error.status, error.code, error.message)
+        name = request.path_params["scene"]
+        if request.method == "PUT":
+            try:
+                saved = scenes.store(name, stream.effective()["params"])
+            except (ValueError, OSError) as error:
+                return error_response(422, "bad_scene", str(error))
+            return JSONResponse(saved.as_dict())
+        try:
+            chosen = scenes.find(name)
+        except KeyError as error:
+            return error_response(404, "no_such_scene", str(error.args[0]))
+        try:
+            return JSONResponse(await stream.set_params(chosen.params, front_end="rest"))
+        except ParamsError as error:
+            return JSONResponse({"errors": error.as_list()}, status_code=422)
+
     return [
         Route("/streams", list_streams),
         Route("/streams/{stream}", one_stream, methods=["GET", "PATCH", "DELETE"]),
+        Route("/scenes", list_scenes),
+        Route("/scenes/{scene}", scene, methods=["PUT"]),
+        Route("/scenes/{scene}/recall", scene, methods=["POST"]),
     ]
+
+
+async def _json_object(request: Request) -> dict | Response:
+    """The request's JSON object body, or the error response to send instead."""
+    body = await request.body()
+    if len(body) > MAX_MESSAGE_BYTES:
+        return error_response(413, "message_too_large", f"the body is over {MAX_MESSAGE_BYTES} bytes")
+    try:
+        value = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return error_response(400, "malformed_json", f"the body is not JSON: {error}")
+    if not isinstance(value, dict):
+        return JSONResponse({"errors": [{"param": None, "message": "send a JSON object"}]}, status_code=422)
+    return value
