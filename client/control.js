@@ -34,6 +34,7 @@ const STATUS_TEXT = {
 
 const ui = {
   status: document.getElementById("status"),
+  controlsSet: document.getElementById("controls-set"),
   stats: document.getElementById("stats"),
   statsEmpty: document.getElementById("stats-empty"),
 };
@@ -86,6 +87,7 @@ function current(socket) {
 
 function attached() {
   retry.succeeded();
+  ui.controlsSet.disabled = false;
   status.set("live");
   banner.dismissIf(new Set(["connection"]));
 }
@@ -102,6 +104,7 @@ function serverError({ code = "error", message }) {
 
 function closed(socket) {
   app.socket = null;
+  ui.controlsSet.disabled = true;
   stats.clear();
   ui.statsEmpty.hidden = false;
   if (FATAL_ERROR_CODES.has(socket.error?.code)) {

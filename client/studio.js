@@ -119,7 +119,8 @@ function showStream({ name, urls }) {
 
 function errorText(code, message) {
   if (code === "stream_taken") {
-    return `${message} (another page or OBS publishes it): open this page as /?stream=another-name, for example.`;
+    const hint = "Another page or OBS sends under this name; open this page as /?stream=another-name to use another.";
+    return `${message}. ${hint}`;
   }
   return message || code;
 }

@@ -186,6 +186,7 @@ def test_control_page_changes_the_prompt_of_a_whip_stream(studio, pages, aio):
     assert control.inner_text("#status") == "waiting for stream obs-cam"
     assert control.locator("#error").is_hidden()
     assert control.locator("video").count() == 0
+    assert control.is_disabled("#prompt"), "a change made now would have nowhere to go"
 
     async def publish() -> WhipPublisher:
         publisher = WhipPublisher(whip_url, token=TOKEN)
@@ -202,6 +203,7 @@ def test_control_page_changes_the_prompt_of_a_whip_stream(studio, pages, aio):
         )
         assert attached["lastStats"]["stream"] == "obs-cam"
         assert control.inner_text("#status") == "attached"
+        assert control.is_enabled("#prompt")
         clients.append(aio.run(attach()))
 
         new_prompt = "a neon city at night, rain"

@@ -49,9 +49,10 @@ export class PublishSession {
     return this.sender?.replaceTrack(track);
   }
 
+  // The socket first: the server then ends the stream as the publisher leaving, not as its connection failing.
   close() {
-    this.pc?.close();
     this.socket.close("stopped");
+    this.pc?.close();
   }
 
   async negotiate(cameraTrack, withControlMap, params) {
