@@ -1,4 +1,4 @@
-"""The `lcmlive` command: `serve` runs the server, `bench` measures the pipeline."""
+"""The `lcmlive` command: `serve` runs the server, `bench` measures the pipeline, `soak` tries a server for leaks."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     from . import serve
     from .bench import command as bench
+    from .bench import soak
 
     parser = argparse.ArgumentParser(prog="lcmlive", description="Real-time webcam stylisation with LCM.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve.add_arguments(commands.add_parser("serve", help="serve the browser client and stylise webcams"))
     bench.add_arguments(commands.add_parser("bench", help="measure the pipeline (no networking)"))
+    soak.add_arguments(commands.add_parser("soak", help="hold streams, then storm a running server; check for leaks"))
     return parser
 
 
@@ -32,6 +34,10 @@ def main(argv: list[str] | None = None) -> int:
             from .bench import command as bench
 
             return bench.main(args)
+        if args.command == "soak":
+            from .bench import soak
+
+            return soak.main(args)
     except (ModelUnavailableError, ValueError) as error:
         print(f"lcmlive: {error}", file=sys.stderr)
         return 2
