@@ -7,15 +7,19 @@ import statistics
 import subprocess
 import sys
 import time
+from collections import Counter
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
 import torch
 
-from pipelines import FrameExecutor, StreamPipeline
+from pipelines import FrameExecutor, StreamPipeline, load_model
 from pipelines import executor as executor_module
+from pipelines.params import MODES
 from pipelines.synthetic import moving_pattern
 from server.bench.adaptive import SlowedPipeline
+from server.bench.pipeline import both_ways
 
 
 def test_bench_prints_a_table_and_a_json_line():
@@ -101,3 +105,36 @@ def test_adaptive_slowdown_doubles_the_model_work_through_the_cpu_executor(tiny,
         torch.set_num_threads(threads)
     # The model's own time, as the controller sees it: about twice.
     assert 1.6 <= statistics.median(slowed_seconds) / statistics.median(plain_seconds) <= 2.4
+
+
+@pytest.mark.parametrize("model", ["tiny", "tiny-lcm-lora"])
+def test_the_guides_way_and_the_stream_pipeline_do_equal_work(model):
+    components = load_model(model, device="cpu", controlnet="canny")
+    calls: list[tuple[str, int]] = []
+
+    def count(name: str):
+        def hook(_module, args, kwargs):
+            calls.append((name, (args[0] if args else kwargs["sample"]).shape[0]))
+
+        return hook
+
+    hooks = [
+        components.unet.register_forward_pre_hook(count("unet"), with_kwargs=True),
+        components.controlnet.register_forward_pre_hook(count("controlnet"), with_kwargs=True),
+    ]
+    frame = moving_pattern(64, 64, 0)
+    try:
+        for mode in MODES:
+            for controlnet in ("none", "canny"):
+                stream, guide = both_ways(components, mode, controlnet, steps=4, strength=0.5)
+                calls.clear()
+                stream(frame)
+                stream_calls = Counter(calls)
+                calls.clear()
+                guide.run(frame)
+                # Each call's module and its batch: the same evaluations of the UNet and the ControlNet.
+                assert Counter(calls) == stream_calls, (mode, controlnet, stream_calls, Counter(calls))
+                assert any(name == "unet" for name, _ in stream_calls)
+    finally:
+        for hook in hooks:
+            hook.remove()

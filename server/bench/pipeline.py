@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import PIL.Image
 
-from pipelines import FrameExecutor, GuidanceKind, ModelComponents, StreamParams, StreamPipeline, load_model
+from pipelines import FrameExecutor, GuidanceKind, ModelComponents, StreamPipeline, load_model
 from pipelines.conditioning import canny_map
-from pipelines.params import MODES
-from pipelines.presets import CONTROLNETS
+from pipelines.params import MODES, steps_that_run
+from pipelines.presets import CONTROLNETS, ScheduleKind
 from pipelines.synthetic import moving_pattern
 from pipelines.timing import ModelCallTimer
 
@@ -87,12 +87,59 @@ def reference_pipeline(components: ModelComponents, mode: str, controlnet: bool)
     return pipe
 
 
-def guide_way(components: ModelComponents, params: StreamParams, controlnet: bool) -> Callable:
-    """One frame the LCM guide's way: PIL in, the diffusers pipeline, PIL out, Canny with OpenCV each frame."""
+@dataclass(frozen=True)
+class GuideWay:
+    """The guide's way of running one frame, and the settings it runs at (see `equal_work`)."""
+
+    run: Callable[[np.ndarray], np.ndarray]
+    num_inference_steps: int
+    guidance_scale: float
+    classifier_free: bool
+
+
+def reference_classifier_free(pipe, guidance_scale: float) -> bool:
+    """Whether the diffusers pipeline runs classifier-free guidance (the UNet on a batch of 2) at this guidance.
+
+    diffusers 0.42: for guidance_scale > 1, unless the UNet takes guidance as an embedding (time_cond_proj_dim);
+    the ControlNet img2img pipelines even then, passing the UNet no embedding; the LCM pipelines never.
+    """
+    name = type(pipe).__name__
+    if guidance_scale <= 1 or name.startswith("LatentConsistencyModel"):
+        return False
+    return pipe.unet.config.time_cond_proj_dim is None or "ControlNetImg2Img" in name
+
+
+def equal_work(pipe, stream: StreamPipeline) -> tuple[int, float]:
+    """The num_inference_steps and guidance_scale at which the diffusers pipeline does the stream pipeline's work
+    per frame: as many denoising steps, each on as many latents.
+
+    They differ by default with an LCM UNet in the ControlNet img2img pipelines, which run int(steps x strength)
+    steps where the stream pipeline keeps the LCM rule (all `steps`), and classifier-free guidance (batch 2) where
+    the stream pipeline gives the UNet its guidance embedding (batch 1).
+    """
+    params = stream.params
+    guidance_scale = params.guidance_scale
+    if reference_classifier_free(pipe, guidance_scale) and not stream.classifier_free:
+        guidance_scale = 1.0  # classifier-free guidance off; these pipelines use guidance_scale for nothing else
+    lcm = type(pipe).__name__.startswith("LatentConsistencyModel")
+    kind = ScheduleKind.LCM_IMG2IMG if lcm else ScheduleKind.SD_IMG2IMG
+    strength = None if params.mode == "txt2img" else params.strength
+    origin_steps = pipe.scheduler.config.original_inference_steps
+    for steps in range(params.steps, origin_steps + 1):
+        if steps_that_run(kind, steps, strength, origin_steps) == stream.steps_per_frame:
+            return steps, guidance_scale
+    raise ValueError(f"{type(pipe).__name__} runs no {stream.steps_per_frame} steps at strength {params.strength}")
+
+
+def guide_way(components: ModelComponents, stream: StreamPipeline, controlnet: bool) -> GuideWay:
+    """One frame the LCM guide's way: PIL in, the diffusers pipeline, PIL out, Canny with OpenCV each frame; at
+    the stream pipeline's parameters, changed only where needed for equal work."""
+    params = stream.params
     pipe = reference_pipeline(components, params.mode, controlnet)
+    num_inference_steps, guidance_scale = equal_work(pipe, stream)
 
     def run(frame: np.ndarray) -> np.ndarray:
-        kwargs: dict = {"num_inference_steps": params.steps, "guidance_scale": params.guidance_scale}
+        kwargs: dict = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
         if controlnet:
             canny = PIL.Image.fromarray(canny_map(frame, params.canny_low, params.canny_high))
             kwargs["controlnet_conditioning_scale"] = params.controlnet_scale
@@ -106,24 +153,32 @@ def guide_way(components: ModelComponents, params: StreamParams, controlnet: boo
                 kwargs["image"] = canny
         return np.asarray(pipe(params.prompt, output_type="pil", **kwargs).images[0])
 
-    return run
+    return GuideWay(run, num_inference_steps, guidance_scale, reference_classifier_free(pipe, guidance_scale))
+
+
+def both_ways(
+    components: ModelComponents, mode: str, controlnet: str, steps: int, strength: float
+) -> tuple[StreamPipeline, GuideWay]:
+    """The stream pipeline and the guide's way for one mode and ControlNet choice, set for the same work."""
+    with_controlnet = controlnet != "none"
+    stream = StreamPipeline(components)
+    changes = {"steps": steps, "strength": strength, "mode": mode}
+    if components.controlnet is not None:
+        changes["controlnet_scale"] = 0.5 if with_controlnet else 0.0
+    stream.update(**changes)
+    return stream, guide_way(components, stream, with_controlnet)
 
 
 def bench_combination(components: ModelComponents, args: argparse.Namespace, mode: str, controlnet: str) -> dict:
     """The guide's way and the stream pipeline on the same frames, interleaved; the numbers of one combination."""
-    with_controlnet = controlnet != "none"
-    stream = StreamPipeline(components)
-    changes = {"steps": args.steps, "strength": args.strength, "mode": mode}
-    if components.controlnet is not None:
-        changes["controlnet_scale"] = 0.5 if with_controlnet else 0.0
-    params = stream.update(**changes)
-    naive_frame = guide_way(components, params, with_controlnet)
+    stream, guide = both_ways(components, mode, controlnet, args.steps, args.strength)
+    params = stream.params
     frames = [moving_pattern(args.size, args.size, i) for i in range(args.frames + args.warmup)]
     for frame in frames[: args.warmup]:
-        naive_frame(frame)
+        guide.run(frame)
         stream(frame)
     runs = {"naive": RunStats("diffusers pipeline + PIL"), "stream": RunStats("stream pipeline")}
-    ways: dict[str, Callable[[np.ndarray], np.ndarray]] = {"naive": naive_frame, "stream": stream}
+    ways: dict[str, Callable[[np.ndarray], np.ndarray]] = {"naive": guide.run, "stream": stream}
     timer = ModelCallTimer(components.device)
     modules = [components.unet, components.vae, components.text_encoder]
     with timer.attach(*modules, extra=[components.text_encoder_2, components.controlnet]):
@@ -137,6 +192,11 @@ def bench_combination(components: ModelComponents, args: argparse.Namespace, mod
                 runs[key].model_seconds.append(timer.seconds)
     naive_stats, stream_stats = runs["naive"], runs["stream"]
     print(f"\n{mode}, controlnet {controlnet}:")
+    if (guide.num_inference_steps, guide.guidance_scale) != (params.steps, params.guidance_scale):
+        print(
+            f"  for equal work, the diffusers pipeline runs at num_inference_steps {guide.num_inference_steps}, "
+            f"guidance_scale {guide.guidance_scale:g}"
+        )
     print(f"  {'way':<26}{'median ms':>10}{'p95 ms':>9}{'fps':>8}{'model ms':>10}{'overhead':>10}")
     for run in (naive_stats, stream_stats):
         print(
@@ -148,6 +208,13 @@ def bench_combination(components: ModelComponents, args: argparse.Namespace, mod
         "controlnet": controlnet,
         "steps": params.steps,
         "strength": params.strength,
+        "guidance_scale": params.guidance_scale,
+        # Equal work: the same denoising steps per frame and latents per UNet call (2: classifier-free guidance).
+        "steps_per_frame": stream.steps_per_frame,
+        "unet_batch": 2 if stream.classifier_free else 1,
+        "naive_num_inference_steps": guide.num_inference_steps,
+        "naive_guidance_scale": guide.guidance_scale,
+        "naive_unet_batch": 2 if guide.classifier_free else 1,
         "naive_fps": round(naive_stats.fps, 3),
         "stream_fps": round(stream_stats.fps, 3),
         "speedup": round(stream_stats.fps / naive_stats.fps, 3),
