@@ -128,7 +128,8 @@ def process_sample(pid: int) -> dict[str, float]:
 async def get_health(config: SoakConfig) -> dict[str, Any]:
     reply = await http("GET", f"{config.url}/health", token=config.token)
     if reply.status != 200:
-        raise RuntimeError(f"/health answered {reply.status}: {reply.body[:200]}")
+        hint = " (give the server's --token, or set LCMLIVE_TOKEN)" if reply.status == 401 else ""
+        raise RuntimeError(f"/health answered {reply.status}: {reply.body[:200]}{hint}")
     return json.loads(reply.body)
 
 
@@ -704,7 +705,7 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         report = asyncio.run(run_soak(config, log))
-    except HardCapReached as error:
+    except (HardCapReached, OSError, RuntimeError) as error:  # also: unreachable, refused, or no frame came
         print(f"lcmlive soak: {error}", file=sys.stderr)
         return 2
     print(format_report(report))
