@@ -1,4 +1,4 @@
-// The control page (/control/NAME): the studio's controls and stats attached to a stream that publishes
+// The control page (/control/NAME): the studio's controls, scenes and stats attached to a stream that publishes
 // elsewhere, over /ws?stream=NAME&role=control. It waits while the stream does not exist, and attaches again
 // after it ends.
 
@@ -7,6 +7,7 @@ import { Retry } from "./lib/backoff.js";
 import { loadParamSchema, ParamControls } from "./lib/controls.js";
 import { showStreamLinks } from "./lib/links.js";
 import { ErrorBanner, StatusLight } from "./lib/notices.js";
+import { SceneBar } from "./lib/scenes.js";
 import { STREAM_END_CODES, StreamSocket } from "./lib/socket.js";
 import { StatsTable } from "./lib/stats.js";
 
@@ -50,6 +51,17 @@ const controls = new ParamControls({
   notes: document.getElementById("notes"),
   send: (params) => app.socket?.sendParams(params),
 });
+const scenes = new SceneBar({
+  panel: document.getElementById("scenes"),
+  row: document.getElementById("scene-row"),
+  form: document.getElementById("scene-save"),
+  nameInput: document.getElementById("scene-name"),
+  saveButton: document.getElementById("scene-save-button"),
+  showError: (code, message) => {
+    app.lastError = { code, message };
+    banner.show(code, message);
+  },
+});
 const retry = new Retry(connect, { firstMs: RETRY_FIRST_DELAY_MS, maxMs: RETRY_MAX_DELAY_MS });
 
 async function loadControls() {
@@ -72,7 +84,7 @@ function connect() {
     role: "control",
     handlers: {
       stream: () => current(socket) && attached(),
-      params: (message) => current(socket) && controls.apply(message.params ?? {}, message.notes ?? []),
+      params: (message) => current(socket) && showParams(message),
       stats: (message) => current(socket) && showStats(message),
       error: (message) => current(socket) && serverError(message),
       close: () => current(socket) && closed(socket),
@@ -88,8 +100,14 @@ function current(socket) {
 function attached() {
   retry.succeeded();
   ui.controlsSet.disabled = false;
+  scenes.attach(name);
   status.set("live");
   banner.dismissIf(new Set(["connection"]));
+}
+
+function showParams({ params = {}, notes = [] }) {
+  controls.apply(params, notes);
+  scenes.showParams(params);
 }
 
 function showStats(message) {
@@ -105,6 +123,7 @@ function serverError({ code = "error", message }) {
 function closed(socket) {
   app.socket = null;
   ui.controlsSet.disabled = true;
+  scenes.detach();
   stats.clear();
   ui.statsEmpty.hidden = false;
   if (FATAL_ERROR_CODES.has(socket.error?.code)) {
@@ -127,6 +146,7 @@ window.lcmlive = {
     lastStats: stats.last,
     lastError: app.lastError,
     attempts: app.attempts,
+    scenes: scenes.names,
   }),
   setPrompt: (text) => controls.setPrompt(text),
 };

@@ -1,5 +1,6 @@
 // The studio page (/): publishes the camera as a named stream (/?stream=NAME, else the server names it), shows
-// the stylised video with its stats and the stream's addresses, and steers it with controls from the schema.
+// the stylised video with its stats and the stream's addresses, and steers it with controls from the schema and
+// the show's scenes.
 
 import { serverIsHealthy, token } from "./lib/access.js";
 import { Retry } from "./lib/backoff.js";
@@ -8,6 +9,7 @@ import { loadParamSchema, ParamControls } from "./lib/controls.js";
 import { FrameCounter } from "./lib/frames.js";
 import { enableCopyButtons, showStreamLinks } from "./lib/links.js";
 import { ErrorBanner, StatusLight } from "./lib/notices.js";
+import { SceneBar } from "./lib/scenes.js";
 import { PublishSession } from "./lib/signaling.js";
 import { StatsTable } from "./lib/stats.js";
 
@@ -70,6 +72,14 @@ const controls = new ParamControls({
   notes: byId("notes"),
   // Values changed while no session is open stay in the controls and go out with the next offer.
   send: (params) => app.session?.sendParams(params),
+});
+const scenes = new SceneBar({
+  panel: byId("scenes"),
+  row: byId("scene-row"),
+  form: byId("scene-save"),
+  nameInput: byId("scene-name"),
+  saveButton: byId("scene-save-button"),
+  showError: (code, message) => banner.show(code, message),
 });
 const reconnect = new Retry(tryReconnect, { firstMs: RECONNECT_FIRST_DELAY_MS, maxMs: RECONNECT_MAX_DELAY_MS });
 
@@ -181,7 +191,7 @@ function openSession() {
     params: () => controls.values(),
     handlers: {
       stream: (message) => current(session) && showStream(message),
-      params: (message) => current(session) && controls.apply(message.params ?? {}, message.notes ?? []),
+      params: (message) => current(session) && showParams(message),
       stats: (message) => current(session) && stats.show(message),
       error: ({ code = "error", message }) => current(session) && banner.show(code, errorText(code, message)),
       // A stream of its own per track: the server sends both tracks in one MediaStream, and a <video> given
@@ -203,16 +213,25 @@ function current(session) {
   return session === app.session;
 }
 
+function showParams({ params = {}, notes = [] }) {
+  controls.apply(params, notes);
+  scenes.showParams(params);
+}
+
+// Publishing: the peer connection is up, so the stream exists and scenes can be recalled on it.
 function markLive() {
   reconnect.succeeded();
   status.set("live");
   banner.dismissIf(CONNECTION_ERROR_CODES);
+  scenes.attach(app.streamName);
 }
 
+// The session is gone: its pictures, its stats, and the stream that scenes went to.
 function clearOutput() {
   ui.outputVideo.srcObject = null;
   ui.controlVideo.srcObject = null;
   stats.clear();
+  scenes.detach();
 }
 
 function sessionClosed(session, event) {
@@ -322,6 +341,7 @@ function exposeTestHook() {
       lastParams: controls.lastParams,
       lastError: banner.last,
       outputFrames: outputFrames.count,
+      scenes: scenes.names,
     }),
     start,
     stop,
