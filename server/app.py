@@ -103,6 +103,8 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
                 # What a leak would show first: all return to zero when the last stream ends.
                 "engine_clients": engine.client_count,
                 "peer_connections": len(peers),
+                # Never zero (the server's own, this request's): back to its idle value when sessions end.
+                "tasks": len(asyncio.all_tasks()),
             }
         )
 

@@ -133,6 +133,8 @@ def main(args: argparse.Namespace) -> int:
     if bool(args.cert) != bool(args.key):
         raise ValueError("--cert and --key go together")
     config = config_from_arguments(args)
+    # aioice logs four lines per connection at INFO: a busy show would bury everything else.
+    logging.getLogger("aioice").setLevel(logging.WARNING)
     if args.ice_loopback:
         restrict_ice_to_loopback()
     device = resolve_device(args.device)

@@ -64,6 +64,11 @@ async def test_idle_sockets_give_their_slots_back_after_the_offer_timeout():
         assert server.health()["publishers"] == 0
         async with LoopbackClient(server.ws_url, 128, 128) as client:  # a real viewer gets a slot again
             await client.wait_for_frames(2, timeout=TIMEOUT)
+            # The offer came in time: the deadline passing later must not end the stream.
+            await asyncio.sleep(3)
+            assert server.health()["streams"] == 1
+            await client.wait_for_frames(len(client.record.arrivals) + 3, timeout=30)
+            assert not client.record.errors, client.record.errors
     finally:
         server.stop()
 

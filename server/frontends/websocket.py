@@ -53,16 +53,21 @@ class PageSocket:
             self.stream = self.registry.get(self.name)
             self.stream.listeners.add(self)
             await self.send({"type": "params", **self.stream.effective()})
-        tasks = {asyncio.create_task(self._receive_loop(), name=f"ws-{self.name}-{self.role}-receive")}
+        tasks = {
+            asyncio.create_task(self._receive_loop(), name=f"ws-{self.name}-{self.role}-receive"),
+            asyncio.create_task(self._closed.wait(), name=f"ws-{self.name}-{self.role}-closed"),
+        }
+        # The deadline only watches: when it passes after the offer it returns, and that must not end the session
+        # (it closes the socket itself when no offer came).
+        watchers = set()
         if self.role == "publish":
-            tasks.add(asyncio.create_task(self._offer_deadline(), name=f"ws-{self.name}-offer-deadline"))
-        tasks.add(asyncio.create_task(self._closed.wait(), name=f"ws-{self.name}-{self.role}-closed"))
+            watchers.add(asyncio.create_task(self._offer_deadline(), name=f"ws-{self.name}-offer-deadline"))
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in tasks:
+            for task in tasks | watchers:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *watchers, return_exceptions=True)
 
     async def close(self, code: int = 1000) -> None:
         """Leave the stream (ending it if this socket publishes it) and close the socket. Idempotent."""

@@ -1,4 +1,5 @@
-"""Keeping WebRTC on the loopback interface, for tests and single-machine setups.
+"""aioice, adjusted: WebRTC kept on the loopback interface (tests, single-machine setups), and consent checks that
+end with their connection.
 
 aioice gathers host candidates on every interface except loopback, so even a browser on the same machine talks
 to the machine's LAN address. With loopback-only ICE, this process offers 127.0.0.1 alone and ignores remote
@@ -38,3 +39,23 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:  # an mDNS name (*.local) or other hostname: not known to be loopback
         return False
+
+
+def end_consent_checks_of_closed_connections() -> None:
+    """Process-wide and idempotent: consent checks (RFC 7675) that start on a closed connection end at once.
+
+    aioice 0.13 starts them when ICE completes, even when the connection was closed meanwhile (`connect` resumes
+    after `close`, which had nothing to cancel yet); with no nominated pair left they then wake every ~5 s forever.
+    A WHIP DELETE right after its POST left one such task behind in a third of sessions (`lcmlive soak`).
+    """
+    original = aioice.ice.Connection.query_consent
+    if getattr(original, "ends_when_closed", False):
+        return
+
+    async def query_consent(self) -> None:
+        if self._closing:
+            return
+        await original(self)
+
+    query_consent.ends_when_closed = True
+    aioice.ice.Connection.query_consent = query_consent

@@ -12,6 +12,8 @@ import logging
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver, RTCSessionDescription
 from aiortc import sdp as aiortc_sdp
 
+from .ice import end_consent_checks_of_closed_connections
+
 log = logging.getLogger(__name__)
 
 # What aiortc can decode and encode.
@@ -62,6 +64,7 @@ class PeerConnections:
 
     def __init__(self) -> None:
         self._open: set[RTCPeerConnection] = set()
+        end_consent_checks_of_closed_connections()
 
     def __len__(self) -> int:
         return len(self._open)
