@@ -2,7 +2,9 @@
 
 On CUDA: two slots, each with pinned host buffers and device buffers. Frame N+1 uploads on an upload stream and
 frame N-1 downloads on a download stream while frame N runs on the compute stream, all ordered by CUDA events; the
-host waits only on the event of the result it asks for, never on the whole device.
+host waits only on the event of the result it asks for, never on the whole device. Every host tensor a frame needs
+goes through the slot's pinned buffers — the camera frame, the Canny map, txt2img's noise: a copy from pageable
+memory waits for the device, and the host could not launch frame N+1 until frame N had finished.
 
 On the CPU the same interface runs each frame when it is submitted, in the caller's thread, with no CUDA call.
 Decoding and encoding still overlap with the model: aiortc runs them in threads of its own. A model thread of the
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .stream import StreamPipeline
+from .stream import FrameInputs, StreamPipeline
 
 SLOTS = 2
 
@@ -47,7 +49,6 @@ class Job:
     error: Exception | None = None
     control_image: np.ndarray | None = None
     slot: _CudaSlot | None = None
-    uploaded: bool = False
 
 
 class FrameExecutor:
@@ -139,8 +140,9 @@ class FrameExecutor:
     @staticmethod
     def _run_on_cpu(job: Job) -> None:
         start = time.perf_counter()
-        picture = job.pipeline(job.frame, job.size, job.output_size)
-        job.result = FrameResult(picture, time.perf_counter() - start, job.pipeline.last_control_image)
+        inputs = job.pipeline.prepare(job.frame, job.size)
+        picture = job.pipeline.stylise_on_device(inputs, job.output_size).numpy()
+        job.result = FrameResult(picture, time.perf_counter() - start, inputs.control_image)
 
     # CUDA: upload, compute and download streams, ordered by events.
 
@@ -148,23 +150,22 @@ class FrameExecutor:
         slot = self._slots[job.ticket % SLOTS]
         job.slot = slot
         upload, compute, download = self._upload_stream, self._compute_stream, self._download_stream
-        pixels = None
-        if job.frame is not None and job.pipeline.needs_frame:
-            staged = slot.stage(job.frame)  # host memcpy into pinned memory
-            with torch.cuda.stream(upload):
-                # The slot's previous frame must be done reading its device buffer before it is overwritten.
-                upload.wait_event(slot.computed)
-                slot.upload_start.record(upload)
-                pixels = slot.upload(staged)
-                slot.uploaded.record(upload)
-            compute.wait_event(slot.uploaded)
-            job.uploaded = True
+        inputs = job.pipeline.prepare(job.frame, job.size)  # on the host: checks, Canny map, txt2img noise
+        job.control_image = inputs.control_image
+        with torch.cuda.stream(upload):
+            # The slot's previous frame must be done reading its device buffers before they are overwritten.
+            upload.wait_event(slot.computed)
+            slot.upload_start.record(upload)
+            on_device = slot.upload(inputs)
+            slot.uploaded.record(upload)
+        compute.wait_event(slot.uploaded)
         with torch.cuda.stream(compute):
             slot.compute_start.record(compute)
-            output = job.pipeline.stylise_on_device(job.frame, job.size, job.output_size, pixels=pixels)
-            # Taken now: with two frames in flight the pipeline's next frame would overwrite it.
-            job.control_image = job.pipeline.last_control_image
-            slot.computed.record(compute)
+            try:
+                output = job.pipeline.stylise_on_device(inputs, job.output_size, on_device)
+            finally:
+                # Also after a failure: whatever was launched must finish before the slot's buffers are reused.
+                slot.computed.record(compute)
         with torch.cuda.stream(download):
             download.wait_event(slot.computed)
             slot.download_start.record(download)
@@ -178,23 +179,23 @@ class FrameExecutor:
             slot.fetched(), slot.compute_start.elapsed_time(slot.computed) / 1000, job.control_image
         )
         spans = {
+            "upload": (slot.upload_start, slot.uploaded),
             "compute": (slot.compute_start, slot.computed),
             "download": (slot.download_start, slot.downloaded),
         }
-        if job.uploaded:
-            spans["upload"] = (slot.upload_start, slot.uploaded)
         origin = self._origin
         timeline = {name: (origin.elapsed_time(a), origin.elapsed_time(b)) for name, (a, b) in spans.items()}
         self.timeline.append((job.ticket, timeline))
 
 
 class _CudaSlot:
-    """One of the two buffers: pinned host memory both ways, the device copy of the frame, and the events."""
+    """One of the two buffers: pinned host memory both ways, device copies of the frame's inputs, and the events."""
 
     def __init__(self, device: torch.device, compute: torch.cuda.Stream) -> None:
         self.device = device
-        self.pinned_in: torch.Tensor | None = None
-        self.device_in: torch.Tensor | None = None
+        self.compute = compute
+        # Per input name ("pixels", "control", "noise"): its pinned host buffer and its device buffer.
+        self.inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.pinned_out: torch.Tensor | None = None
         # Timed: the model's own seconds come from the device, not from the host's view of it, and the timeline
         # shows copies and compute overlapping.
@@ -203,16 +204,24 @@ class _CudaSlot:
         self.download_start, self.downloaded = _timed_event(), _timed_event()
         self.computed.record(compute)  # a slot starts free: nothing is reading its buffers
 
-    def stage(self, frame: np.ndarray) -> torch.Tensor:
-        if self.pinned_in is None or tuple(self.pinned_in.shape) != frame.shape:
-            self.pinned_in = torch.empty(frame.shape, dtype=torch.uint8, pin_memory=True)
-            self.device_in = torch.empty(frame.shape, dtype=torch.uint8, device=self.device)
-        self.pinned_in.numpy()[...] = frame
-        return self.pinned_in
-
-    def upload(self, staged: torch.Tensor) -> torch.Tensor:
-        self.device_in.copy_(staged, non_blocking=True)
-        return self.device_in
+    def upload(self, inputs: FrameInputs) -> dict[str, torch.Tensor]:
+        """Each of the frame's host tensors into its pinned buffer (a host copy), then to the device without
+        blocking, on the current stream."""
+        # The slot's last copies out of its pinned buffers are long done (its frame was collected) unless that
+        # frame failed before anyone waited on it.
+        self.uploaded.synchronize()
+        on_device = {}
+        for name, tensor in inputs.host_tensors.items():
+            pinned, device_buffer = self.inputs.get(name, (None, None))
+            if pinned is None or pinned.shape != tensor.shape or pinned.dtype != tensor.dtype:
+                pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+                device_buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device=self.device)
+                device_buffer.record_stream(self.compute)  # read there: not reused before compute is done with it
+                self.inputs[name] = (pinned, device_buffer)
+            pinned.copy_(tensor)
+            device_buffer.copy_(pinned, non_blocking=True)
+            on_device[name] = device_buffer
+        return on_device
 
     def download(self, output: torch.Tensor, stream: torch.cuda.Stream) -> None:
         if self.pinned_out is None or self.pinned_out.shape != output.shape:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,23 @@ class FramePlan:
         return 2 if self.classifier_free else 1
 
 
+@dataclass(frozen=True)
+class FrameInputs:
+    """One frame's host side, made before any device work (see `StreamPipeline.prepare`).
+
+    `host_tensors` are what the device side reads: "pixels" (the camera frame, uint8 H x W x 3), "control" (its
+    Canny map, uint8 H x W x 3), "noise" (txt2img: this frame's draws, stacked). On CUDA the double-buffered
+    executor uploads them from pinned memory while the previous frame computes: a copy from pageable memory would
+    wait for the device, and the next frame could not be launched before the last one finished.
+    """
+
+    plan: FramePlan
+    width: int
+    height: int
+    host_tensors: dict[str, torch.Tensor]
+    control_image: np.ndarray | None  # the Canny map, for display
+
+
 class StreamPipeline:
     """Turns uint8 RGB frames into stylised uint8 frames with one model, at a processing size of multiples of 64.
 
@@ -110,7 +128,6 @@ class StreamPipeline:
         self._update_lock = threading.Lock()
         self._tick = 0  # txt2img frames drawn so far: each one gets new noise
         self._plan = self._make_plan(params or self.params_model())
-        self.last_control_image: np.ndarray | None = None  # the Canny map of the last frame, for display
 
     @property
     def params(self) -> StreamParams:
@@ -172,31 +189,10 @@ class StreamPipeline:
     ) -> np.ndarray:
         """Stylise one uint8 H x W x 3 frame; the result is uint8 at `output_size` (width, height), scaled on the
         device, or at the processing `size` if none is given."""
-        return self.stylise_on_device(frame, size, output_size).cpu().numpy()
+        return self.stylise_on_device(self.prepare(frame, size), output_size).cpu().numpy()
 
-    @torch.inference_mode()
-    def stylise_on_device(
-        self,
-        frame: np.ndarray | None,
-        size: tuple[int, int] | None = None,
-        output_size: tuple[int, int] | None = None,
-        pixels: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """As `__call__`, but the result stays on the device (uint8 H x W x 3) for the caller to fetch.
-
-        `pixels`: the frame already on the device (uint8 H x W x 3), as the double-buffered executor uploads it.
-        """
-        image = self.render(frame, size, pixels)
-        if output_size is not None and image.shape[-2:] != (output_size[1], output_size[0]):
-            image = F.interpolate(image, size=(output_size[1], output_size[0]), mode="bilinear", align_corners=False)
-        # Rounded as diffusers' numpy_to_pil does.
-        return (image[0] * 255).round().to(torch.uint8).permute(1, 2, 0)
-
-    @torch.inference_mode()
-    def render(
-        self, frame: np.ndarray | None, size: tuple[int, int] | None = None, pixels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """The float image in [0, 1] (1 x 3 x H x W, on the device) before quantisation to uint8.
+    def prepare(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> FrameInputs:
+        """The host side of one frame: checks, the plan and processing size, the Canny map, txt2img's noise.
 
         `frame` may be None only in txt2img mode without ControlNet, and then `size` is required.
         """
@@ -211,15 +207,52 @@ class StreamPipeline:
         width, height = size or processing_size(frame.shape[1], frame.shape[0])
         if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width <= 0 or height <= 0:
             raise ValueError(f"processing size must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}")
-        control = self._control_image(plan, frame, width, height) if plan.controlnet_scale > 0 else None
+        host_tensors: dict[str, torch.Tensor] = {}
+        control_image = None
+        if plan.controlnet_scale > 0:
+            control_image = self._canny(plan, frame, width, height)
+            host_tensors["control"] = torch.from_numpy(control_image)
         if plan.txt2img:
-            noise = self._txt2img_noise(plan, (height, width))
+            host_tensors["noise"] = torch.stack(self._txt2img_draws(plan, (height, width)))
+        else:
+            host_tensors["pixels"] = torch.from_numpy(np.ascontiguousarray(frame))
+        return FrameInputs(plan, width, height, host_tensors, control_image)
+
+    @torch.inference_mode()
+    def stylise_on_device(
+        self,
+        inputs: FrameInputs,
+        output_size: tuple[int, int] | None = None,
+        on_device: dict[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The device side of one prepared frame: uint8 H x W x 3 at `output_size` (width, height), scaled on the
+        device, or at the processing size; it stays on the device for the caller to fetch.
+
+        `on_device`: `inputs.host_tensors` already on the device, as the double-buffered executor uploads them;
+        without it they are copied here.
+        """
+        image = self._render(inputs, on_device)
+        if output_size is not None and image.shape[-2:] != (output_size[1], output_size[0]):
+            image = F.interpolate(image, size=(output_size[1], output_size[0]), mode="bilinear", align_corners=False)
+        # Rounded as diffusers' numpy_to_pil does.
+        return (image[0] * 255).round().to(torch.uint8).permute(1, 2, 0)
+
+    @torch.inference_mode()
+    def render(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> torch.Tensor:
+        """The float image in [0, 1] (1 x 3 x H x W, on the device) before quantisation to uint8."""
+        return self._render(self.prepare(frame, size))
+
+    def _render(self, inputs: FrameInputs, on_device: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        if on_device is None:
+            on_device = {name: tensor.to(self.components.device) for name, tensor in inputs.host_tensors.items()}
+        plan, width, height = inputs.plan, inputs.width, inputs.height
+        control = self._control_tensor(plan, on_device["control"]) if "control" in on_device else None
+        if plan.txt2img:
+            noise = self._scaled(plan, on_device["noise"].unbind())
             latents = noise.first
         else:
             noise = self._noise_for(plan, (height, width))
-            if pixels is None:
-                pixels = torch.from_numpy(np.ascontiguousarray(frame)).to(self.components.device)
-            latents = self._encode(plan, self._to_model_input(pixels, width, height), noise)
+            latents = self._encode(plan, self._to_model_input(on_device["pixels"], width, height), noise)
         return self._denoise(plan, latents, noise, control, width, height)
 
     def _to_model_input(self, pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -232,16 +265,20 @@ class StreamPipeline:
         image = image.contiguous(memory_format=torch.channels_last)
         return (2.0 * image - 1.0).to(c.dtype)
 
-    def _control_image(self, plan: FramePlan, frame: np.ndarray, width: int, height: int) -> torch.Tensor:
-        """The frame's Canny map in [0, 1] (unnormalised, as diffusers' control image processor leaves it)."""
+    @staticmethod
+    def _canny(plan: FramePlan, frame: np.ndarray, width: int, height: int) -> np.ndarray:
+        """The frame's Canny map at the processing size, uint8 H x W x 3."""
         import cv2
 
         if frame.shape[:2] != (height, width):
             frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-        edges = canny_map(frame, plan.params.canny_low, plan.params.canny_high)
-        self.last_control_image = edges
+        return canny_map(frame, plan.params.canny_low, plan.params.canny_high)
+
+    def _control_tensor(self, plan: FramePlan, edges: torch.Tensor) -> torch.Tensor:
+        """The Canny map (uint8 on the device) in [0, 1], unnormalised, as diffusers' control image processor
+        leaves it."""
         c = self.components
-        image = torch.from_numpy(edges).to(c.device).permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
+        image = edges.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
         image = image.to(c.dtype).contiguous(memory_format=torch.channels_last)
         return torch.cat([image] * plan.batch) if plan.batch > 1 else image
 
@@ -358,7 +395,7 @@ class StreamPipeline:
             plan.noise[image_size] = noise
         return noise
 
-    def _txt2img_noise(self, plan: FramePlan, image_size: tuple[int, int]) -> SeededNoise:
+    def _txt2img_draws(self, plan: FramePlan, image_size: tuple[int, int]) -> list[torch.Tensor]:
         """txt2img: new noise every frame, gliding (slerp) from seed + k to seed + k + 1 over the morph frames.
 
         Frame 0 uses the seed's own draws, so it equals diffusers' text-to-image output for that seed. The draws
@@ -371,13 +408,14 @@ class StreamPipeline:
             del plan.draws[stale]
         start = self._host_draws(plan, image_size, seeds[0])
         if offset == 0:
-            return self._scaled(plan, start)
+            return start
         end = self._host_draws(plan, image_size, seeds[1])
         t = offset / TXT2IMG_MORPH_FRAMES
-        return self._scaled(plan, [slerp(a, b, t) for a, b in zip(start, end, strict=True)])
+        return [slerp(a, b, t) for a, b in zip(start, end, strict=True)]
 
     def _draw_noise(self, plan: FramePlan, image_size: tuple[int, int], seed: int) -> SeededNoise:
-        return self._scaled(plan, self._host_draws(plan, image_size, seed))
+        device = self.components.device
+        return self._scaled(plan, [draw.to(device) for draw in self._host_draws(plan, image_size, seed)])
 
     def _host_draws(self, plan: FramePlan, image_size: tuple[int, int], seed: int) -> list[torch.Tensor]:
         """The seed's draws on the host, in diffusers' order (cached for txt2img, which reuses them)."""
@@ -396,10 +434,9 @@ class StreamPipeline:
                 plan.draws[key] = draws
         return draws
 
-    def _scaled(self, plan: FramePlan, draws: list[torch.Tensor]) -> SeededNoise:
-        """Draws moved to the device and scaled by the schedule's coefficients."""
-        device = self.components.device
-        on_device = iter([draw.to(device) for draw in draws])
+    def _scaled(self, plan: FramePlan, draws: Sequence[torch.Tensor]) -> SeededNoise:
+        """Draws (on the device) scaled by the schedule's coefficients."""
+        on_device = iter(draws)
         first = next(on_device) if plan.txt2img or self.components.vae_has_posterior else None
         # LCMScheduler.init_noise_sigma is 1: txt2img latents are the first draw itself.
         start_term = None if plan.txt2img else plan.schedule.noise_sqrt_beta * next(on_device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+import time
 
 import numpy as np
 import PIL.Image
@@ -22,6 +23,44 @@ FP16_TOLERANCE = 2e-2
 def sd15_arch():
     """The real SD1.5 shapes in fp16, random weights; shared: tests must not modify its modules."""
     return load_model("sd15-arch", device="cuda")
+
+
+@pytest.fixture(scope="module")
+def sd15_arch_canny():
+    return load_model("sd15-arch", device="cuda", controlnet="canny")
+
+
+STAGED_MODES = pytest.mark.parametrize(
+    ("mode", "controlnet_scale"),
+    [("txt2img", 0.0), ("txt2img", 0.5), ("img2img", 0.5)],
+    ids=["txt2img", "txt2img-canny", "img2img-canny"],
+)
+BUSY_S = 1.0
+
+
+def busy_cycles(seconds: float) -> int:
+    """torch.cuda._sleep's cycle count for about `seconds` on this card (clock rates differ between cards)."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    torch.cuda._sleep(10_000_000)
+    end.record()
+    end.synchronize()
+    return int(10_000_000 * seconds / (start.elapsed_time(end) / 1000))
+
+
+class BusyFirst:
+    """A pipeline whose frames first keep the stream they run on busy for `cycles`: a long frame N."""
+
+    def __init__(self, pipeline: StreamPipeline, cycles: int) -> None:
+        self._pipeline = pipeline
+        self._cycles = cycles
+
+    def stylise_on_device(self, *args, **kwargs):
+        torch.cuda._sleep(self._cycles)
+        return self._pipeline.stylise_on_device(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._pipeline, name)
 
 
 @pytest.mark.parametrize("steps", [1, 4])
@@ -103,3 +142,42 @@ def test_the_adaptive_slowdown_shows_in_the_cuda_executors_device_time(sd15_arch
     # Device time between the compute stream's events: a host sleep would leave it unchanged.
     ratio = statistics.median(slowed_seconds) / statistics.median(plain_seconds)
     assert 1.7 <= ratio <= 2.3, (plain_seconds, slowed_seconds)
+
+
+@STAGED_MODES
+def test_the_next_frame_is_launched_and_uploaded_while_the_device_computes(sd15_arch_canny, mode, controlnet_scale):
+    pipe = StreamPipeline(sd15_arch_canny)
+    pipe.update(mode=mode, controlnet_scale=controlnet_scale, steps=2, strength=0.5)
+    executor = FrameExecutor(sd15_arch_canny.device)
+    frame = moving_pattern(512, 512, 0)
+    for _ in range(2):  # warm-up: buffers, kernels, the noise of this size
+        executor.result(executor.submit(pipe, frame))
+    first = executor.submit(BusyFirst(pipe, busy_cycles(BUSY_S)), frame)
+    start = time.perf_counter()
+    second = executor.submit(pipe, frame)
+    launch_seconds = time.perf_counter() - start
+    executor.result(first)
+    executor.result(second)
+    # A copy from pageable memory (noise, Canny map) would have waited for the first frame: at least BUSY_S.
+    assert launch_seconds < BUSY_S / 2
+    timeline = dict(executor.timeline)
+    # The second frame's inputs were on the device before the first frame's compute ended.
+    assert timeline[second]["upload"][1] < timeline[first]["compute"][1], timeline
+
+
+@STAGED_MODES
+def test_staged_inputs_give_the_pictures_of_the_direct_path(sd15_arch_canny, mode, controlnet_scale):
+    direct, staged = StreamPipeline(sd15_arch_canny), StreamPipeline(sd15_arch_canny)
+    for pipe in (direct, staged):
+        pipe.update(mode=mode, controlnet_scale=controlnet_scale, steps=2, strength=0.5)
+    executor = FrameExecutor(sd15_arch_canny.device)
+    frames = [moving_pattern(512, 512, i) for i in range(4)]
+    pictures, tickets = [], []
+    for frame in frames:
+        if executor.in_flight == 2:
+            pictures.append(executor.result(tickets[len(pictures)]).picture)
+        tickets.append(executor.submit(staged, frame, (512, 512)))
+    while len(pictures) < len(tickets):
+        pictures.append(executor.result(tickets[len(pictures)]).picture)
+    for frame, picture in zip(frames, pictures, strict=True):
+        assert np.abs(direct(frame, (512, 512)).astype(int) - picture).max() <= 1

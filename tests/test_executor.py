@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import FrameExecutor, StreamPipeline
+from pipelines import FrameExecutor, StreamPipeline, load_model
+from pipelines.conditioning import canny_map
 from pipelines.synthetic import moving_pattern
 
 
@@ -87,5 +88,42 @@ def test_cpu_executor_makes_no_cuda_call(tiny, monkeypatch):
     try:
         ticket = executor.submit(StreamPipeline(tiny), moving_pattern(64, 64, 0))
         assert executor.result(ticket).picture.shape == (64, 64, 3)
+    finally:
+        executor.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_canny():
+    return load_model("tiny", device="cpu", controlnet="canny")
+
+
+@pytest.mark.parametrize(
+    ("mode", "controlnet_scale"),
+    [("txt2img", 0.0), ("txt2img", 0.5), ("img2img", 0.5)],
+    ids=["txt2img", "txt2img-canny", "img2img-canny"],
+)
+def test_staged_noise_and_canny_maps_give_the_direct_pictures_without_cuda_calls(
+    tiny_canny, mode, controlnet_scale, monkeypatch
+):
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("a CUDA call on the CPU path")
+
+    for name in ("synchronize", "current_stream", "Stream", "Event", "stream"):
+        monkeypatch.setattr(torch.cuda, name, refuse)
+    changes = {"mode": mode, "controlnet_scale": controlnet_scale, "steps": 2}
+    direct, staged = StreamPipeline(tiny_canny), StreamPipeline(tiny_canny)
+    direct.update(**changes)
+    staged.update(**changes)
+    executor = FrameExecutor(tiny_canny.device)
+    try:
+        # Three frames each: txt2img's noise glides from frame to frame, and each way must draw the same.
+        for index in range(3):
+            frame = moving_pattern(128, 64, index)
+            result = executor.result(executor.submit(staged, frame, (128, 64), (128, 64)))
+            assert np.array_equal(result.picture, direct(frame, (128, 64), (128, 64)))
+            if controlnet_scale:
+                assert np.array_equal(result.control_image, canny_map(frame, 100, 200))
+            else:
+                assert result.control_image is None
     finally:
         executor.close()

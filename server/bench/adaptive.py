@@ -34,30 +34,22 @@ FPS_WINDOW_S = 2.0
 
 
 class SlowedPipeline:
-    """A stream pipeline made `factor` times heavier: each frame's model work runs `factor` times (an integer).
+    """A stream pipeline made `factor` times heavier: each frame's device side runs `factor` times (an integer).
 
     A stand-in for a heavier model or a busier device, injected half-way through the run. The extra work is the
     same kernels again, on the stream the executor runs the frame on: a CUDA executor times frames with events on
     its compute stream, which a host sleep never shows, and a fixed device sleep (torch.cuda._sleep) would need a
     cycle count calibrated per clock and per size, where the rerun keeps the model's own cost-versus-size scaling.
-    (In txt2img the noise then glides `factor` times faster: each run is a tick.)
     """
 
     def __init__(self, pipeline, factor: int) -> None:
         self._pipeline = pipeline
         self._factor = factor
 
-    def __call__(self, *args: Any, **kwargs: Any):
-        self._extra_work(*args, **kwargs)
-        return self._pipeline(*args, **kwargs)
-
     def stylise_on_device(self, *args: Any, **kwargs: Any):
-        self._extra_work(*args, **kwargs)
-        return self._pipeline.stylise_on_device(*args, **kwargs)
-
-    def _extra_work(self, *args: Any, **kwargs: Any) -> None:
         for _ in range(self._factor - 1):
             self._pipeline.stylise_on_device(*args, **kwargs)
+        return self._pipeline.stylise_on_device(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._pipeline, name)
