@@ -1,4 +1,4 @@
-"""The wheel installs into a fresh virtual environment outside the source tree and serves the pages from there."""
+"""The wheel installs into a fresh virtual environment outside the source tree and serves every page from there."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urljoin
 
 import pytest
 
@@ -59,7 +60,7 @@ def http_get(url: str) -> tuple[int, str, str]:
         return response.status, response.headers.get("Content-Type", ""), response.read().decode()
 
 
-def test_the_installed_wheel_serves_the_page_and_its_scripts(tmp_path):
+def test_the_installed_wheel_serves_the_pages_and_their_modules(tmp_path):
     source = tmp_path / "source"
     shutil.copytree(ROOT, source, ignore=NOT_SOURCE)
     wheels = tmp_path / "wheels"
@@ -106,16 +107,30 @@ def test_the_installed_wheel_serves_the_page_and_its_scripts(tmp_path):
                 break
             except OSError:
                 time.sleep(0.3)
-        status, content_type, page = http_get(f"{url}/")
-        assert status == 200 and content_type.startswith("text/html")
-        assert "<html" in page and "lcmlive" in page
-        # The page's own module script, wherever the page says it is.
-        scripts = re.findall(r'<script[^>]*type="module"[^>]*src="([^"]+)"', page)
-        assert scripts, page
-        for script in scripts:
-            status, content_type, code = http_get(f"{url}{script}")
+        # Each page, its stylesheets and its module scripts with everything they import (client/lib/*.js).
+        scripts: list[str] = []
+        for page_path in ("/", "/view/demo", "/control/demo"):
+            status, content_type, page = http_get(f"{url}{page_path}")
+            assert status == 200 and content_type.startswith("text/html"), page_path
+            assert "<html" in page, page_path
+            for style in re.findall(r'<link[^>]*rel="stylesheet"[^>]*href="([^"]+)"', page):
+                status, content_type, _ = http_get(urljoin(f"{url}{page_path}", style))
+                assert status == 200 and content_type.startswith("text/css"), style
+            found = re.findall(r'<script[^>]*type="module"[^>]*src="([^"]+)"', page)
+            assert found, page_path
+            scripts += [urljoin(f"{url}{page_path}", src) for src in found]
+        fetched: set[str] = set()
+        while scripts:
+            script = scripts.pop()
+            if script in fetched:
+                continue
+            fetched.add(script)
+            status, content_type, code = http_get(script)
             assert status == 200 and "javascript" in content_type, (script, content_type)
-            assert re.search(r"\b(import|export|function|const)\b", code), script
+            scripts += [
+                urljoin(script, target)
+                for target in re.findall(r'^\s*(?:import|export)\b[^;]*?["\'](\.{1,2}/[^"\']+)["\']', code, re.M)
+            ]
     finally:
         server.send_signal(signal.SIGINT)
         try:
