@@ -100,9 +100,13 @@ class ResolutionController:
             return
         self._consider_up(now)
 
-    def out_of_memory(self) -> None:
-        """The current rung did not fit in device memory: block it and go one rung down."""
-        if self.index < len(self.ladder) - 1:
+    def out_of_memory(self, side: int | None = None) -> None:
+        """A frame at `side` (default: the current rung) did not fit in device memory: block that rung and go one
+        rung below it, unless what failed is a frame still in flight at a size already left behind."""
+        side = self.side if side is None else side
+        if side > self.side:
+            self._block(side, self.clock())
+        elif self.index < len(self.ladder) - 1:
             self._block(self.side, self.clock())
             self._switch_to(self.index + 1, "out of memory")
         else:

@@ -148,7 +148,18 @@ class StreamWorker:
             )
             self.stats.processed(model_seconds, queue_seconds)
 
-        return FrameJob(self.pipeline, rgb, size, output_size, finish, self._failed)
+        side = self.controller.side
+
+        def failed(error: BaseException) -> None:
+            if isinstance(error, torch.cuda.OutOfMemoryError):
+                # With two frames in flight the second may fail at a size the first already stepped down from:
+                # the controller is told which size failed, so one error costs one rung.
+                self.controller.out_of_memory(side)
+                torch.cuda.empty_cache()  # only raised on CUDA, so this is a CUDA call on a CUDA path
+                return
+            raise error
+
+        return FrameJob(self.pipeline, rgb, size, output_size, finish, failed)
 
     def _device_seconds_per_frame(self, model_seconds: float) -> float:
         """What one of this viewer's frames costs the device: its own model time plus the other viewers' frames
@@ -177,13 +188,6 @@ class StreamWorker:
         if self._camera_side:
             largest = min(largest, max(64, self._camera_side // 64 * 64))
         self.controller.configure(params.target_fps, largest, min(params.min_resolution, largest))
-
-    def _failed(self, error: BaseException) -> None:
-        if isinstance(error, torch.cuda.OutOfMemoryError):
-            self.controller.out_of_memory()  # this size does not fit: the next frame runs one rung smaller
-            torch.cuda.empty_cache()  # only raised on CUDA, so this is a CUDA call on a CUDA path
-            return
-        raise error
 
     def _similar_to_last(self, frame: VideoFrame) -> bool:
         """Whether the camera barely changed since the last frame that ran the model (similarity skip).

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import time
 
-import pytest
 import torch
 from av import VideoFrame
 
@@ -79,11 +78,6 @@ async def test_out_of_memory_at_one_size_steps_down_and_the_stream_goes_on(tiny,
     assert not [record for record in caplog.records if record.levelno >= logging.ERROR]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="StreamWorker._failed calls controller.out_of_memory() without the failed frame's size: with two frames "
-    "in flight, the second frame at the too-large size steps down once more, below a size that fits",
-)
 async def test_out_of_memory_with_two_frames_in_flight_steps_down_one_rung(tiny):
     # The launch takes a while before the allocation fails, so the next frame is due and staged at the same size
     # before the first one's error is collected: as on CUDA, where the engine keeps two frames in flight.
