@@ -82,6 +82,13 @@ class StreamParams(Params):
         max_length=MAX_PROMPT_LENGTH,
         description="what to steer away from (used only with classifier-free guidance)",
     )
+    prompt_b: str = Field(
+        "", max_length=MAX_PROMPT_LENGTH, description="a second prompt, blended with the first by prompt_mix"
+    )
+    prompt_mix: float = Field(0.0, ge=0.0, le=1.0, description="0 = prompt, 1 = prompt_b, between: a blend (a fader)")
+    transition_s: float = Field(
+        0.0, ge=0.0, le=10.0, description="seconds a new prompt (or mix) takes to fade in; 0 cuts"
+    )
     strength: float = Field(
         0.5, ge=0.01, le=1.0, description="how far to move from the camera frame: 0 keeps it, 1 ignores it"
     )

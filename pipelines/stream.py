@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,7 @@ from .params import StreamParams, params_model_for
 from .presets import GuidanceKind
 from .prompt_cache import PromptCache
 from .schedule import Schedule, build_schedule, guidance_embedding
+from .transition import PromptTransition, blend
 
 SIZE_MULTIPLE = 64
 # txt2img: the noise glides from one seed to the next over this many frames, so the pictures morph, not flicker.
@@ -74,7 +76,8 @@ class FramePlan:
 
     params: StreamParams
     schedule: Schedule
-    embeds: PromptEmbeds  # batch 1, or 2 ([negative, positive]) under classifier-free guidance
+    prompt: PromptTransition  # the positive conditioning, possibly on its way from the last prompt
+    negative: PromptEmbeds | None  # under classifier-free guidance
     classifier_free: bool
     timestep_cond: torch.Tensor | None
     controlnet_scale: float  # 0: no ControlNet call at all
@@ -89,6 +92,11 @@ class FramePlan:
     @property
     def batch(self) -> int:
         return 2 if self.classifier_free else 1
+
+    def conditioning(self, progress: float) -> PromptEmbeds:
+        """The text conditioning at `progress` through the prompt transition: batch 1, or [negative, positive]."""
+        positive = self.prompt.at(progress)
+        return PromptEmbeds.batch(self.negative, positive) if self.classifier_free else positive
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ class FrameInputs:
     height: int
     host_tensors: dict[str, torch.Tensor]
     control_image: np.ndarray | None  # the Canny map, for display
+    prompt_progress: float = 1.0  # how far through the prompt transition this frame is (read off the clock)
 
 
 class StreamPipeline:
@@ -113,7 +122,7 @@ class StreamPipeline:
 
     Several pipelines may share one `ModelComponents` and one `PromptCache` (one per viewer): each keeps its own
     parameters, schedule and noise. `update` may be called from another thread; a frame in flight finishes with
-    the plan it started with.
+    the plan it started with. `clock` times prompt transitions (tests pass a fake one).
     """
 
     def __init__(
@@ -121,8 +130,10 @@ class StreamPipeline:
         components: ModelComponents,
         prompt_cache: PromptCache | None = None,
         params: StreamParams | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.components = components
+        self.clock = clock
         self.prompt_cache = prompt_cache if prompt_cache is not None else PromptCache()
         self.params_model = params_model_for(components)
         self._update_lock = threading.Lock()
@@ -160,7 +171,7 @@ class StreamPipeline:
         with self._update_lock:
             params = self._plan.params.replace(changes)
             if params != self._plan.params:
-                self._plan = self._make_plan(params)
+                self._plan = self._make_plan(params, previous=self._plan)
             return params
 
     def notes(self) -> list[str]:
@@ -216,7 +227,8 @@ class StreamPipeline:
             host_tensors["noise"] = torch.stack(self._txt2img_draws(plan, (height, width)))
         else:
             host_tensors["pixels"] = torch.from_numpy(np.ascontiguousarray(frame))
-        return FrameInputs(plan, width, height, host_tensors, control_image)
+        progress = plan.prompt.progress(self.clock())
+        return FrameInputs(plan, width, height, host_tensors, control_image, progress)
 
     @torch.inference_mode()
     def stylise_on_device(
@@ -246,6 +258,7 @@ class StreamPipeline:
         if on_device is None:
             on_device = {name: tensor.to(self.components.device) for name, tensor in inputs.host_tensors.items()}
         plan, width, height = inputs.plan, inputs.width, inputs.height
+        embeds = plan.conditioning(inputs.prompt_progress)
         control = self._control_tensor(plan, on_device["control"]) if "control" in on_device else None
         if plan.txt2img:
             noise = self._scaled(plan, on_device["noise"].unbind())
@@ -253,7 +266,7 @@ class StreamPipeline:
         else:
             noise = self._noise_for(plan, (height, width))
             latents = self._encode(plan, self._to_model_input(on_device["pixels"], width, height), noise)
-        return self._denoise(plan, latents, noise, control, width, height)
+        return self._denoise(plan, embeds, latents, noise, control, width, height)
 
     def _to_model_input(self, pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
         c = self.components
@@ -296,6 +309,7 @@ class StreamPipeline:
     def _denoise(
         self,
         plan: FramePlan,
+        embeds: PromptEmbeds,
         latents: torch.Tensor,
         noise: SeededNoise,
         control: torch.Tensor | None,
@@ -303,17 +317,19 @@ class StreamPipeline:
         height: int,
     ) -> torch.Tensor:
         c = self.components
-        added = self._added_conditions(plan, width, height)
+        added = self._added_conditions(plan, embeds, width, height)
         denoised = latents
         for step, step_noise in zip(plan.schedule.steps, noise.step_terms, strict=True):
-            model_pred = self._predict_noise(plan, latents, step.timestep, added, control)
+            model_pred = self._predict_noise(plan, embeds, latents, step.timestep, added, control)
             predicted_original = (latents - step.sqrt_beta * model_pred) / step.sqrt_alpha
             denoised = step.c_out * predicted_original + step.c_skip * latents
             latents = denoised if step.is_last else step.sqrt_alpha_prev * denoised + step_noise
         decoded = c.vae.decode(denoised / c.vae.config.scaling_factor).sample
         return (decoded / 2 + 0.5).clamp(0, 1)
 
-    def _added_conditions(self, plan: FramePlan, width: int, height: int) -> dict[str, torch.Tensor] | None:
+    def _added_conditions(
+        self, plan: FramePlan, embeds: PromptEmbeds, width: int, height: int
+    ) -> dict[str, torch.Tensor] | None:
         """SDXL's pooled text and size ids (cached per size); nothing for SD1.5."""
         c = self.components
         if not c.is_sdxl:
@@ -322,11 +338,12 @@ class StreamPipeline:
         if time_ids is None:
             time_ids = sdxl_time_ids(width, height, plan.batch, c.device, c.dtype)
             plan.time_ids[(width, height)] = time_ids
-        return {"text_embeds": plan.embeds.pooled, "time_ids": time_ids}
+        return {"text_embeds": embeds.pooled, "time_ids": time_ids}
 
     def _predict_noise(
         self,
         plan: FramePlan,
+        embeds: PromptEmbeds,
         latents: torch.Tensor,
         timestep: torch.Tensor,
         added: dict[str, torch.Tensor] | None,
@@ -339,7 +356,7 @@ class StreamPipeline:
             down, mid = c.controlnet(
                 model_input,
                 timestep,
-                encoder_hidden_states=plan.embeds.hidden,
+                encoder_hidden_states=embeds.hidden,
                 controlnet_cond=control,
                 conditioning_scale=plan.controlnet_scale,
                 guess_mode=False,
@@ -350,7 +367,7 @@ class StreamPipeline:
         prediction = c.unet(
             model_input,
             timestep,
-            encoder_hidden_states=plan.embeds.hidden,
+            encoder_hidden_states=embeds.hidden,
             timestep_cond=plan.timestep_cond,
             added_cond_kwargs=added,
             return_dict=False,
@@ -361,26 +378,40 @@ class StreamPipeline:
         uncond, cond = prediction.chunk(2)
         return uncond + plan.params.guidance_scale * (cond - uncond)
 
-    def _make_plan(self, params: StreamParams) -> FramePlan:
+    def _make_plan(self, params: StreamParams, previous: FramePlan | None = None) -> FramePlan:
         c = self.components
         strength = None if params.mode == "txt2img" else params.strength
         schedule = build_schedule(
             c.scheduler, c.preset.schedule, params.steps, strength, device=c.device, dtype=c.dtype
         )
         classifier_free = c.preset.guidance is GuidanceKind.CLASSIFIER_FREE and params.guidance_scale > 1
-        embeds = self.prompt_cache.get(c, params.prompt)
+        prompt = self._prompt_transition(params, previous)
+        negative = None
         if classifier_free:
             if c.is_sdxl and not params.negative_prompt:
-                negative = embeds.zeros_like()  # SDXL's force_zeros_for_empty_prompt
+                negative = prompt.target.zeros_like()  # SDXL's force_zeros_for_empty_prompt
             else:
                 negative = self.prompt_cache.get(c, params.negative_prompt)
-            embeds = PromptEmbeds.batch(negative, embeds)
         timestep_cond = None
         if c.has_guidance_embedding:
             dim = c.unet.config.time_cond_proj_dim
             timestep_cond = guidance_embedding(params.guidance_scale, dim, c.device, c.dtype)
         controlnet_scale = params.controlnet_scale if c.controlnet is not None else 0.0
-        return FramePlan(params, schedule, embeds, classifier_free, timestep_cond, controlnet_scale)
+        return FramePlan(params, schedule, prompt, negative, classifier_free, timestep_cond, controlnet_scale)
+
+    def _prompt_transition(self, params: StreamParams, previous: FramePlan | None) -> PromptTransition:
+        """The prompt conditioning of new params: the blend of prompt and prompt_b, reached over transition_s from
+        what the last plan shows now; a change that leaves the blend alone keeps a running transition as it is."""
+        c = self.components
+        target = self.prompt_cache.get(c, params.prompt)
+        if params.prompt_mix > 0:
+            target = blend(target, self.prompt_cache.get(c, params.prompt_b), params.prompt_mix)
+        if previous is None:
+            return PromptTransition(target)
+        old = previous.params
+        if (old.prompt, old.prompt_b, old.prompt_mix) == (params.prompt, params.prompt_b, params.prompt_mix):
+            return previous.prompt
+        return previous.prompt.towards(target, self.clock(), params.transition_s)
 
     def _latent_shape(self, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
         c = self.components
