@@ -239,6 +239,8 @@ def _describe(model: type[BaseModel], detail: dict[str, Any]) -> tuple[str | Non
         return name, f"{name} must be one of {choices}; got {value!r}"
     if kind in ("finite_number",):
         return name, f"{name} must be finite, got {value}"
+    if annotation is str and isinstance(value, str):  # a lone surrogate ("\ud800") is a str but not text
+        return name, f"{name} is not valid Unicode text"
     if annotation is str:
         return name, f"{name} must be a string, got {_json_type(value)}"
     if annotation is int and isinstance(value, float):

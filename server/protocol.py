@@ -35,7 +35,7 @@ def parse_client_message(text: str | None, data: bytes | None) -> dict[str, Any]
         )
     try:
         message = json.loads(text)
-    except json.JSONDecodeError as error:
+    except (ValueError, RecursionError) as error:  # also nesting too deep and numbers of over 4300 digits
         raise ProtocolError("malformed_json", f"message is not valid JSON: {error}") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("bad_message", 'a message must be a JSON object with a string "type"')

@@ -126,13 +126,15 @@ class Stream:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=TASK_CANCEL_TIMEOUT_SECONDS)
-        await self.picture.close()
-        if self.control is not None:
-            await self.control.close()
-        for viewer in list(self.viewers.values()):
-            await self.remove_viewer(viewer.id)
-        await self._peers.close(self.source)
-        await self._on_end(self)
+        try:
+            await self.picture.close()
+            if self.control is not None:
+                await self.control.close()
+            for viewer in list(self.viewers.values()):
+                await self.remove_viewer(viewer.id)
+            await self._peers.close(self.source)
+        finally:
+            await self._on_end(self)
         listeners, self.listeners = list(self.listeners), set()
         message = f"stream {self.name} ended: {reason}"
         await asyncio.gather(*(listener.end(code, message) for listener in listeners), return_exceptions=True)

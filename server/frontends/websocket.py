@@ -107,6 +107,10 @@ class PageSocket:
                 await self._handle(message)
             except ProtocolError as error:
                 await self.send(error.as_message())
+            except Exception:
+                log.exception("stream %s: a %s socket's message failed", self.name, self.role)
+                await self.end("internal_error", "the server failed on this message (see its log)")
+                return
             if self.stream is not None and self.stream.ended.is_set():
                 return
 

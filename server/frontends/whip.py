@@ -44,7 +44,11 @@ def whip_routes(registry: StreamRegistry) -> list[Route]:
         except OfferError as error:
             await stream.end(error.code, error.message)
             return error_response(400, error.code, error.message)
-        stream.start()
+        try:
+            stream.start()
+        except BaseException:
+            await stream.end("internal_error", "the stream failed to start")
+            raise
         log.info("stream %s: WHIP publisher connected", name)
         return answer_created(answer, f"/whip/{name}/{stream.id}")
 

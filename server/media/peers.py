@@ -39,10 +39,12 @@ def check_offer(sdp: str, sends_video: bool) -> aiortc_sdp.SessionDescription:
         raise OfferError("bad_sdp", "the offer is empty: send an SDP offer")
     try:
         description = aiortc_sdp.SessionDescription.parse(sdp)
+        str(description)  # aiortc writes the offer back on every read of pc.remoteDescription
     except Exception as error:  # aiortc raises ValueError, KeyError, IndexError ... for malformed SDP
         raise OfferError("bad_sdp", f"the offer's SDP could not be read: {error!r}") from None
     if not sdp.lstrip().startswith("v=0") or not description.media:
         raise OfferError("bad_sdp", "the offer is not an SDP offer with media sections (it must start with v=0)")
+    check_transport(description)
     video = [media for media in description.media if media.kind == "video" and media.port != 0]
     if not video:
         kinds = ", ".join(sorted({media.kind for media in description.media})) or "none"
@@ -57,6 +59,26 @@ def check_offer(sdp: str, sends_video: bool) -> aiortc_sdp.SessionDescription:
         message = f"the offer's video codecs ({names}) are not supported: offer VP8 or H.264"
         raise OfferError("unsupported_codec", message)
     return description
+
+
+def check_transport(description: aiortc_sdp.SessionDescription) -> None:
+    """What aiortc accepts in an offer but fails on later: a media section without DTLS fingerprint or ICE
+    credentials (an AssertionError in a task of its own once ICE ends), two sections with one mid (or none)."""
+    mids = [media.rtp.muxId for media in description.media]
+    if len(set(mids)) < len(mids):
+        raise OfferError("bad_sdp", "each media section of the offer needs an a=mid of its own")
+    for group in description.group:
+        missing = [mid for mid in group.items if mid not in mids]
+        if group.semantic == "BUNDLE" and missing:
+            raise OfferError("bad_sdp", f"a=group:BUNDLE names mids no media section has: {', '.join(missing)}")
+    for media in description.media:
+        if media.port == 0:
+            continue
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise OfferError("bad_sdp", f"the offer's {media.kind} section has no DTLS fingerprint (a=fingerprint)")
+        if not media.ice.usernameFragment or not media.ice.password:
+            message = f"the offer's {media.kind} section has no ICE credentials (a=ice-ufrag and a=ice-pwd)"
+            raise OfferError("bad_sdp", message)
 
 
 class PeerConnections:
@@ -100,7 +122,10 @@ class PeerConnections:
 
     async def close(self, pc: RTCPeerConnection) -> None:
         self._open.discard(pc)
-        await pc.close()
+        try:
+            await pc.close()
+        except Exception as error:  # a connection made from a broken offer may fail to close; it is dropped anyway
+            log.warning("closing a peer connection failed: %r", error)
 
 
 def _take_dtls_server_role(pc: RTCPeerConnection) -> None:
