@@ -6,7 +6,9 @@ host waits only on the event of the result it asks for, never on the whole devic
 goes through the slot's pinned buffers — the camera frame, the Canny map, txt2img's noise: a copy from pageable
 memory waits for the device, and the host could not launch frame N+1 until frame N had finished.
 
-On the CPU the same interface runs each frame when it is submitted, in the caller's thread, with no CUDA call.
+A submission is a batch: one or more prepared frames that share one call of the model (see batch.py), with one
+result per frame. On the CPU the same interface runs each batch when it is submitted, in the caller's thread, with
+no CUDA call.
 Decoding and encoding still overlap with the model: aiortc runs them in threads of its own. A model thread of the
 executor's own was tried and measured slower: with 2 OpenMP threads on 2 cores, a tiny-model frame took 200 ms
 from a second thread against 113 ms from the first (bench --double-buffer: 4.8 against 7.5 fps).
@@ -22,14 +24,16 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .stream import FrameInputs, StreamPipeline
+from .batch import FrameRequest, stylise_batch
+from .stream import FrameInputs
 
 SLOTS = 2
 
 
 @dataclass
 class FrameResult:
-    """A finished frame: the picture (uint8 H x W x 3), the model's seconds, and the Canny map it was given."""
+    """A finished frame: the picture (uint8 H x W x 3), the model's seconds (its share of its batch's), and the
+    Canny map it was given."""
 
     picture: np.ndarray
     model_seconds: float
@@ -38,25 +42,21 @@ class FrameResult:
 
 @dataclass
 class Job:
-    """One frame in flight: what to run, and (once done) its result or its error."""
+    """One batch in flight: what to run, and (once done) its results or its error."""
 
     ticket: int
-    pipeline: StreamPipeline
-    frame: np.ndarray | None
-    size: tuple[int, int] | None
-    output_size: tuple[int, int] | None
-    result: FrameResult | None = None
+    requests: list[FrameRequest]
+    results: list[FrameResult] | None = None
     error: Exception | None = None
-    control_image: np.ndarray | None = None
     slot: _CudaSlot | None = None
 
 
 class FrameExecutor:
-    """Runs frames through stream pipelines with at most two in flight; results come back in submission order.
+    """Runs batches of prepared frames with at most two in flight; results come back in submission order.
 
-    `submit` returns a ticket; `result(ticket)` returns its FrameResult once that frame is done, or raises the
-    frame's own error. Tickets must be collected in order, each exactly once. One executor per device, driven from
-    one thread (the engine's); any pipeline on that device may use it.
+    `submit` returns a ticket; `result(ticket)` returns the batch's FrameResults (one per request, in order) once
+    it is done, or raises the batch's own error. Tickets must be collected in order, each exactly once. One
+    executor per device, driven from one thread (the engine's); any pipeline on that device may use it.
     """
 
     def __init__(self, device: torch.device) -> None:
@@ -89,22 +89,19 @@ class FrameExecutor:
         stack.enter_context(torch.cuda.stream(self._compute_stream))
         return stack
 
-    def submit(
-        self,
-        pipeline: StreamPipeline,
-        frame: np.ndarray | None,
-        size: tuple[int, int] | None = None,
-        output_size: tuple[int, int] | None = None,
-    ) -> int:
-        """Start one frame. At most two may be in flight: collect the oldest before submitting a third.
+    def submit(self, requests: list[FrameRequest]) -> int:
+        """Start one batch (frames prepared with `StreamPipeline.prepare` that share a `batch_key`). At most two
+        may be in flight: collect the oldest before submitting a third.
 
-        A failure of the frame itself (bad input, out of memory) is kept and raised by `result`.
+        A failure of the batch itself (out of memory, say) is kept and raised by `result`.
         """
         if self._closed:
             raise RuntimeError("the executor is closed")
         if len(self._in_flight) >= SLOTS:
-            raise RuntimeError(f"{SLOTS} frames are in flight: collect the oldest result before submitting")
-        job = Job(self._next_ticket, pipeline, frame, size, output_size)
+            raise RuntimeError(f"{SLOTS} batches are in flight: collect the oldest result before submitting")
+        if not requests:
+            raise ValueError("a batch needs at least one frame")
+        job = Job(self._next_ticket, list(requests))
         self._next_ticket += 1
         self._in_flight.append(job)
         try:
@@ -117,8 +114,8 @@ class FrameExecutor:
             job.error = error
         return job.ticket
 
-    def result(self, ticket: int) -> FrameResult:
-        """The result of `ticket`; waits for that frame only."""
+    def result(self, ticket: int) -> list[FrameResult]:
+        """The results of `ticket`'s frames; waits for that batch only."""
         if not self._in_flight or self._in_flight[0].ticket != ticket:
             expected = self._in_flight[0].ticket if self._in_flight else None
             raise ValueError(f"ticket {ticket} is not the oldest in flight ({expected}): results come in order")
@@ -130,7 +127,7 @@ class FrameExecutor:
                 job.error = error
         if job.error is not None:
             raise job.error
-        return job.result
+        return job.results
 
     def close(self) -> None:
         self._closed = True
@@ -140,9 +137,8 @@ class FrameExecutor:
     @staticmethod
     def _run_on_cpu(job: Job) -> None:
         start = time.perf_counter()
-        inputs = job.pipeline.prepare(job.frame, job.size)
-        picture = job.pipeline.stylise_on_device(inputs, job.output_size).numpy()
-        job.result = FrameResult(picture, time.perf_counter() - start, inputs.control_image)
+        pictures = _stylise(job.requests, None)
+        job.results = _results(job.requests, [p.numpy() for p in pictures], time.perf_counter() - start)
 
     # CUDA: upload, compute and download streams, ordered by events.
 
@@ -150,34 +146,31 @@ class FrameExecutor:
         slot = self._slots[job.ticket % SLOTS]
         job.slot = slot
         upload, compute, download = self._upload_stream, self._compute_stream, self._download_stream
-        inputs = job.pipeline.prepare(job.frame, job.size)  # on the host: checks, Canny map, txt2img noise
-        job.control_image = inputs.control_image
         with torch.cuda.stream(upload):
-            # The slot's previous frame must be done reading its device buffers before they are overwritten.
+            # The slot's previous batch must be done reading its device buffers before they are overwritten.
             upload.wait_event(slot.computed)
             slot.upload_start.record(upload)
-            on_device = slot.upload(inputs)
+            on_device = [slot.upload(index, request.inputs) for index, request in enumerate(job.requests)]
             slot.uploaded.record(upload)
         compute.wait_event(slot.uploaded)
         with torch.cuda.stream(compute):
             slot.compute_start.record(compute)
             try:
-                output = job.pipeline.stylise_on_device(inputs, job.output_size, on_device)
+                outputs = _stylise(job.requests, on_device)
             finally:
                 # Also after a failure: whatever was launched must finish before the slot's buffers are reused.
                 slot.computed.record(compute)
         with torch.cuda.stream(download):
             download.wait_event(slot.computed)
             slot.download_start.record(download)
-            slot.download(output, download)
+            slot.download(outputs, download)
             slot.downloaded.record(download)
 
     def _collect_from_cuda(self, job: Job) -> None:
         slot = job.slot
         slot.downloaded.synchronize()  # this result's event only
-        job.result = FrameResult(
-            slot.fetched(), slot.compute_start.elapsed_time(slot.computed) / 1000, job.control_image
-        )
+        seconds = slot.compute_start.elapsed_time(slot.computed) / 1000
+        job.results = _results(job.requests, slot.fetched(len(job.requests)), seconds)
         spans = {
             "upload": (slot.upload_start, slot.uploaded),
             "compute": (slot.compute_start, slot.computed),
@@ -194,9 +187,9 @@ class _CudaSlot:
     def __init__(self, device: torch.device, compute: torch.cuda.Stream) -> None:
         self.device = device
         self.compute = compute
-        # Per input name ("pixels", "control", "noise"): its pinned host buffer and its device buffer.
-        self.inputs: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self.pinned_out: torch.Tensor | None = None
+        # Per (frame of the batch, input name: "pixels", "control", "noise"): pinned host and device buffers.
+        self.inputs: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        self.pinned_out: list[torch.Tensor] = []
         # Timed: the model's own seconds come from the device, not from the host's view of it, and the timeline
         # shows copies and compute overlapping.
         self.upload_start, self.uploaded = _timed_event(), _timed_event()
@@ -204,33 +197,51 @@ class _CudaSlot:
         self.download_start, self.downloaded = _timed_event(), _timed_event()
         self.computed.record(compute)  # a slot starts free: nothing is reading its buffers
 
-    def upload(self, inputs: FrameInputs) -> dict[str, torch.Tensor]:
-        """Each of the frame's host tensors into its pinned buffer (a host copy), then to the device without
+    def upload(self, index: int, inputs: FrameInputs) -> dict[str, torch.Tensor]:
+        """Each of a frame's host tensors into its pinned buffer (a host copy), then to the device without
         blocking, on the current stream."""
-        # The slot's last copies out of its pinned buffers are long done (its frame was collected) unless that
-        # frame failed before anyone waited on it.
+        # The slot's last copies out of its pinned buffers are long done (its batch was collected) unless that
+        # batch failed before anyone waited on it.
         self.uploaded.synchronize()
         on_device = {}
         for name, tensor in inputs.host_tensors.items():
-            pinned, device_buffer = self.inputs.get(name, (None, None))
+            pinned, device_buffer = self.inputs.get((index, name), (None, None))
             if pinned is None or pinned.shape != tensor.shape or pinned.dtype != tensor.dtype:
                 pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
                 device_buffer = torch.empty(tensor.shape, dtype=tensor.dtype, device=self.device)
                 device_buffer.record_stream(self.compute)  # read there: not reused before compute is done with it
-                self.inputs[name] = (pinned, device_buffer)
+                self.inputs[(index, name)] = (pinned, device_buffer)
             pinned.copy_(tensor)
             device_buffer.copy_(pinned, non_blocking=True)
             on_device[name] = device_buffer
         return on_device
 
-    def download(self, output: torch.Tensor, stream: torch.cuda.Stream) -> None:
-        if self.pinned_out is None or self.pinned_out.shape != output.shape:
-            self.pinned_out = torch.empty(output.shape, dtype=torch.uint8, pin_memory=True)
-        output.record_stream(stream)  # made on the compute stream, read on the download stream
-        self.pinned_out.copy_(output, non_blocking=True)
+    def download(self, outputs: list[torch.Tensor], stream: torch.cuda.Stream) -> None:
+        for index, output in enumerate(outputs):
+            if index == len(self.pinned_out):
+                self.pinned_out.append(torch.empty(0, dtype=torch.uint8))
+            if self.pinned_out[index].shape != output.shape:
+                self.pinned_out[index] = torch.empty(output.shape, dtype=torch.uint8, pin_memory=True)
+            output.record_stream(stream)  # made on the compute stream, read on the download stream
+            self.pinned_out[index].copy_(output, non_blocking=True)
 
-    def fetched(self) -> np.ndarray:
-        return self.pinned_out.numpy().copy()
+    def fetched(self, count: int) -> list[np.ndarray]:
+        return [pinned.numpy().copy() for pinned in self.pinned_out[:count]]
+
+
+def _stylise(requests: list[FrameRequest], on_device: list[dict[str, torch.Tensor]] | None) -> list[torch.Tensor]:
+    """A batch of one goes through its pipeline's own method, so that a wrapper of one pipeline (the adaptive
+    bench's slowdown, a test's failing pipeline) sees its frames; larger batches through batch.py."""
+    if len(requests) == 1:
+        request = requests[0]
+        return [request.pipeline.stylise_on_device(request.inputs, request.output_size, on_device and on_device[0])]
+    return stylise_batch(requests, on_device)
+
+
+def _results(requests: list[FrameRequest], pictures: list[np.ndarray], seconds: float) -> list[FrameResult]:
+    """One result per frame; the batch's model time is shared out evenly."""
+    share = seconds / len(requests)
+    return [FrameResult(p, share, r.inputs.control_image) for r, p in zip(requests, pictures, strict=True)]
 
 
 def _timed_event() -> torch.cuda.Event:

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .batch import FrameRequest, render_batch, stylise_batch
 from .components import ModelComponents
-from .conditioning import PromptEmbeds, canny_map, sdxl_time_ids
+from .conditioning import PromptEmbeds, canny_map
 from .params import StreamParams, params_model_for
 from .presets import GuidanceKind
 from .prompt_cache import PromptCache
@@ -81,8 +82,11 @@ class FramePlan:
     classifier_free: bool
     timestep_cond: torch.Tensor | None
     controlnet_scale: float  # 0: no ControlNet call at all
+    # On the device in the model's dtype, so that a batch stacks them without a copy from the host per frame.
+    guidance_tensor: torch.Tensor
+    controlnet_scale_tensor: torch.Tensor
     noise: dict[tuple[int, int], SeededNoise] = field(default_factory=dict)
-    time_ids: dict[tuple[int, int], torch.Tensor] = field(default_factory=dict)
+    time_ids: dict[tuple[int, int, int], torch.Tensor] = field(default_factory=dict)  # (width, height, batch)
     draws: dict[tuple[int, tuple[int, int]], list[torch.Tensor]] = field(default_factory=dict)  # txt2img, host
 
     @property
@@ -92,11 +96,6 @@ class FramePlan:
     @property
     def batch(self) -> int:
         return 2 if self.classifier_free else 1
-
-    def conditioning(self, progress: float) -> PromptEmbeds:
-        """The text conditioning at `progress` through the prompt transition: batch 1, or [negative, positive]."""
-        positive = self.prompt.at(progress)
-        return PromptEmbeds.batch(self.negative, positive) if self.classifier_free else positive
 
 
 @dataclass(frozen=True)
@@ -230,7 +229,6 @@ class StreamPipeline:
         progress = plan.prompt.progress(self.clock())
         return FrameInputs(plan, width, height, host_tensors, control_image, progress)
 
-    @torch.inference_mode()
     def stylise_on_device(
         self,
         inputs: FrameInputs,
@@ -241,32 +239,17 @@ class StreamPipeline:
         device, or at the processing size; it stays on the device for the caller to fetch.
 
         `on_device`: `inputs.host_tensors` already on the device, as the double-buffered executor uploads them;
-        without it they are copied here.
+        without it they are copied here. A frame is a batch of one (see batch.py).
         """
-        image = self._render(inputs, on_device)
-        if output_size is not None and image.shape[-2:] != (output_size[1], output_size[0]):
-            image = F.interpolate(image, size=(output_size[1], output_size[0]), mode="bilinear", align_corners=False)
-        # Rounded as diffusers' numpy_to_pil does.
-        return (image[0] * 255).round().to(torch.uint8).permute(1, 2, 0)
+        request = FrameRequest(self, inputs, output_size)
+        return stylise_batch([request], None if on_device is None else [on_device])[0]
 
     @torch.inference_mode()
     def render(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The float image in [0, 1] (1 x 3 x H x W, on the device) before quantisation to uint8."""
-        return self._render(self.prepare(frame, size))
-
-    def _render(self, inputs: FrameInputs, on_device: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
-        if on_device is None:
-            on_device = {name: tensor.to(self.components.device) for name, tensor in inputs.host_tensors.items()}
-        plan, width, height = inputs.plan, inputs.width, inputs.height
-        embeds = plan.conditioning(inputs.prompt_progress)
-        control = self._control_tensor(plan, on_device["control"]) if "control" in on_device else None
-        if plan.txt2img:
-            noise = self._scaled(plan, on_device["noise"].unbind())
-            latents = noise.first
-        else:
-            noise = self._noise_for(plan, (height, width))
-            latents = self._encode(plan, self._to_model_input(on_device["pixels"], width, height), noise)
-        return self._denoise(plan, embeds, latents, noise, control, width, height)
+        inputs = self.prepare(frame, size)
+        device = self.components.device
+        return render_batch([FrameRequest(self, inputs)], [{k: t.to(device) for k, t in inputs.host_tensors.items()}])
 
     def _to_model_input(self, pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
         c = self.components
@@ -287,96 +270,11 @@ class StreamPipeline:
             frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
         return canny_map(frame, plan.params.canny_low, plan.params.canny_high)
 
-    def _control_tensor(self, plan: FramePlan, edges: torch.Tensor) -> torch.Tensor:
+    def _control_tensor(self, edges: torch.Tensor) -> torch.Tensor:
         """The Canny map (uint8 on the device) in [0, 1], unnormalised, as diffusers' control image processor
         leaves it."""
-        c = self.components
         image = edges.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
-        image = image.to(c.dtype).contiguous(memory_format=torch.channels_last)
-        return torch.cat([image] * plan.batch) if plan.batch > 1 else image
-
-    def _encode(self, plan: FramePlan, image: torch.Tensor, noise: SeededNoise) -> torch.Tensor:
-        c = self.components
-        encoded = c.vae.encode(image)
-        if c.vae_has_posterior:
-            posterior = encoded.latent_dist
-            latents = posterior.mean + posterior.std * noise.first
-        else:
-            latents = encoded.latents
-        latents = c.vae.config.scaling_factor * latents
-        return plan.schedule.noise_sqrt_alpha * latents + noise.start_term
-
-    def _denoise(
-        self,
-        plan: FramePlan,
-        embeds: PromptEmbeds,
-        latents: torch.Tensor,
-        noise: SeededNoise,
-        control: torch.Tensor | None,
-        width: int,
-        height: int,
-    ) -> torch.Tensor:
-        c = self.components
-        added = self._added_conditions(plan, embeds, width, height)
-        denoised = latents
-        for step, step_noise in zip(plan.schedule.steps, noise.step_terms, strict=True):
-            model_pred = self._predict_noise(plan, embeds, latents, step.timestep, added, control)
-            predicted_original = (latents - step.sqrt_beta * model_pred) / step.sqrt_alpha
-            denoised = step.c_out * predicted_original + step.c_skip * latents
-            latents = denoised if step.is_last else step.sqrt_alpha_prev * denoised + step_noise
-        decoded = c.vae.decode(denoised / c.vae.config.scaling_factor).sample
-        return (decoded / 2 + 0.5).clamp(0, 1)
-
-    def _added_conditions(
-        self, plan: FramePlan, embeds: PromptEmbeds, width: int, height: int
-    ) -> dict[str, torch.Tensor] | None:
-        """SDXL's pooled text and size ids (cached per size); nothing for SD1.5."""
-        c = self.components
-        if not c.is_sdxl:
-            return None
-        time_ids = plan.time_ids.get((width, height))
-        if time_ids is None:
-            time_ids = sdxl_time_ids(width, height, plan.batch, c.device, c.dtype)
-            plan.time_ids[(width, height)] = time_ids
-        return {"text_embeds": embeds.pooled, "time_ids": time_ids}
-
-    def _predict_noise(
-        self,
-        plan: FramePlan,
-        embeds: PromptEmbeds,
-        latents: torch.Tensor,
-        timestep: torch.Tensor,
-        added: dict[str, torch.Tensor] | None,
-        control: torch.Tensor | None,
-    ) -> torch.Tensor:
-        c = self.components
-        model_input = torch.cat([latents] * 2) if plan.classifier_free else latents
-        residuals: dict[str, Any] = {}
-        if control is not None:
-            down, mid = c.controlnet(
-                model_input,
-                timestep,
-                encoder_hidden_states=embeds.hidden,
-                controlnet_cond=control,
-                conditioning_scale=plan.controlnet_scale,
-                guess_mode=False,
-                added_cond_kwargs=added,
-                return_dict=False,
-            )
-            residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-        prediction = c.unet(
-            model_input,
-            timestep,
-            encoder_hidden_states=embeds.hidden,
-            timestep_cond=plan.timestep_cond,
-            added_cond_kwargs=added,
-            return_dict=False,
-            **residuals,
-        )[0]
-        if not plan.classifier_free:
-            return prediction
-        uncond, cond = prediction.chunk(2)
-        return uncond + plan.params.guidance_scale * (cond - uncond)
+        return image.to(self.components.dtype).contiguous(memory_format=torch.channels_last)
 
     def _make_plan(self, params: StreamParams, previous: FramePlan | None = None) -> FramePlan:
         c = self.components
@@ -397,7 +295,17 @@ class StreamPipeline:
             dim = c.unet.config.time_cond_proj_dim
             timestep_cond = guidance_embedding(params.guidance_scale, dim, c.device, c.dtype)
         controlnet_scale = params.controlnet_scale if c.controlnet is not None else 0.0
-        return FramePlan(params, schedule, prompt, negative, classifier_free, timestep_cond, controlnet_scale)
+        return FramePlan(
+            params,
+            schedule,
+            prompt,
+            negative,
+            classifier_free,
+            timestep_cond,
+            controlnet_scale,
+            guidance_tensor=torch.tensor(params.guidance_scale, device=c.device, dtype=c.dtype),
+            controlnet_scale_tensor=torch.tensor(controlnet_scale, device=c.device, dtype=c.dtype),
+        )
 
     def _prompt_transition(self, params: StreamParams, previous: FramePlan | None) -> PromptTransition:
         """The prompt conditioning of new params: the blend of prompt and prompt_b, reached over transition_s from

@@ -16,6 +16,7 @@ import torch
 
 from pipelines import FrameExecutor, StreamPipeline, load_model
 from pipelines import executor as executor_module
+from pipelines.batch import FrameRequest
 from pipelines.params import MODES
 from pipelines.synthetic import moving_pattern
 from server.bench.adaptive import SlowedPipeline
@@ -87,14 +88,14 @@ def test_adaptive_slowdown_doubles_the_model_work_through_the_cpu_executor(tiny,
     hook = tiny.unet.register_forward_pre_hook(lambda *_: unet_calls.append(1))
     try:
         frame = moving_pattern(128, 128, 0)
-        executor.result(executor.submit(pipe, frame))  # warm-up
+        executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0]  # warm-up
         plain_seconds, slowed_seconds = [], []
         for _ in range(3):
             unet_calls.clear()
-            plain = executor.result(executor.submit(pipe, frame))
+            plain = executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0]
             plain_calls = len(unet_calls)
             unet_calls.clear()
-            result = executor.result(executor.submit(slowed, frame))
+            result = executor.result(executor.submit([FrameRequest.of(slowed, frame)]))[0]
             assert len(unet_calls) == 2 * plain_calls
             assert np.array_equal(result.picture, plain.picture)
             plain_seconds.append(plain.model_seconds)

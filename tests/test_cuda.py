@@ -12,6 +12,7 @@ import torch
 from diffusers import LatentConsistencyModelImg2ImgPipeline
 
 from pipelines import FrameExecutor, StreamPipeline, load_model
+from pipelines.batch import FrameRequest
 from pipelines.synthetic import moving_pattern
 
 pytestmark = pytest.mark.cuda
@@ -110,10 +111,10 @@ def test_double_buffering_overlaps_copies_with_compute_and_matches_the_plain_pat
     results, tickets = [], []
     for frame in frames:
         if executor.in_flight == 2:
-            results.append(executor.result(tickets[len(results)]).picture)
-        tickets.append(executor.submit(pipe, frame))
+            results.append(executor.result(tickets[len(results)])[0].picture)
+        tickets.append(executor.submit([FrameRequest.of(pipe, frame)]))
     while len(results) < len(tickets):
-        results.append(executor.result(tickets[len(results)]).picture)
+        results.append(executor.result(tickets[len(results)])[0].picture)
     # Same numbers as one frame at a time (same kernels, same order per frame).
     for frame, picture in zip(frames[-2:], results[-2:], strict=True):
         assert np.abs(pipe(frame).astype(int) - picture).max() <= 1
@@ -134,11 +135,11 @@ def test_the_adaptive_slowdown_shows_in_the_cuda_executors_device_time(sd15_arch
     slowed = SlowedPipeline(pipe, 2)
     executor = FrameExecutor(sd15_arch.device)
     frame = moving_pattern(512, 512, 0)
-    executor.result(executor.submit(pipe, frame))  # warm-up
+    executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0]  # warm-up
     plain_seconds, slowed_seconds = [], []
     for _ in range(5):
-        plain_seconds.append(executor.result(executor.submit(pipe, frame)).model_seconds)
-        slowed_seconds.append(executor.result(executor.submit(slowed, frame)).model_seconds)
+        plain_seconds.append(executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0].model_seconds)
+        slowed_seconds.append(executor.result(executor.submit([FrameRequest.of(slowed, frame)]))[0].model_seconds)
     # Device time between the compute stream's events: a host sleep would leave it unchanged.
     ratio = statistics.median(slowed_seconds) / statistics.median(plain_seconds)
     assert 1.7 <= ratio <= 2.3, (plain_seconds, slowed_seconds)
@@ -151,13 +152,13 @@ def test_the_next_frame_is_launched_and_uploaded_while_the_device_computes(sd15_
     executor = FrameExecutor(sd15_arch_canny.device)
     frame = moving_pattern(512, 512, 0)
     for _ in range(2):  # warm-up: buffers, kernels, the noise of this size
-        executor.result(executor.submit(pipe, frame))
+        executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0]
     first = executor.submit(BusyFirst(pipe, busy_cycles(BUSY_S)), frame)
     start = time.perf_counter()
-    second = executor.submit(pipe, frame)
+    second = executor.submit([FrameRequest.of(pipe, frame)])
     launch_seconds = time.perf_counter() - start
-    executor.result(first)
-    executor.result(second)
+    executor.result(first)[0]
+    executor.result(second)[0]
     # A copy from pageable memory (noise, Canny map) would have waited for the first frame: at least BUSY_S.
     assert launch_seconds < BUSY_S / 2
     timeline = dict(executor.timeline)
@@ -175,9 +176,9 @@ def test_staged_inputs_give_the_pictures_of_the_direct_path(sd15_arch_canny, mod
     pictures, tickets = [], []
     for frame in frames:
         if executor.in_flight == 2:
-            pictures.append(executor.result(tickets[len(pictures)]).picture)
-        tickets.append(executor.submit(staged, frame, (512, 512)))
+            pictures.append(executor.result(tickets[len(pictures)])[0].picture)
+        tickets.append(executor.submit([FrameRequest.of(staged, frame, (512, 512))]))
     while len(pictures) < len(tickets):
-        pictures.append(executor.result(tickets[len(pictures)]).picture)
+        pictures.append(executor.result(tickets[len(pictures)])[0].picture)
     for frame, picture in zip(frames, pictures, strict=True):
         assert np.abs(direct(frame, (512, 512)).astype(int) - picture).max() <= 1

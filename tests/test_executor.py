@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from pipelines import FrameExecutor, StreamPipeline, load_model
+from pipelines.batch import FrameRequest
 from pipelines.conditioning import canny_map
 from pipelines.synthetic import moving_pattern
 
@@ -26,10 +27,10 @@ def test_results_come_back_in_order_identical_to_the_unbuffered_path(tiny, execu
     # Submit ahead: two in flight, collect the oldest, submit the next.
     for frame in frames:
         if executor.in_flight == 2:
-            results.append(executor.result(tickets[len(results)]))
-        tickets.append(executor.submit(pipe, frame))
+            results.append(executor.result(tickets[len(results)])[0])
+        tickets.append(executor.submit([FrameRequest.of(pipe, frame)]))
     while len(results) < len(tickets):
-        results.append(executor.result(tickets[len(results)]))
+        results.append(executor.result(tickets[len(results)])[0])
     assert tickets == list(range(7))
     assert len(results) == len(frames)
     for result, reference in zip(results, expected, strict=True):
@@ -41,41 +42,53 @@ def test_two_viewers_pipelines_share_one_executor(tiny, executor):
     first, second = StreamPipeline(tiny), StreamPipeline(tiny)
     second.update(prompt="a different prompt", seed=9)
     frame = moving_pattern(64, 64, 1)
-    a = executor.submit(first, frame)
-    b = executor.submit(second, frame)
-    assert np.array_equal(executor.result(a).picture, first(frame))
-    assert np.array_equal(executor.result(b).picture, second(frame))
+    a = executor.submit([FrameRequest.of(first, frame)])
+    b = executor.submit([FrameRequest.of(second, frame)])
+    assert np.array_equal(executor.result(a)[0].picture, first(frame))
+    assert np.array_equal(executor.result(b)[0].picture, second(frame))
 
 
 def test_output_size_and_txt2img_go_through_too(tiny, executor):
     pipe = StreamPipeline(tiny)
     pipe.update(mode="txt2img")
-    ticket = executor.submit(pipe, None, size=(64, 64), output_size=(128, 128))
-    assert executor.result(ticket).picture.shape == (128, 128, 3)
+    ticket = executor.submit([FrameRequest.of(pipe, None, size=(64, 64), output_size=(128, 128))])
+    assert executor.result(ticket)[0].picture.shape == (128, 128, 3)
 
 
 def test_out_of_order_collection_and_a_third_frame_in_flight_are_refused(tiny, executor):
     pipe = StreamPipeline(tiny)
     frame = moving_pattern(64, 64, 0)
-    first = executor.submit(pipe, frame)
-    second = executor.submit(pipe, frame)
+    first = executor.submit([FrameRequest.of(pipe, frame)])
+    second = executor.submit([FrameRequest.of(pipe, frame)])
     with pytest.raises(RuntimeError, match="in flight"):
-        executor.submit(pipe, frame)
+        executor.submit([FrameRequest.of(pipe, frame)])
     with pytest.raises(ValueError, match="in order"):
-        executor.result(second)
-    executor.result(first)
-    executor.result(second)
+        executor.result(second)[0]
+    executor.result(first)[0]
+    executor.result(second)[0]
     with pytest.raises(ValueError):
-        executor.result(second)  # each result exactly once
+        executor.result(second)[0]  # each result exactly once
 
 
-def test_an_error_in_one_frame_reaches_its_collector_and_the_next_frame_runs(tiny, executor):
-    pipe = StreamPipeline(tiny)
-    bad = executor.submit(pipe, np.zeros((64, 64), np.uint8))
-    good = executor.submit(pipe, moving_pattern(64, 64, 0))
-    with pytest.raises(ValueError, match="H x W x 3"):
+class FailingPipeline(StreamPipeline):
+    """Its device side fails, as an allocation that does not fit would."""
+
+    def stylise_on_device(self, *args, **kwargs):
+        raise RuntimeError("out of memory (a stand-in)")
+
+
+def test_an_error_in_one_batch_reaches_its_collector_and_the_next_batch_runs(tiny, executor):
+    frame = moving_pattern(64, 64, 0)
+    bad = executor.submit([FrameRequest.of(FailingPipeline(tiny), frame)])
+    good = executor.submit([FrameRequest.of(StreamPipeline(tiny), frame)])
+    with pytest.raises(RuntimeError, match="out of memory"):
         executor.result(bad)
-    assert executor.result(good).picture.shape == (64, 64, 3)
+    assert executor.result(good)[0].picture.shape == (64, 64, 3)
+
+
+def test_a_bad_frame_is_refused_when_it_is_prepared(tiny):
+    with pytest.raises(ValueError, match="H x W x 3"):
+        FrameRequest.of(StreamPipeline(tiny), np.zeros((64, 64), np.uint8))
 
 
 def test_cpu_executor_makes_no_cuda_call(tiny, monkeypatch):
@@ -86,8 +99,8 @@ def test_cpu_executor_makes_no_cuda_call(tiny, monkeypatch):
         monkeypatch.setattr(torch.cuda, name, refuse)
     executor = FrameExecutor(tiny.device)
     try:
-        ticket = executor.submit(StreamPipeline(tiny), moving_pattern(64, 64, 0))
-        assert executor.result(ticket).picture.shape == (64, 64, 3)
+        ticket = executor.submit([FrameRequest.of(StreamPipeline(tiny), moving_pattern(64, 64, 0))])
+        assert executor.result(ticket)[0].picture.shape == (64, 64, 3)
     finally:
         executor.close()
 
@@ -119,7 +132,7 @@ def test_staged_noise_and_canny_maps_give_the_direct_pictures_without_cuda_calls
         # Three frames each: txt2img's noise glides from frame to frame, and each way must draw the same.
         for index in range(3):
             frame = moving_pattern(128, 64, index)
-            result = executor.result(executor.submit(staged, frame, (128, 64), (128, 64)))
+            result = executor.result(executor.submit([FrameRequest.of(staged, frame, (128, 64), (128, 64))]))[0]
             assert np.array_equal(result.picture, direct(frame, (128, 64), (128, 64)))
             if controlnet_scale:
                 assert np.array_equal(result.control_image, canny_map(frame, 100, 200))

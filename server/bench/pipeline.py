@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 
 from pipelines import FrameExecutor, GuidanceKind, ModelComponents, StreamPipeline, load_model
+from pipelines.batch import FrameRequest
 from pipelines.conditioning import canny_map
 from pipelines.params import MODES, steps_that_run
 from pipelines.presets import CONTROLNETS, ScheduleKind
@@ -268,11 +269,11 @@ def compare_double_buffering(components: ModelComponents, args: argparse.Namespa
         start = time.perf_counter()
         for frame in frames:
             if executor.in_flight == 2:
-                executor.result(tickets[collected])
+                executor.result(tickets[collected])[0]
                 collected += 1
-            tickets.append(executor.submit(stream, frame))
+            tickets.append(executor.submit([FrameRequest.of(stream, frame)]))
         for ticket in tickets[collected:]:
-            executor.result(ticket)
+            executor.result(ticket)[0]
         double_buffered = len(frames) / (time.perf_counter() - start)
     finally:
         executor.close()

@@ -1,0 +1,211 @@
+"""The device side of frames as one batch: diffusers' arithmetic, with every per-stream value carried per sample.
+
+Frames of several streams share one UNet call when they share what the call's shape and control flow depend on
+(`batch_key`): the model, the processing size, the mode, the number of steps that run, ControlNet on or off, and
+classifier-free guidance on or off. Everything else rides along per sample: prompt embeddings (mid-transition
+too), timesteps and LCM coefficients (strength), the guidance embedding and scale, the seed's noise, the
+ControlNet image and scale. A single frame is a batch of one, through the same code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from .conditioning import PromptEmbeds, sdxl_time_ids
+
+if TYPE_CHECKING:
+    from .stream import FrameInputs, SeededNoise, StreamPipeline
+
+
+@dataclass(frozen=True)
+class FrameRequest:
+    """One frame of a batch: its pipeline, its prepared host side, and the size its picture leaves at."""
+
+    pipeline: StreamPipeline
+    inputs: FrameInputs
+    output_size: tuple[int, int] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        pipeline: StreamPipeline,
+        frame: Any,
+        size: tuple[int, int] | None = None,
+        output_size: tuple[int, int] | None = None,
+    ) -> FrameRequest:
+        """A request for `frame`, prepared now (its host side: checks, Canny map, noise)."""
+        return cls(pipeline, pipeline.prepare(frame, size), output_size)
+
+
+def batch_key(request: FrameRequest) -> Hashable:
+    """Frames with equal keys can run as one batch."""
+    plan, inputs = request.inputs.plan, request.inputs
+    return (
+        id(request.pipeline.components),
+        inputs.width,
+        inputs.height,
+        plan.txt2img,
+        len(plan.schedule.steps),
+        plan.controlnet_scale > 0,
+        plan.classifier_free,
+    )
+
+
+@torch.inference_mode()
+def stylise_batch(
+    requests: Sequence[FrameRequest], on_device: Sequence[dict[str, torch.Tensor]] | None = None
+) -> list[torch.Tensor]:
+    """Each request's picture, uint8 H x W x 3 at its output size (or the processing size), on the device.
+
+    `on_device`: each request's host tensors already on the device (the double-buffered executor uploads them);
+    without it they are copied here.
+    """
+    if len({batch_key(request) for request in requests}) != 1:
+        raise ValueError("these frames cannot share a batch: model, size, mode, steps, ControlNet or CFG differ")
+    if on_device is None:
+        device = requests[0].pipeline.components.device
+        on_device = [{name: t.to(device) for name, t in r.inputs.host_tensors.items()} for r in requests]
+    images = render_batch(requests, on_device)
+    pictures = []
+    for request, image in zip(requests, images, strict=True):
+        image = image.unsqueeze(0)
+        size = request.output_size
+        if size is not None and image.shape[-2:] != (size[1], size[0]):
+            image = F.interpolate(image, size=(size[1], size[0]), mode="bilinear", align_corners=False)
+        # Rounded as diffusers' numpy_to_pil does.
+        pictures.append((image[0] * 255).round().to(torch.uint8).permute(1, 2, 0))
+    return pictures
+
+
+def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
+    """The float pictures in [0, 1], B x 3 x H x W, before quantisation: the numbered steps of diffusers'
+    pipelines."""
+    pipelines = [request.pipeline for request in requests]
+    plans = [request.inputs.plan for request in requests]
+    first, c = plans[0], pipelines[0].components
+    width, height = requests[0].inputs.width, requests[0].inputs.height
+    guided = first.classifier_free  # the UNet sees [negative..., positive...]: twice the frames
+
+    # 1. Text conditioning, each frame at its own point of its prompt transition.
+    positives = [plan.prompt.at(request.inputs.prompt_progress) for plan, request in zip(plans, requests, strict=True)]
+    embeds = _concat(([plan.negative for plan in plans] if guided else []) + positives)
+
+    # 2. The seeds' noise, and the starting latents: noise (txt2img), or the camera encoded and noised to t0.
+    members = list(zip(pipelines, plans, on_device, strict=True))
+    if first.txt2img:
+        noise = [p._scaled(plan, tensors["noise"].unbind()) for p, plan, tensors in members]
+        latents = _cat([n.first for n in noise])
+    else:
+        noise = [p._noise_for(plan, (height, width)) for p, plan, _ in members]
+        images = _cat([p._to_model_input(tensors["pixels"], width, height) for p, _, tensors in members])
+        latents = _encode(c, images, noise, _per_sample([plan.schedule.noise_sqrt_alpha for plan in plans]))
+
+    # 3. ControlNet: each frame's control image and scale (a batch only holds frames with it on, or off).
+    control = None
+    if first.controlnet_scale > 0:
+        control = _cat([p._control_tensor(tensors["control"]) for p, _, tensors in members])
+        control = _twice(control) if guided else control
+        scales = _per_sample([plan.controlnet_scale_tensor for plan in plans])
+        control = (control, _twice(scales) if guided else scales)
+
+    # 4. Conditions the UNet takes besides the text: the LCM guidance embedding, SDXL's pooled text and size ids.
+    timestep_cond = None
+    if first.timestep_cond is not None:
+        timestep_cond = _cat([plan.timestep_cond for plan in plans])
+        timestep_cond = _twice(timestep_cond) if guided else timestep_cond
+    added = None
+    if c.is_sdxl:
+        count = len(plans) * (2 if guided else 1)
+        time_ids = first.time_ids.get((width, height, count))
+        if time_ids is None:
+            time_ids = first.time_ids[(width, height, count)] = sdxl_time_ids(width, height, count, c.device, c.dtype)
+        added = {"text_embeds": embeds.pooled, "time_ids": time_ids}
+    guidance = _per_sample([plan.guidance_tensor for plan in plans]) if guided else None
+
+    # 5. The LCM steps, each with every frame's own timestep and boundary coefficients.
+    denoised = latents
+    for index, step in enumerate(first.schedule.steps):
+        steps = [plan.schedule.steps[index] for plan in plans]
+        timesteps = torch.stack([s.timestep.reshape(()) for s in steps])
+        model_input = _twice(latents) if guided else latents
+        timesteps = _twice(timesteps) if guided else timesteps
+        prediction = _predict_noise(c, model_input, timesteps, embeds, added, timestep_cond, control)
+        if guided:
+            uncond, cond = prediction.chunk(2)
+            prediction = uncond + guidance * (cond - uncond)
+        coefficient = {name: _per_sample([getattr(s, name) for s in steps]) for name in _COEFFICIENTS}
+        predicted_original = (latents - coefficient["sqrt_beta"] * prediction) / coefficient["sqrt_alpha"]
+        denoised = coefficient["c_out"] * predicted_original + coefficient["c_skip"] * latents
+        if step.is_last:
+            latents = denoised
+        else:
+            latents = coefficient["sqrt_alpha_prev"] * denoised + _cat([n.step_terms[index] for n in noise])
+
+    # 6. Decode.
+    decoded = c.vae.decode(denoised / c.vae.config.scaling_factor).sample
+    return (decoded / 2 + 0.5).clamp(0, 1)
+
+
+_COEFFICIENTS = ("sqrt_alpha", "sqrt_beta", "c_skip", "c_out", "sqrt_alpha_prev")
+
+
+def _encode(c, images: torch.Tensor, noise: list[SeededNoise], sqrt_alpha: torch.Tensor) -> torch.Tensor:
+    encoded = c.vae.encode(images)
+    if c.vae_has_posterior:
+        posterior = encoded.latent_dist
+        latents = posterior.mean + posterior.std * _cat([n.first for n in noise])
+    else:
+        latents = encoded.latents
+    latents = c.vae.config.scaling_factor * latents
+    return sqrt_alpha * latents + _cat([n.start_term for n in noise])
+
+
+def _predict_noise(c, model_input, timesteps, embeds: PromptEmbeds, added, timestep_cond, control) -> torch.Tensor:
+    """The UNet's noise prediction, with the ControlNet's residuals added when one is on."""
+    residuals: dict[str, Any] = {}
+    if control is not None:
+        image, scale = control
+        down, mid = c.controlnet(
+            model_input,
+            timesteps,
+            encoder_hidden_states=embeds.hidden,
+            controlnet_cond=image,
+            conditioning_scale=scale,  # per sample: the residuals are multiplied by it, as by a float
+            guess_mode=False,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )
+        residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+    return c.unet(
+        model_input,
+        timesteps,
+        encoder_hidden_states=embeds.hidden,
+        timestep_cond=timestep_cond,
+        added_cond_kwargs=added,
+        return_dict=False,
+        **residuals,
+    )[0]
+
+
+def _per_sample(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """0-d values of each frame as B x 1 x 1 x 1, to scale each frame's tensors by its own."""
+    return torch.stack([value.reshape(()) for value in values]).reshape(-1, 1, 1, 1)
+
+
+def _cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))
+
+
+def _twice(tensor: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance runs every frame twice: [negatives..., positives...], as diffusers batches it."""
+    return torch.cat([tensor, tensor])
+
+
+def _concat(embeds: Sequence[PromptEmbeds]) -> PromptEmbeds:
+    pooled = None if embeds[0].pooled is None else _cat([e.pooled for e in embeds])
+    return PromptEmbeds(_cat([e.hidden for e in embeds]), pooled)
