@@ -19,7 +19,9 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
 fi
 export LCMLIVE_REQUIRE_GSTREAMER=1
-scripts/bootstrap.sh test,bench
+# Ray Serve for the replica test (tests/test_ray.py): about 20 s and 300 MB more to install, measured here.
+export LCMLIVE_REQUIRE_RAY=1
+scripts/bootstrap.sh test,bench,ray
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 exec .venv/bin/python -m pytest "$@"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -16,7 +17,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from pipelines import ModelComponents, PromptCache, params_json_schema, params_model_for
@@ -43,8 +44,11 @@ OPEN_PATHS = ("/", "/view", "/control", "/client")
 SHUTDOWN_MESSAGE = "the server is shutting down"
 
 
-def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
-    """The ASGI app serving one loaded model to up to `config.max_sessions` streams."""
+def create_app(model: ModelComponents, config: ServerConfig, overrides: Sequence[BaseRoute] = ()) -> Starlette:
+    """The ASGI app serving one loaded model to up to `config.max_sessions` streams.
+
+    `overrides` come before the app's own routes (a Ray Serve replica's /health, /streams and /metrics of all
+    replicas)."""
     engine = Engine(model.device)
     peers = PeerConnections()
     device = model.device.type
@@ -86,27 +90,28 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
                 osc.close()
             await shutdown()
 
+    def health_report() -> dict:
+        return {
+            "status": "ok",
+            "model": model.preset.name,
+            "controlnet": "canny" if model.controlnet is not None else None,
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "streams": len(registry),
+            "publishers": registry.publishers,
+            "viewers": sum(len(stream.viewers) for stream in registry),
+            "controllers": sum(1 for s in sockets if s.role == "control"),
+            "sockets": len(sockets),
+            "max_sessions": config.max_sessions,
+            # What a leak would show first: all return to zero when the last stream ends.
+            "engine_clients": engine.client_count,
+            "peer_connections": len(peers),
+            # Never zero (the server's own, this request's): back to its idle value when sessions end.
+            "tasks": len(asyncio.all_tasks()),
+        }
+
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse(
-            {
-                "status": "ok",
-                "model": model.preset.name,
-                "controlnet": "canny" if model.controlnet is not None else None,
-                "device": str(model.device),
-                "dtype": str(model.dtype).removeprefix("torch."),
-                "streams": len(registry),
-                "publishers": registry.publishers,
-                "viewers": sum(len(stream.viewers) for stream in registry),
-                "controllers": sum(1 for s in sockets if s.role == "control"),
-                "sockets": len(sockets),
-                "max_sessions": config.max_sessions,
-                # What a leak would show first: all return to zero when the last stream ends.
-                "engine_clients": engine.client_count,
-                "peer_connections": len(peers),
-                # Never zero (the server's own, this request's): back to its idle value when sessions end.
-                "tasks": len(asyncio.all_tasks()),
-            }
-        )
+        return JSONResponse(health_report())
 
     async def params_schema(request: Request) -> JSONResponse:
         return JSONResponse(schema)
@@ -119,6 +124,7 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
 
     app = Starlette(
         routes=[
+            *overrides,
             *page_routes(),
             Route("/health", health),
             Route("/params/schema", params_schema),
@@ -151,4 +157,6 @@ def create_app(model: ModelComponents, config: ServerConfig) -> Starlette:
     app.state.sockets = sockets
     app.state.shutdown = shutdown
     app.state.scenes = scenes
+    app.state.metrics = metrics
+    app.state.health_report = health_report
     return app

@@ -25,3 +25,4 @@ class ServerConfig:
     osc_port: int | None = None  # OSC control over UDP; off unless given
     osc_host: str = "127.0.0.1"
     osc_allow: tuple[str, ...] = ()  # senders heard when OSC listens beyond localhost
+    replica: str | None = None  # this server's Ray Serve replica id (`--replicas`), named in stats and /streams

@@ -90,6 +90,11 @@ class StreamRegistry:
         """Streams plus names reserved by publishers that have not sent their offer yet."""
         return len(self._streams) + len(self._reserved)
 
+    @property
+    def names(self) -> list[str]:
+        """The names this server holds: its streams' and its publishers' reservations (what replicas report)."""
+        return sorted(self._streams.keys() | self._reserved)
+
     def get(self, name: str) -> Stream:
         stream = self._streams.get(check_stream_name(name))
         if stream is None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import uvicorn
 
-from pipelines import load_model, resolve_device
+from pipelines import ModelComponents, load_model, resolve_device
 from pipelines.presets import CONTROLNETS, DEFAULT_CUDA_PRESET, OFFLINE_PRESET
 
 from .config import ServerConfig
@@ -120,6 +120,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--metrics-public", action="store_true", help="serve /metrics without the token (a trusted scraper network)"
     )
     parser.add_argument(
+        "--replicas",
+        type=int,
+        metavar="N",
+        help="run N replicas on Ray Serve, each with its own model and engine (one GPU each where the cluster has "
+        "GPUs); needs lcmlive[ray]",
+    )
+    parser.add_argument(
+        "--ray-address", help="with --replicas: join this Ray cluster (default: start one on this machine, loopback)"
+    )
+    parser.add_argument(
         "--bitrate",
         type=int,
         default=DEFAULT_BITRATE_KBPS,
@@ -133,23 +143,15 @@ def main(args: argparse.Namespace) -> int:
     if bool(args.cert) != bool(args.key):
         raise ValueError("--cert and --key go together")
     config = config_from_arguments(args)
-    # aioice logs four lines per connection at INFO: a busy show would bury everything else.
-    logging.getLogger("aioice").setLevel(logging.WARNING)
-    if args.ice_loopback:
-        restrict_ice_to_loopback()
-    device = resolve_device(args.device)
-    model_name = args.model
-    if model_name == "auto":
-        model_name = DEFAULT_CUDA_PRESET if device.type == "cuda" else OFFLINE_PRESET
-    if model_name == OFFLINE_PRESET and device.type != "cuda":
-        print(TINY_BANNER, file=sys.stderr)
     warning = exposure_warning(args.host, args.token)
     if warning:
         log.warning(warning)
-    log.info("loading model %s on %s ...", model_name, device)
-    model = load_model(model_name, device=device, controlnet=args.controlnet, tiny_vae=args.tiny_vae)
-    with_controlnet = f" + {args.controlnet} ControlNet" if args.controlnet else ""
-    log.info("model ready: %s%s (%s)", model_name, with_controlnet, str(model.dtype).removeprefix("torch."))
+    if args.replicas is not None:
+        from .cluster import serve_replicas
+
+        return serve_replicas(args)
+    prepare_media(args)
+    model = load_served_model(args)
     threads = reserve_a_core_for_media(model.device)
     if model.device.type == "cpu":
         log.info("model runs on %d CPU thread(s); one core is left for video coding", threads)
@@ -185,6 +187,29 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
+def prepare_media(args: argparse.Namespace) -> None:
+    """Process-wide WebRTC settings (each Ray Serve replica makes them in its own process)."""
+    # aioice logs four lines per connection at INFO: a busy show would bury everything else.
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    if args.ice_loopback:
+        restrict_ice_to_loopback()
+
+
+def load_served_model(args: argparse.Namespace) -> ModelComponents:
+    """The model the command line asks for, on its device (a Ray Serve replica loads its own)."""
+    device = resolve_device(args.device)
+    model_name = args.model
+    if model_name == "auto":
+        model_name = DEFAULT_CUDA_PRESET if device.type == "cuda" else OFFLINE_PRESET
+    if model_name == OFFLINE_PRESET and device.type != "cuda":
+        print(TINY_BANNER, file=sys.stderr)
+    log.info("loading model %s on %s ...", model_name, device)
+    model = load_model(model_name, device=device, controlnet=args.controlnet, tiny_vae=args.tiny_vae)
+    with_controlnet = f" + {args.controlnet} ControlNet" if args.controlnet else ""
+    log.info("model ready: %s%s (%s)", model_name, with_controlnet, str(model.dtype).removeprefix("torch."))
+    return model
+
+
 def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
     """The server's settings from the command line; ValueError for any that cannot work."""
     for flag in ("max_sessions", "max_viewers", "max_controllers"):
@@ -197,6 +222,12 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         raise ValueError(f"--target-fps must be between 1 and 60, got {args.target_fps}")
     if not 100 <= args.bitrate <= 50_000:
         raise ValueError(f"--bitrate must be between 100 and 50000 kbps, got {args.bitrate}")
+    if args.replicas is not None and args.replicas < 1:
+        raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
+    if args.ray_address is not None and args.replicas is None:
+        raise ValueError("--ray-address goes with --replicas")
+    if args.replicas is not None and args.osc_port is not None:
+        raise ValueError("OSC is not forwarded to Ray Serve replicas yet: leave out --osc-port with --replicas")
     if args.osc_port is not None and not 1 <= args.osc_port <= 65535:
         raise ValueError(f"--osc-port must be a UDP port (1-65535), got {args.osc_port}")
     origins = tuple(origin.rstrip("/") for value in args.allow_origin for origin in value.split(",") if origin)

@@ -174,6 +174,7 @@ class Stream:
         stats = self.last_stats
         return {
             "name": self.name,
+            "replica": self._config.replica,
             "source": self.source_kind,
             "viewers": len(self.viewers),
             "controllers": sum(1 for listener in self.listeners if listener.role == "control"),
@@ -261,7 +262,7 @@ class Stream:
             snapshot["encodes"] = self.picture.encodes  # one per output frame and codec, whatever the viewers
             snapshot["packets_dropped"] = self.picture.packets_dropped  # a viewer's sender fell a frame behind
             self.last_stats = snapshot
-            await self.broadcast({"type": "stats", "stream": self.name, **snapshot})
+            await self.broadcast({"type": "stats", "stream": self.name, "replica": self._config.replica, **snapshot})
 
     def _spawn(self, coroutine, name: str) -> asyncio.Task:
         task = asyncio.create_task(coroutine, name=f"stream-{self.name}-{name}")

@@ -1,0 +1,105 @@
+"""`lcmlive serve --replicas N`: start Ray on this machine (or join `--ray-address`), deploy the replicas behind
+Serve's proxy on `--host:--port`, and stop them all on Ctrl-C, every client told first.
+
+A Ray of this machine alone keeps every Ray server on loopback, whatever `--host` the proxy listens on. Ray 2.60
+still binds one port per replica on all interfaces (Serve's inter-deployment gRPC, hard-coded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+from ..serve import config_from_arguments
+
+log = logging.getLogger("lcmlive")
+
+APP_NAME = "lcmlive"
+# Serve drains a stopping replica's open requests (page sockets included) for at most this long.
+GRACEFUL_SHUTDOWN_SECONDS = 10.0
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from_arguments(args)
+    local = args.ray_address is None
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if local:
+        # Ray takes a non-loopback address as the node's unless told that this is a cluster of one machine.
+        os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    # Imported only now: Ray reads both variables when it is imported.
+    import ray
+    from ray import serve
+    from ray.serve.config import HTTPOptions, ProxyLocation, RequestRouterConfig
+    from ray.serve.schema import LoggingConfig
+
+    from .board import REPORT_INTERVAL_SECONDS, Board
+    from .replica import Replica
+    from .router import ROUTING_STATS_PERIOD_SECONDS, StreamRouter
+
+    if local:
+        # Every replica gets one CPU: with fewer cores than replicas they share, rather than wait for a core.
+        ray.init(address="local", include_dashboard=False, num_cpus=max(os.cpu_count() or 1, args.replicas))
+    else:
+        ray.init(address=args.ray_address)
+    gpus = _replica_gpus(args.device, ray.cluster_resources())
+    # Inside a replica Ray shows only its own GPU, as device "cuda"; with no GPU, the CPU.
+    replica_args = argparse.Namespace(**{**vars(args), "device": "cuda" if gpus else "cpu"})
+    try:
+        serve.start(
+            # One proxy, on the head node: one address for the show, and one router that places every stream.
+            proxy_location=ProxyLocation.HeadOnly,
+            http_options=HTTPOptions(host=args.host, port=args.port, ssl_certfile=args.cert, ssl_keyfile=args.key),
+        )
+        replicas = Replica.options(
+            num_replicas=args.replicas,
+            # Ray sets OMP_NUM_THREADS to num_cpus: one model thread per CPU replica.
+            ray_actor_options={"num_cpus": 1, "num_gpus": gpus},
+            # A page's socket is a request for its whole life; the app keeps its own limits on streams and sockets.
+            max_ongoing_requests=config.max_sessions * (1 + config.max_controllers) + 64,
+            request_router_config=RequestRouterConfig(
+                request_router_class=StreamRouter, request_routing_stats_period_s=ROUTING_STATS_PERIOD_SECONDS
+            ),
+            graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_SECONDS,
+            logging_config=LoggingConfig(enable_access_log=False),
+        ).bind(replica_args, Board.bind())
+        log.info("starting %d replica(s) (%s each) ...", args.replicas, "one GPU" if gpus else "one CPU")
+        serve.run(replicas, name=APP_NAME, route_prefix="/")
+        scheme = "https" if args.cert else "http"
+        shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        query = f"?token={args.token}" if args.token else ""
+        print(f"\n  lcmlive is up: open {scheme}://{shown_host}:{args.port}/{query}\n", file=sys.stderr, flush=True)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        log.info("stopping: every stream ends")
+    finally:
+        _stop(serve, local, REPORT_INTERVAL_SECONDS)
+        if local:
+            ray.shutdown()
+    log.info("stopped: every stream ended")
+    return 0
+
+
+def _replica_gpus(device: str, resources: dict[str, float]) -> int:
+    if device == "cpu":
+        return 0
+    if device.startswith("cuda"):
+        return 1
+    return 1 if resources.get("GPU", 0) >= 1 else 0
+
+
+def _stop(serve, local: bool, report_interval: float) -> None:
+    """Tell the replicas to end their streams (their clients hear `shutting_down`), then delete the application."""
+    application = serve.status().applications.get(APP_NAME)
+    if application is not None:
+        if application.status == "RUNNING":
+            serve.get_deployment_handle("Board", APP_NAME).stop.remote().result()
+            time.sleep(2 * report_interval)  # every replica's next post hears it
+        serve.delete(APP_NAME)
+    if local:
+        serve.shutdown()

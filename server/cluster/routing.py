@@ -1,0 +1,84 @@
+"""Which replica a request goes to: the stream it names, whether it opens that stream, and the placement rule.
+
+Pure logic, no Ray: the Serve request router (router.py) feeds it each replica's reported stream names. A request
+that names a stream some replica holds goes to that replica (a WHEP viewer, a PATCH, a DELETE, a control socket,
+and also a second publisher under a taken name, which that replica refuses with `stream_taken`). A request that
+opens a new stream goes to the replica with the fewest. Everything else (pages, the schema) goes anywhere.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+# Replicas report their streams every ROUTING_STATS_PERIOD_SECONDS (router.py); until a report shows a stream this
+# router placed, the placement itself counts, for this long (several periods, so a busy controller is covered).
+PENDING_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Target:
+    stream: str | None = None  # the stream the request names, if any
+    opens: bool = False  # it publishes a stream (page socket, WHIP POST) rather than use one that runs
+
+
+ANYWHERE = Target()
+
+
+def request_target(scope: Mapping[str, Any]) -> Target:
+    """The stream an ASGI request (as the Serve proxy hands it to the router) is about."""
+    path = scope.get("path", "")
+    if scope.get("type") == "websocket":
+        if path != "/ws":
+            return ANYWHERE
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        name = query.get("stream", [None])[0] or None
+        return Target(name, opens=query.get("role", ["publish"])[0] != "control")
+    parts = path.strip("/").split("/")
+    if len(parts) < 2 or parts[0] not in ("whip", "whep", "streams"):
+        return ANYWHERE
+    opens = parts[0] == "whip" and len(parts) == 2 and scope.get("method") == "POST"
+    return Target(parts[1], opens=opens)
+
+
+class Placement:
+    """Where each stream is: the replicas' reports, plus the streams this router placed that no report shows yet."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._placed: list[tuple[str, str | None, float]] = []  # (replica, stream name or None if generated, when)
+
+    def holder(self, name: str, reported: Mapping[str, Collection[str]]) -> str | None:
+        """The replica that holds `name`, among those reporting; None if none does."""
+        for replica, names in reported.items():
+            if name in names:
+                return replica
+        for replica, placed, _ in self._recent(reported):
+            if placed == name:
+                return replica
+        return None
+
+    def choose(self, target: Target, reported: Mapping[str, Collection[str]]) -> list[list[str]]:
+        """Replica ids to try, in ranks (the first rank preferred). `reported`: each live replica's stream names."""
+        holder = self.holder(target.stream, reported) if target.stream else None
+        if holder is not None:
+            return [[holder]]
+        if not target.opens or not reported:
+            return [sorted(reported)]
+        loads = {replica: len(names) for replica, names in reported.items()}
+        for replica, name, _ in self._recent(reported):
+            if name is None or name not in reported[replica]:
+                loads[replica] += 1
+        # Ties go to the first id: deterministic, and the next placement sees this one's count.
+        ranked = sorted(reported, key=lambda replica: (loads[replica], replica))
+        self._placed.append((ranked[0], target.stream, self._clock()))
+        return [ranked[:1], ranked[1:]]
+
+    def _recent(self, reported: Mapping[str, Collection[str]]) -> list[tuple[str, str | None, float]]:
+        """Placements younger than PENDING_SECONDS on replicas that still report (forgetting the rest)."""
+        now = self._clock()
+        self._placed = [entry for entry in self._placed if now - entry[2] < PENDING_SECONDS]
+        return [entry for entry in self._placed if entry[0] in reported]
