@@ -170,7 +170,10 @@ class LoopbackClient(SocketClient):
             self._tasks.append(asyncio.create_task(consume, name="loopback-consume"))
 
         await self._pc.setLocalDescription(await self._pc.createOffer())
-        await self._ws.send(json.dumps({"type": "offer", "sdp": self._pc.localDescription.sdp}))
+        # A refused socket (stream_taken, server_full) may already be closed: its error is still queued, and the
+        # read below reports it.
+        with contextlib.suppress(websockets.ConnectionClosed):
+            await self._ws.send(json.dumps({"type": "offer", "sdp": self._pc.localDescription.sdp}))
         answer = await self._next_message("answer", timeout=30)
         # The server follows its answer with the effective params; take them here, so that the echo awaited by
         # `send_params` is never mistaken for them.
