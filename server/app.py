@@ -159,4 +159,5 @@ def create_app(model: ModelComponents, config: ServerConfig, overrides: Sequence
     app.state.scenes = scenes
     app.state.metrics = metrics
     app.state.health_report = health_report
+    app.state.osc_port = osc_listener.getsockname()[1] if osc_listener is not None else None
     return app

@@ -226,8 +226,6 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         raise ValueError(f"--replicas must be at least 1, got {args.replicas}")
     if args.ray_address is not None and args.replicas is None:
         raise ValueError("--ray-address goes with --replicas")
-    if args.replicas is not None and args.osc_port is not None:
-        raise ValueError("OSC is not forwarded to Ray Serve replicas yet: leave out --osc-port with --replicas")
     if args.osc_port is not None and not 1 <= args.osc_port <= 65535:
         raise ValueError(f"--osc-port must be a UDP port (1-65535), got {args.osc_port}")
     origins = tuple(origin.rstrip("/") for value in args.allow_origin for origin in value.split(",") if origin)

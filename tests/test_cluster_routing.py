@@ -48,29 +48,40 @@ def test_a_new_stream_goes_to_the_replica_with_the_fewest_and_counts_before_it_i
     clock = Clock()
     placement = Placement(clock)
     reported = {"a": ["one", "two"], "b": ["three"], "c": []}
-    assert placement.choose(Target("x", opens=True), reported) == [["c"], ["b", "a"]]
+    assert placement.choose(Target("x", opens=True), reported, "r1") == [["c"]]
     # Not reported yet, but placed: the next new stream goes elsewhere, and requests for x follow it.
-    assert placement.choose(Target(None, opens=True), reported) == [["b"], ["c", "a"]]
-    assert placement.choose(Target("x"), reported) == [["c"]]
-    # Reported: counted once (c has x; b has three and the unnamed one).
+    assert placement.choose(Target(None, opens=True), reported, "r2") == [["b"]]
+    assert placement.choose(Target("x"), reported, "r3") == [["c"]]
+    # Reported: counted once (c has x; b has three and the unnamed one; a has two).
     reported["c"] = ["x"]
-    assert placement.choose(Target("y", opens=True), reported) == [["c"], ["a", "b"]]
+    assert placement.choose(Target("y", opens=True), reported, "r4") == [["c"]]
     # A placement that no report ever shows (its offer never came) stops counting.
     clock.now += PENDING_SECONDS
-    assert placement.choose(Target("z", opens=True), {"a": [], "b": []})[0] == ["a"]
+    assert placement.choose(Target("z", opens=True), {"a": [], "b": []}, "r5") == [["a"]]
+
+
+def test_a_request_asked_again_keeps_its_replica_and_counts_once():
+    placement = Placement(Clock())
+    reported = {"a": [], "b": []}
+    # Serve asks again when the chosen replica did not tell its queue length in time.
+    assert placement.choose(Target(None, opens=True), reported, "r1") == [["a"]]
+    assert placement.choose(Target(None, opens=True), reported, "r1") == [["a"]]
+    assert placement.choose(Target(None, opens=True), reported, "r2") == [["b"]]
+    # Its replica died meanwhile: placed again among the living.
+    assert placement.choose(Target(None, opens=True), {"b": []}, "r1") == [["b"]]
 
 
 def test_a_stream_that_runs_keeps_its_replica():
     placement = Placement(Clock())
     reported = {"a": ["stage"], "b": []}
-    assert placement.choose(Target("stage"), reported) == [["a"]]
+    assert placement.choose(Target("stage"), reported, "r1") == [["a"]]
     # A second publisher under a taken name goes to its holder, which refuses it (stream_taken).
-    assert placement.choose(Target("stage", opens=True), reported) == [["a"]]
+    assert placement.choose(Target("stage", opens=True), reported, "r2") == [["a"]]
     # Unknown names and requests for no stream go anywhere.
-    assert placement.choose(Target("nobody"), reported) == [["a", "b"]]
-    assert placement.choose(Target(), reported) == [["a", "b"]]
+    assert placement.choose(Target("nobody"), reported, "r3") == [["a", "b"]]
+    assert placement.choose(Target(), reported, "r4") == [["a", "b"]]
     # A dead replica's streams go with it.
-    assert placement.choose(Target("stage"), {"b": []}) == [["b"]]
+    assert placement.choose(Target("stage"), {"b": []}, "r5") == [["b"]]
 
 
 def test_metrics_of_all_replicas_in_one_exposition_with_a_replica_label():

@@ -1,5 +1,5 @@
 """`lcmlive serve --replicas N`: start Ray on this machine (or join `--ray-address`), deploy the replicas behind
-Serve's proxy on `--host:--port`, and stop them all on Ctrl-C, every client told first.
+Serve's proxy on `--host:--port`, relay OSC, and stop them all on Ctrl-C, every client told first.
 
 A Ray of this machine alone keeps every Ray server on loopback, whatever `--host` the proxy listens on. Ray 2.60
 still binds one port per replica on all interfaces (Serve's inter-deployment gRPC, hard-coded).
@@ -14,6 +14,7 @@ import signal
 import sys
 import time
 
+from ..frontends.osc import osc_socket
 from ..serve import config_from_arguments
 
 log = logging.getLogger("lcmlive")
@@ -21,10 +22,13 @@ log = logging.getLogger("lcmlive")
 APP_NAME = "lcmlive"
 # Serve drains a stopping replica's open requests (page sockets included) for at most this long.
 GRACEFUL_SHUTDOWN_SECONDS = 10.0
+STOP_NOTICE_SECONDS = 5.0  # for the board to hear that the show stops
 
 
 def run(args: argparse.Namespace) -> int:
     config = config_from_arguments(args)
+    # Bound first: a port that is taken stops the command before Ray starts.
+    osc_listener = osc_socket(args.osc_host, args.osc_port) if args.osc_port is not None else None
     local = args.ray_address is None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if local:
@@ -37,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ray.serve.schema import LoggingConfig
 
     from .board import REPORT_INTERVAL_SECONDS, Board
+    from .osc_relay import OscRelay
     from .replica import Replica
     from .router import ROUTING_STATS_PERIOD_SECONDS, StreamRouter
 
@@ -46,8 +51,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         ray.init(address=args.ray_address)
     gpus = _replica_gpus(args.device, ray.cluster_resources())
-    # Inside a replica Ray shows only its own GPU, as device "cuda"; with no GPU, the CPU.
-    replica_args = argparse.Namespace(**{**vars(args), "device": "cuda" if gpus else "cpu"})
+    replica_args = argparse.Namespace(
+        **{
+            **vars(args),
+            # Inside a replica Ray shows only its own GPU, as device "cuda"; with no GPU, the CPU.
+            "device": "cuda" if gpus else "cpu",
+            # A replica's OSC port hears only the relay, which sends from this node.
+            "osc_allow": [ray.util.get_node_ip_address()],
+        }
+    )
+    relay = None
     try:
         serve.start(
             # One proxy, on the head node: one address for the show, and one router that places every stream.
@@ -68,6 +81,10 @@ def run(args: argparse.Namespace) -> int:
         ).bind(replica_args, Board.bind())
         log.info("starting %d replica(s) (%s each) ...", args.replicas, "one GPU" if gpus else "one CPU")
         serve.run(replicas, name=APP_NAME, route_prefix="/")
+        if osc_listener is not None:
+            board = serve.get_deployment_handle("Board", APP_NAME)
+            relay = OscRelay(osc_listener, config.osc_allow, lambda: board.reports.remote().result())
+            relay.start()
         scheme = "https" if args.cert else "http"
         shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
         query = f"?token={args.token}" if args.token else ""
@@ -78,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         log.info("stopping: every stream ends")
     finally:
+        if relay is not None:
+            relay.stop()
         _stop(serve, local, REPORT_INTERVAL_SECONDS)
         if local:
             ray.shutdown()
@@ -95,11 +114,14 @@ def _replica_gpus(device: str, resources: dict[str, float]) -> int:
 
 def _stop(serve, local: bool, report_interval: float) -> None:
     """Tell the replicas to end their streams (their clients hear `shutting_down`), then delete the application."""
-    application = serve.status().applications.get(APP_NAME)
-    if application is not None:
-        if application.status == "RUNNING":
-            serve.get_deployment_handle("Board", APP_NAME).stop.remote().result()
+    from ray.exceptions import RayError
+
+    if APP_NAME in serve.status().applications:
+        try:
+            serve.get_deployment_handle("Board", APP_NAME).stop.remote().result(timeout_s=STOP_NOTICE_SECONDS)
             time.sleep(2 * report_interval)  # every replica's next post hears it
+        except (TimeoutError, RayError) as error:  # a board still starting, say: the streams end with their replicas
+            log.warning("could not tell the replicas to end their streams first: %s", error)
         serve.delete(APP_NAME)
     if local:
         serve.shutdown()

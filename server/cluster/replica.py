@@ -40,8 +40,10 @@ class Replica:
         # On a CPU, Ray gives the actor OMP_NUM_THREADS = its num_cpus (launch.py): replicas sharing a machine do
         # not each take every core, as `reserve_a_core_for_media` would have a lone server do.
         model = await asyncio.to_thread(load_served_model, args)
-        # One OSC listener belongs to the whole show, not to each replica (not forwarded yet: serve.py refuses it).
-        config = dataclasses.replace(config_from_arguments(args), replica=self.id, osc_port=None)
+        config = dataclasses.replace(config_from_arguments(args), replica=self.id)
+        if config.osc_port is not None:
+            # The show's OSC port is the relay's (osc_relay.py); this replica hears the relay on a port of its node.
+            config = dataclasses.replace(config, osc_host=self._node, osc_port=0)
         self._app = create_app(model, config, overrides=cluster_routes(self._reports))
         self._reporter = asyncio.create_task(self._report_loop(), name=f"replica-{self.id}-report")
         log.info("replica %s ready on %s (pid %d)", self.id, self._node, os.getpid())
@@ -61,7 +63,13 @@ class Replica:
     def _report(self) -> dict[str, Any]:
         state = self._app.state
         return {
-            "health": {"id": self.id, "node": self._node, "pid": os.getpid(), **state.health_report()},
+            "health": {
+                "id": self.id,
+                "node": self._node,
+                "pid": os.getpid(),
+                "osc_port": state.osc_port,
+                **state.health_report(),
+            },
             "streams": [stream.summary() for stream in state.registry],
             "metrics": state.metrics.exposition().decode(),
         }

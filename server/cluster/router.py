@@ -32,12 +32,13 @@ class StreamRouter(RequestRouter):
     ) -> list[list[RunningReplica]]:
         target = _target_of(pending_request)
         if pending_request is not None:
-            # Ranks of one replica may be full for a moment: retry with Serve's backoff rather than spin.
+            # A rank of one replica that does not answer in time is retried, with Serve's backoff rather than a spin.
             pending_request.routing_context.should_backoff = True
         if target.stream and not target.opens:
             candidate_replicas = await self._wait_for_holder(target.stream, candidate_replicas)
         replicas = {replica.replica_id.unique_id: replica for replica in candidate_replicas}
-        ranks = self._placement.choose(target, _reported(candidate_replicas))
+        request = pending_request.metadata.internal_request_id if pending_request is not None else ""
+        ranks = self._placement.choose(target, _reported(candidate_replicas), request)
         return [[replicas[replica_id] for replica_id in rank] for rank in ranks]
 
     async def _wait_for_holder(self, name: str, candidates: list[RunningReplica]) -> list[RunningReplica]:

@@ -49,7 +49,8 @@ class Placement:
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
-        self._placed: list[tuple[str, str | None, float]] = []  # (replica, stream name or None if generated, when)
+        # request id: (replica, stream name or None if the replica makes one up, when)
+        self._placed: dict[str, tuple[str, str | None, float]] = {}
 
     def holder(self, name: str, reported: Mapping[str, Collection[str]]) -> str | None:
         """The replica that holds `name`, among those reporting; None if none does."""
@@ -61,24 +62,31 @@ class Placement:
                 return replica
         return None
 
-    def choose(self, target: Target, reported: Mapping[str, Collection[str]]) -> list[list[str]]:
-        """Replica ids to try, in ranks (the first rank preferred). `reported`: each live replica's stream names."""
+    def choose(self, target: Target, reported: Mapping[str, Collection[str]], request: str) -> list[list[str]]:
+        """Replica ids to try, in ranks (the first rank preferred). `reported`: each live replica's stream names.
+
+        A stream's request gets its one replica and no second choice: Serve falls back to the next rank when a
+        replica is slow to tell its queue length (under load, past 0.1 s), and it must not open the stream
+        elsewhere; it retries instead, and asks again under the same `request` id, which keeps its placement."""
         holder = self.holder(target.stream, reported) if target.stream else None
         if holder is not None:
             return [[holder]]
         if not target.opens or not reported:
             return [sorted(reported)]
+        recent = self._recent(reported)
+        if request in self._placed and self._placed[request][0] in reported:
+            return [[self._placed[request][0]]]
         loads = {replica: len(names) for replica, names in reported.items()}
-        for replica, name, _ in self._recent(reported):
+        for replica, name, _ in recent:
             if name is None or name not in reported[replica]:
                 loads[replica] += 1
         # Ties go to the first id: deterministic, and the next placement sees this one's count.
-        ranked = sorted(reported, key=lambda replica: (loads[replica], replica))
-        self._placed.append((ranked[0], target.stream, self._clock()))
-        return [ranked[:1], ranked[1:]]
+        chosen = min(reported, key=lambda replica: (loads[replica], replica))
+        self._placed[request] = (chosen, target.stream, self._clock())
+        return [[chosen]]
 
     def _recent(self, reported: Mapping[str, Collection[str]]) -> list[tuple[str, str | None, float]]:
-        """Placements younger than PENDING_SECONDS on replicas that still report (forgetting the rest)."""
+        """Placements younger than PENDING_SECONDS on replicas that still report (forgetting older ones)."""
         now = self._clock()
-        self._placed = [entry for entry in self._placed if now - entry[2] < PENDING_SECONDS]
-        return [entry for entry in self._placed if entry[0] in reported]
+        self._placed = {key: entry for key, entry in self._placed.items() if now - entry[2] < PENDING_SECONDS}
+        return [entry for entry in self._placed.values() if entry[0] in reported]
