@@ -147,20 +147,29 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
             latents = coefficient["sqrt_alpha_prev"] * denoised + _cat([n.step_terms[index] for n in noise])
 
     # 6. Decode.
-    decoded = c.vae.decode(denoised / c.vae.config.scaling_factor).sample
+    decoded = _cat([c.vae.decode(chunk).sample for chunk in _vae_chunks(c, denoised / c.vae.config.scaling_factor)])
     return (decoded / 2 + 0.5).clamp(0, 1)
 
 
 _COEFFICIENTS = ("sqrt_alpha", "sqrt_beta", "c_skip", "c_out", "sqrt_alpha_prev")
 
 
+def _vae_chunks(c, tensor: torch.Tensor) -> list[torch.Tensor]:
+    """How the VAE takes a batch: whole on a GPU; a frame at a time on the CPU, where the VAE's large activations
+    (256 px, batch 4) fall out of cache: measured on the 2-core CPU, one thread, 4 frames at 256 px, the batched
+    decoder took 1.05 s against 0.91 s one frame at a time (and the encoder 0.43 against 0.38), while the UNet
+    batched took 0.78 s against 0.98 s."""
+    return [tensor] if c.device.type != "cpu" else list(tensor.split(1))
+
+
 def _encode(c, images: torch.Tensor, noise: list[SeededNoise], sqrt_alpha: torch.Tensor) -> torch.Tensor:
-    encoded = c.vae.encode(images)
+    encoded = [c.vae.encode(chunk) for chunk in _vae_chunks(c, images)]
     if c.vae_has_posterior:
-        posterior = encoded.latent_dist
-        latents = posterior.mean + posterior.std * _cat([n.first for n in noise])
+        mean = _cat([e.latent_dist.mean for e in encoded])
+        std = _cat([e.latent_dist.std for e in encoded])
+        latents = mean + std * _cat([n.first for n in noise])
     else:
-        latents = encoded.latents
+        latents = _cat([e.latents for e in encoded])
     latents = c.vae.config.scaling_factor * latents
     return sqrt_alpha * latents + _cat([n.start_term for n in noise])
 
