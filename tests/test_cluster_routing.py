@@ -14,8 +14,8 @@ from server.cluster.views import merged_exposition
 from conftest import ROOT
 
 
-def http(method: str, path: str) -> dict:
-    return {"type": "http", "method": method, "path": path, "query_string": b""}
+def http(method: str, path: str, query: bytes = b"") -> dict:
+    return {"type": "http", "method": method, "path": path, "query_string": query}
 
 
 def socket(query: bytes) -> dict:
@@ -32,6 +32,9 @@ def test_the_stream_a_request_names():
     assert request_target(http("POST", "/whep/stage")) == Target("stage")
     assert request_target(http("DELETE", "/whep/stage/xyz")) == Target("stage")
     assert request_target(http("PATCH", "/streams/stage")) == Target("stage")
+    assert request_target(http("POST", "/scenes/calm/recall", b"stream=stage")) == Target("stage")
+    assert request_target(http("PUT", "/scenes/calm", b"stream=stage")) == Target("stage")
+    assert request_target(http("GET", "/scenes")) == Target()
     for anywhere in ("/", "/health", "/streams", "/metrics", "/view/stage", "/client/app.js", "/params/schema"):
         assert request_target(http("GET", anywhere)) == Target(), anywhere
 

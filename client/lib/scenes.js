@@ -77,7 +77,9 @@ export class SceneBar {
     if (!scene || this.stream === null) return;
     try {
       // The server echoes the new params to every socket on the stream, this page's included.
-      await request("POST", `/scenes/${encodeURIComponent(scene.name)}/recall`, { stream: this.stream });
+      await request("POST", `/scenes/${encodeURIComponent(scene.name)}/recall?${streamQuery(this.stream)}`, {
+        stream: this.stream,
+      });
     } catch (err) {
       this.showError(err.code, `Could not recall scene ${scene.name}: ${err.message}`);
     }
@@ -91,7 +93,7 @@ export class SceneBar {
       return;
     }
     try {
-      await request("PUT", `/scenes/${encodeURIComponent(name)}`, { stream: this.stream });
+      await request("PUT", `/scenes/${encodeURIComponent(name)}?${streamQuery(this.stream)}`, { stream: this.stream });
     } catch (err) {
       this.showError(err.code, `Could not save scene ${name}: ${err.message}`);
       return;
@@ -173,4 +175,9 @@ async function request(method, path, body) {
   // Refusals come as {code, message}, refused params as {errors: [{param, message}]}.
   const why = answer.message ?? answer.errors?.map((error) => error.message).join("; ") ?? `HTTP ${response.status}`;
   throw new SceneError(answer.code ?? "scenes", why);
+}
+
+// The stream also goes in the query: behind replicas, only the URL reaches the router that finds its replica.
+function streamQuery(stream) {
+  return new URLSearchParams({ stream }).toString();
 }

@@ -38,6 +38,10 @@ def request_target(scope: Mapping[str, Any]) -> Target:
         name = query.get("stream", [None])[0] or None
         return Target(name, opens=query.get("role", ["publish"])[0] != "control")
     parts = path.strip("/").split("/")
+    if parts[0] == "scenes" and len(parts) >= 2:  # a scene saved from, or recalled on, the stream in the query
+        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        name = query.get("stream", [None])[0] or None
+        return Target(name) if name else ANYWHERE
     if len(parts) < 2 or parts[0] not in ("whip", "whep", "streams"):
         return ANYWHERE
     opens = parts[0] == "whip" and len(parts) == 2 and scope.get("method") == "POST"

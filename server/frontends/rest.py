@@ -52,7 +52,8 @@ def rest_routes(registry: StreamRegistry, scenes: SceneBook) -> list[Route]:
         if isinstance(body, Response):
             return body
         try:
-            stream = registry.get(body.get("stream"))
+            # The stream in the query too: behind the Ray Serve proxy, only the URL reaches the router.
+            stream = registry.get(request.query_params.get("stream") or body.get("stream"))
         except StreamError as error:
             return error_response(error.status, error.code, error.message)
         name = request.path_params["scene"]
