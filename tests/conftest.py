@@ -6,6 +6,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -62,10 +63,16 @@ class LiveServer:
             stderr=subprocess.STDOUT,
             text=True,
         )
+        # Read as it comes: the pipe holds 64 KiB, and a server blocked on a full pipe looks like a server that
+        # hangs (a minute of sessions, a fuzz run or Ray's worker logs fill it).
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, name=f"lcmlive-{self.port}-output", daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"lcmlive serve exited early:\n{self.process.stdout.read()}")
+                self._reader.join(timeout=5)
+                raise RuntimeError(f"lcmlive serve exited early:\n{self.output()}")
             try:
                 self.health()
                 return
@@ -83,16 +90,25 @@ class LiveServer:
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
 
-    def stop(self) -> str:
-        """Ctrl-C the server; returns everything it printed."""
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def output(self) -> str:
+        """Everything the server printed so far."""
+        return "".join(self.lines)
+
+    def stop(self, timeout: float = 20) -> str:
+        """Ctrl-C the server (if it still runs); returns everything it printed."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=timeout)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        return self.process.stdout.read()
+        self._reader.join(timeout=5)
+        return self.output()
 
 
 @pytest.fixture(scope="module")

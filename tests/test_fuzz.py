@@ -13,8 +13,6 @@ import itertools
 import json
 import math
 import re
-import signal
-import subprocess
 import threading
 import time
 import urllib.error
@@ -56,31 +54,6 @@ OFFER_ERROR_CODES = {"bad_sdp", "no_video", "bad_direction", "unsupported_codec"
 LOG_FAILURES = re.compile(r"Traceback|Task exception was never retrieved|Exception in callback|^(ERROR|CRITICAL) ")
 
 
-class LoggedServer(LiveServer):
-    """A LiveServer whose output is read while it runs: a long fuzz run must not fill the pipe and stall it."""
-
-    def __init__(self, *args: str) -> None:
-        super().__init__(*args)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, name="fuzz-server-output", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._reader.join(timeout=5)
-        return "".join(self.lines)
-
-
 class LoopThread:
     """An event loop in a thread of its own: the bystander streams on it while hypothesis runs examples."""
 
@@ -112,7 +85,7 @@ def loop():
 @pytest.fixture(scope="module")
 def server():
     # Room for the streams of examples whose sockets are still closing on the server's side.
-    live = LoggedServer("--max-sessions", "16")
+    live = LiveServer("--max-sessions", "16")
     yield live
     live.stop()
 

@@ -5,13 +5,10 @@ replica's death."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import os
 import signal
-import subprocess
-import threading
 import time
 
 import numpy as np
@@ -46,11 +43,6 @@ def cluster():
     osc_port = free_port()  # a TCP probe; the UDP port of the same number is as free on loopback in practice
     server = LiveServer("--replicas", "2", "--osc-port", str(osc_port))
     server.osc = SimpleUDPClient("127.0.0.1", osc_port)
-    # Ray forwards every worker's log to the server's output (a dead replica alone is a traceback per 0.5 s until
-    # Serve notices): read it as it comes, or the pipe fills and the server blocks on its next line.
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(server.process.stdout), name="cluster-output")
-    reader.start()
     pids = []
     try:
         wait_for(lambda: len(server.health()["replicas"]) == 2, "two replicas")
@@ -58,13 +50,8 @@ def cluster():
         pids = [replica["pid"] for replica in server.health()["replicas"]]
     finally:
         # Serve drains the replicas, then Ray stops a dozen processes with a second's grace each: more than the 20 s
-        # that LiveServer.stop gives one process, on a loaded machine.
-        server.process.send_signal(signal.SIGINT)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.process.wait(timeout=STOP_TIMEOUT)
-        server.stop()
-        reader.join(timeout=STOP_TIMEOUT)
-    output = "".join(lines)
+        # that LiveServer.stop gives one process by default, on a loaded machine.
+        output = server.stop(timeout=STOP_TIMEOUT)
     assert "lcmlive is up" in output and "stopped: every stream ended" in output, output
     # Ray went with the server: no replica process is left.
     for pid in pids:

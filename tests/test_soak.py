@@ -5,10 +5,8 @@ live `lcmlive serve`. It asserts behaviour, not speed; the fps and latency figur
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
-import threading
 
 import pytest
 
@@ -27,38 +25,15 @@ def loopback_ice():
     restrict_ice_to_loopback()
 
 
-class ServerOutput:
-    """Reads the server's output as it comes: the pipe holds 64 KiB, and a server blocked on a full pipe would
-    look like a server that hangs. A minute of sessions logs about that much."""
-
-    def __init__(self, server: LiveServer) -> None:
-        self.lines: list[str] = []
-        self._thread = threading.Thread(target=self._read, args=(server.process.stdout,), daemon=True)
-        self._thread.start()
-
-    def _read(self, stream) -> None:
-        for line in stream:
-            self.lines.append(line)
-
-    def join(self) -> str:
-        self._thread.join(timeout=10)
-        return "".join(self.lines)
-
-
 @pytest.fixture(scope="module")
 def soaked():
     server = LiveServer(*SERVER_FLAGS)
-    output = ServerOutput(server)
-    yield server, output
-    if server.process.poll() is None:
-        server.process.send_signal(signal.SIGINT)
-        server.process.wait(timeout=20)
-    output.join()
-    server.stop()  # the process has ended and its output is read: this only closes what is left
+    yield server
+    server.stop()
 
 
 async def test_streams_hold_and_every_resource_comes_back(soaked):
-    server, output = soaked
+    server = soaked
     config = SoakConfig(server.url, pid=server.process.pid, publishers=3, seconds=60, storm=50, offer_wait=8, settle=30)
     report = await run_soak(config, log=lambda line: print(f"soak: {line}", flush=True))
     text = format_report(report)
@@ -85,9 +60,7 @@ async def test_streams_hold_and_every_resource_comes_back(soaked):
     assert not failed("/health", *RESOURCE_COUNTS, "rss"), text
     assert report["ok"], text
 
-    server.process.send_signal(signal.SIGINT)
-    server.process.wait(timeout=20)
-    log = output.join()
+    log = server.stop()
     # No task of the server died with an unhandled exception along the way.
     for sign in ("Traceback", "exception was never retrieved", "ERROR"):
         assert sign not in log, log
