@@ -27,10 +27,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--adaptive", action="store_true", help="loopback with the model 2x slower half-way: does the rate hold?"
     )
     parser.add_argument(
+        "--streams", help="N streams through the engine, one at a time and batched, for these counts (1,2,4)"
+    )
+    parser.add_argument(
         "--viewers", help="WHIP in, WHEP out: server CPU per frame outside the model for these viewer counts (1,4)"
     )
     parser.add_argument(
-        "--seconds", type=float, help="measured seconds: --e2e 15, --adaptive 40, --viewers 15 per count (default)"
+        "--seconds",
+        type=float,
+        help="measured seconds: --e2e 15, --adaptive 40, --viewers 15 per count, --streams 30 per count (default)",
     )
     parser.add_argument(
         "--target-fps", type=float, help="--adaptive: the target (default: what the largest size just holds)"
@@ -40,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     through_webrtc = args.e2e or args.adaptive or bool(args.viewers)
-    args.size = args.size or (256 if through_webrtc else 512)
-    args.steps = args.steps or (2 if through_webrtc else 4)
+    engine_only = bool(args.streams)
+    args.size = args.size or (256 if through_webrtc or engine_only else 512)
+    args.steps = args.steps or (2 if through_webrtc or engine_only else 4)
     if args.size % 64 or args.size < 64:
         raise SystemExit(f"lcmlive bench: --size must be a positive multiple of 64, got {args.size}")
     if args.frames < 1:
@@ -57,6 +63,11 @@ def main(args: argparse.Namespace) -> int:
 
         args.seconds = args.seconds or 40.0
         result = adaptive.main(args)
+    elif args.streams:
+        from . import streams
+
+        args.seconds = args.seconds or 30.0
+        result = streams.main(args)
     elif args.viewers:
         from . import viewers
 
