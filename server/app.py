@@ -49,7 +49,7 @@ def create_app(model: ModelComponents, config: ServerConfig, overrides: Sequence
 
     `overrides` come before the app's own routes (a Ray Serve replica's /health, /streams and /metrics of all
     replicas)."""
-    engine = Engine(model.device)
+    engine = Engine(model.device, max_batch=config.max_batch)
     peers = PeerConnections()
     device = model.device.type
     session_model = session_params_model(

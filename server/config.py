@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from .engine import DEFAULT_MAX_BATCH
 from .media.encoder import DEFAULT_BITRATE_KBPS
 
 
@@ -15,6 +16,7 @@ class ServerConfig:
     max_viewers: int = 8  # WHEP viewers per stream
     max_controllers: int = 8  # control sockets per stream (they send no offer, so no offer timeout frees them)
     target_fps: float | None = None  # each stream's starting target; None: by device
+    max_batch: int = DEFAULT_MAX_BATCH  # frames of different streams run as one model call
     allow_origins: tuple[str, ...] = ()  # other web origins whose pages may use the server
     offer_timeout: float = 15.0  # a publishing socket that sends no offer in this time is closed
     connect_timeout: float = 30.0  # a peer connection not connected in this time is closed

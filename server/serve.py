@@ -16,7 +16,7 @@ from pipelines import ModelComponents, load_model, resolve_device
 from pipelines.presets import CONTROLNETS, DEFAULT_CUDA_PRESET, OFFLINE_PRESET
 
 from .config import ServerConfig
-from .engine import reserve_a_core_for_media
+from .engine import DEFAULT_MAX_BATCH, reserve_a_core_for_media
 from .media.encoder import DEFAULT_BITRATE_KBPS
 from .media.ice import restrict_ice_to_loopback
 
@@ -94,6 +94,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--target-fps", type=float, help="frame rate each viewer starts with (default 30 on CUDA, 8 on a CPU)"
+    )
+    parser.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        help=f"at most this many streams' frames in one model call (default {DEFAULT_MAX_BATCH}; 1: each alone)",
     )
     parser.add_argument("--cert", help="TLS certificate (PEM): browsers give the camera only to https off localhost")
     parser.add_argument("--key", help="TLS private key (PEM) for --cert")
@@ -220,6 +226,8 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
             raise ValueError(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.target_fps is not None and not 1 <= args.target_fps <= 60:
         raise ValueError(f"--target-fps must be between 1 and 60, got {args.target_fps}")
+    if not 1 <= args.max_batch <= 64:
+        raise ValueError(f"--max-batch must be between 1 and 64, got {args.max_batch}")
     if not 100 <= args.bitrate <= 50_000:
         raise ValueError(f"--bitrate must be between 100 and 50000 kbps, got {args.bitrate}")
     if args.replicas is not None and args.replicas < 1:
@@ -238,6 +246,7 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         max_viewers=args.max_viewers,
         max_controllers=args.max_controllers,
         target_fps=args.target_fps,
+        max_batch=args.max_batch,
         allow_origins=origins,
         offer_timeout=args.offer_timeout,
         connect_timeout=args.connect_timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 
 import numpy as np
@@ -11,6 +12,8 @@ import torch
 from pipelines import StreamPipeline, load_model
 from pipelines.batch import FrameRequest, batch_key, render_batch
 from pipelines.synthetic import moving_pattern
+from server import serve
+from server.app import create_app
 from server.bench.streams import SyntheticStream
 from server.engine import Engine
 
@@ -164,3 +167,12 @@ async def test_max_batch_one_runs_each_frame_on_its_own(tiny_canny):
     streams = [SyntheticStream(tiny_canny, (64, 64)) for _ in range(3)]
     await run_engine(engine, streams, 2.0)
     assert set(sizes) == {1} and all(stream.finished for stream in streams)
+
+
+def test_serve_max_batch_reaches_the_engine_and_a_bad_value_is_refused(tiny):
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    app = create_app(tiny, serve.config_from_arguments(parser.parse_args(["--max-batch", "2"])))
+    assert app.state.engine.max_batch == 2
+    with pytest.raises(ValueError, match="--max-batch must be between 1 and 64, got 0"):
+        serve.config_from_arguments(parser.parse_args(["--max-batch", "0"]))
