@@ -2,7 +2,7 @@
 // the stylised video with its stats and the stream's addresses, and steers it with controls from the schema and
 // the show's scenes.
 
-import { serverIsHealthy, token } from "./lib/access.js";
+import { healthReport, serverIsHealthy, token } from "./lib/access.js";
 import { Retry } from "./lib/backoff.js";
 import { cameraErrorMessage, cameraIdOf, listCameras, openCamera, stopTracks } from "./lib/camera.js";
 import { loadParamSchema, ParamControls } from "./lib/controls.js";
@@ -349,6 +349,16 @@ function exposeTestHook() {
   };
 }
 
+// Which model draws the picture: the offline toy says what it is and is not.
+async function showModelNote() {
+  const health = await healthReport();
+  if (!health?.model) return;
+  const note = byId("model-note");
+  note.textContent = `Model: ${health.model} on ${health.device}` +
+    (health.model_description ? ` — ${health.model_description}` : "");
+  note.hidden = false;
+}
+
 function init() {
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", stop);
@@ -366,6 +376,7 @@ function init() {
   exposeTestHook();
   refreshCameraList();
   loadControls();
+  showModelNote();
 }
 
 init();

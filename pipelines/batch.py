@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .conditioning import PromptEmbeds, sdxl_time_ids
+from .temporal import carry_into_inputs, carry_into_outputs
 
 if TYPE_CHECKING:
     from .stream import FrameInputs, SeededNoise, StreamPipeline
@@ -97,13 +98,18 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
 
     # 2. The seeds' noise, and the starting latents: noise (txt2img), or the camera encoded and noised to t0.
     members = list(zip(pipelines, plans, on_device, strict=True))
+    smoothed = any(request.inputs.smoothing is not None for request in requests)  # temporal.py
     if first.txt2img:
         noise = [p._scaled(plan, tensors["noise"].unbind()) for p, plan, tensors in members]
         latents = _cat([n.first for n in noise])
     else:
         noise = [p._noise_for(plan, (height, width)) for p, plan, _ in members]
         images = _cat([p._to_model_input(tensors["pixels"], width, height) for p, _, tensors in members])
-        latents = _encode(c, images, noise, _per_sample([plan.schedule.noise_sqrt_alpha for plan in plans]))
+        clean = _encode(c, images, noise)
+        if smoothed:
+            noise, clean = carry_into_inputs(requests, on_device, noise, clean)
+        sqrt_alpha = _per_sample([plan.schedule.noise_sqrt_alpha for plan in plans])
+        latents = sqrt_alpha * clean + _cat([n.start_term for n in noise])
 
     # 3. ControlNet: each frame's control image and scale (a batch only holds frames with it on, or off).
     control = None
@@ -146,6 +152,9 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
         else:
             latents = coefficient["sqrt_alpha_prev"] * denoised + _cat([n.step_terms[index] for n in noise])
 
+    if smoothed:
+        denoised = carry_into_outputs(requests, denoised)
+
     # 6. Decode.
     decoded = _cat([c.vae.decode(chunk).sample for chunk in _vae_chunks(c, denoised / c.vae.config.scaling_factor)])
     return (decoded / 2 + 0.5).clamp(0, 1)
@@ -162,7 +171,8 @@ def _vae_chunks(c, tensor: torch.Tensor) -> list[torch.Tensor]:
     return [tensor] if c.device.type != "cpu" else list(tensor.split(1))
 
 
-def _encode(c, images: torch.Tensor, noise: list[SeededNoise], sqrt_alpha: torch.Tensor) -> torch.Tensor:
+def _encode(c, images: torch.Tensor, noise: list[SeededNoise]) -> torch.Tensor:
+    """The clean latents, scaled: the posterior sampled with each seed's draw, where the VAE has one."""
     encoded = [c.vae.encode(chunk) for chunk in _vae_chunks(c, images)]
     if c.vae_has_posterior:
         mean = _cat([e.latent_dist.mean for e in encoded])
@@ -170,8 +180,7 @@ def _encode(c, images: torch.Tensor, noise: list[SeededNoise], sqrt_alpha: torch
         latents = mean + std * _cat([n.first for n in noise])
     else:
         latents = _cat([e.latents for e in encoded])
-    latents = c.vae.config.scaling_factor * latents
-    return sqrt_alpha * latents + _cat([n.start_term for n in noise])
+    return c.vae.config.scaling_factor * latents
 
 
 def _predict_noise(c, model_input, timesteps, embeds: PromptEmbeds, added, timestep_cond, control) -> torch.Tensor:

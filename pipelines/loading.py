@@ -85,9 +85,11 @@ def fuse_lora(parts: dict, lora: str | Path, sdxl: bool = False) -> None:
 
 def _builtin_parts(preset: ModelPreset, device: torch.device, dtype: torch.dtype) -> dict:
     from . import tiny
+    from .toy.model import toy_parts
 
     builders: dict[str, Callable[[], dict]] = {
-        "tiny": tiny.tiny_sd15_parts,
+        "tiny": toy_parts,
+        "tiny-random": tiny.tiny_sd15_parts,
         "tiny-lcm-lora": tiny.tiny_lcm_lora_parts,
         "tiny-sdxl": tiny.tiny_sdxl_parts,
         "tiny-sdxl-lcm-lora": lambda: tiny.tiny_lcm_lora_parts(sdxl=True),
@@ -106,6 +108,10 @@ def _controlnet(kind: str, preset: ModelPreset, parts: dict):
     from . import tiny
 
     sdxl = preset.family == "sdxl"
+    if preset.builtin == "tiny":
+        from .toy.model import toy_controlnet
+
+        return toy_controlnet(parts["unet"])
     if preset.builtin and preset.builtin.startswith("tiny"):
         return tiny.tiny_controlnet(sdxl=sdxl)
     if preset.builtin:  # *-arch: the real shapes, from the UNet's config, random weights
@@ -201,5 +207,5 @@ def unavailable_message(name: str, repos: list[str], cause: BaseException) -> st
         f"  ({first_line})\n"
         f"  Fetch them once on a machine with network access (they land in the Hugging Face cache):\n{fetch}\n"
         f"  or pass a local diffusers folder with --model /path/to/folder.\n"
-        f"  `--model {OFFLINE_PRESET}` runs offline with built-in random weights (noise-like output)."
+        f"  `--model {OFFLINE_PRESET}` runs offline with a toy model that ships in the package."
     )

@@ -97,6 +97,13 @@ class StreamParams(Params):
     seed: WholeNumber = Field(
         0, ge=0, le=2**31 - 1, description="noise seed: the same seed and frame give the same picture"
     )
+    temporal_smoothing: float = Field(
+        0.5,
+        ge=0.0,
+        le=1.0,
+        description="steadier video: noise moves with the picture and the last frame carries over along the "
+        "motion; 0 = off, 1 = strongest (turn it down for fast cuts and fast motion)",
+    )
     mode: Literal["img2img", "txt2img"] = Field(
         "img2img",
         description="img2img restyles the camera; txt2img ignores it and draws new pictures at the target rate",

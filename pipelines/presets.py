@@ -97,7 +97,18 @@ PRESETS: dict[str, ModelPreset] = {
             builtin="tiny",
             default_steps=2,
             default_guidance=8.0,
-            description="built in code, seeded random weights, offline; output is noise-like",
+            description="toy LCM trained in the repository, shipped in the package; offline, shows the camera "
+            "restyled by style words (watercolor, neon, night, pencil, fire, ocean, ...)",
+        ),
+        ModelPreset(
+            name="tiny-random",
+            family="sd15",
+            guidance=GuidanceKind.EMBEDDED,
+            schedule=ScheduleKind.LCM_IMG2IMG,
+            builtin="tiny-random",
+            default_steps=2,
+            default_guidance=8.0,
+            description="built in code, seeded random weights, offline, for parity tests; output is noise-like",
         ),
         ModelPreset(
             name="tiny-lcm-lora",

@@ -27,6 +27,7 @@ from .params import StreamParams, params_model_for
 from .presets import GuidanceKind
 from .prompt_cache import PromptCache
 from .schedule import Schedule, build_schedule, guidance_embedding
+from .temporal import LatentHistory, MotionTracker, Smoothing
 from .transition import PromptTransition, blend
 
 SIZE_MULTIPLE = 64
@@ -114,6 +115,7 @@ class FrameInputs:
     host_tensors: dict[str, torch.Tensor]
     control_image: np.ndarray | None  # the Canny map, for display
     prompt_progress: float = 1.0  # how far through the prompt transition this frame is (read off the clock)
+    smoothing: Smoothing | None = None  # temporal smoothing, when on (img2img): its motion is in host_tensors
 
 
 class StreamPipeline:
@@ -137,6 +139,9 @@ class StreamPipeline:
         self.params_model = params_model_for(components)
         self._update_lock = threading.Lock()
         self._tick = 0  # txt2img frames drawn so far: each one gets new noise
+        self.motion = MotionTracker()  # temporal smoothing: the host side (prepare) ...
+        self.history = LatentHistory()  # ... and the device side (render_batch)
+        self.smoothing_at: Callable[[float], Smoothing] = Smoothing.at  # the knob's techniques (a bench swaps them)
         self._plan = self._make_plan(params or self.params_model())
 
     @property
@@ -187,6 +192,8 @@ class StreamPipeline:
             notes.append("this model takes no guidance: guidance_scale is ignored")
         if plan.txt2img:
             notes.append("txt2img: strength is not used; the camera only feeds the ControlNet, if any")
+            if params.temporal_smoothing > 0:
+                notes.append("temporal_smoothing follows the camera's motion: it has no effect in txt2img")
         elif len(plan.schedule.steps) != params.steps:
             notes.append(f"{len(plan.schedule.steps)} of {params.steps} steps run at this strength")
         return notes
@@ -222,12 +229,20 @@ class StreamPipeline:
         if plan.controlnet_scale > 0:
             control_image = self._canny(plan, frame, width, height)
             host_tensors["control"] = torch.from_numpy(control_image)
+        smoothing = None
         if plan.txt2img:
             host_tensors["noise"] = torch.stack(self._txt2img_draws(plan, (height, width)))
+            self.motion.reset()  # back in img2img, motion starts from that frame, not from one long gone
         else:
             host_tensors["pixels"] = torch.from_numpy(np.ascontiguousarray(frame))
+            if plan.params.temporal_smoothing > 0:
+                smoothing = self.smoothing_at(plan.params.temporal_smoothing)
+                factor = self.components.vae_scale_factor
+                host_tensors.update(self.motion.step(frame, (height // factor, width // factor)))
+            else:
+                self.motion.reset()
         progress = plan.prompt.progress(self.clock())
-        return FrameInputs(plan, width, height, host_tensors, control_image, progress)
+        return FrameInputs(plan, width, height, host_tensors, control_image, progress, smoothing)
 
     def stylise_on_device(
         self,

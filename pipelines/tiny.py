@@ -1,4 +1,4 @@
-"""Models built in code with seeded random weights: `tiny` for tests and offline demos, `*-arch` for GPU timing."""
+"""Models built in code with seeded random weights: `tiny-random` for parity tests, `*-arch` for GPU timing."""
 
 from __future__ import annotations
 
@@ -17,14 +17,23 @@ TEXT_TOKENS = 77
 TINY_TEXT_GAIN = 12.0
 
 
-def offline_tokenizer() -> CLIPTokenizer:
-    """A character-level CLIP tokenizer that needs no vocabulary download: every printable ASCII character."""
+def offline_tokenizer(words: tuple[str, ...] | list[str] = ()) -> CLIPTokenizer:
+    """A CLIP tokenizer that needs no vocabulary download: every printable ASCII character, plus one token for each
+    of `words` (BPE merges that spell it out letter by letter), so that a model can learn those words whole."""
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
     for char in string.printable.strip():
         for token in (char, char + "</w>"):
             vocab.setdefault(token, len(vocab))
+    merges: dict[tuple[str, str], None] = {}  # ordered and without repeats: words may share a beginning
+    for word in words:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        spelled = pieces[0]
+        for piece in pieces[1:]:
+            merges[(spelled, piece)] = None
+            spelled += piece
+            vocab.setdefault(spelled, len(vocab))  # part-merged words ("neons" stops at "neon") need ids too
     # model_max_length is required: without it the pipelines' `encode_prompt` overflows.
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=TEXT_TOKENS)
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=TEXT_TOKENS)
 
 
 def lcm_scheduler() -> LCMScheduler:

@@ -23,9 +23,10 @@ from .media.ice import restrict_ice_to_loopback
 log = logging.getLogger("lcmlive")
 
 TINY_BANNER = f"""\
-  no CUDA device: serving the built-in `{OFFLINE_PRESET}` model (random weights, so the output looks like
-  coloured noise that follows your camera and your prompt). For a real picture, run on a CUDA machine with
-  the weights in the Hugging Face cache, e.g. `hf download SimianLuo/LCM_Dreamshaper_v7` and then
+  no CUDA device: serving the built-in `{OFFLINE_PRESET}` model, a toy trained in this repository. It shows your
+  camera restyled by the style words of the prompt (watercolor, neon, night, pencil, fire, ocean, sepia, ink,
+  pop, negative, ...), softer than the camera; it draws nothing new. For a real picture, run on a CUDA machine
+  with the weights in the Hugging Face cache, e.g. `hf download SimianLuo/LCM_Dreamshaper_v7` and then
   `lcmlive serve --model {DEFAULT_CUDA_PRESET}`."""
 
 

@@ -33,8 +33,15 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def tiny() -> ModelComponents:
-    """The `tiny` preset on the CPU in float32. Shared: tests must not modify its modules."""
+    """The `tiny` preset (the trained toy model) on the CPU in float32. Shared: tests must not modify its modules."""
     return load_model("tiny", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tiny_random() -> ModelComponents:
+    """`tiny-random`: seeded random weights built in code, for tests that compare arithmetic with diffusers' own
+    pipelines built from the same code (`tiny_sd15_parts`)."""
+    return load_model("tiny-random", device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -58,7 +58,7 @@ def run_reference(pipe, **kwargs) -> np.ndarray:
 
 def run_stream(model: str, frame: np.ndarray | None, controlnet: str | None = None, **params) -> np.ndarray:
     pipe = StreamPipeline(load_model(model, device="cpu", controlnet=controlnet))
-    pipe.update(prompt=PROMPT, seed=SEED, **params)
+    pipe.update(prompt=PROMPT, seed=SEED, temporal_smoothing=0.0, **params)
     return pipe.render(frame, size=(WIDTH, HEIGHT))[0].permute(1, 2, 0).numpy()
 
 

@@ -34,11 +34,16 @@ export function streamNameFromPath() {
   return decodeURIComponent(segments.at(-1) ?? "");
 }
 
-export async function serverIsHealthy() {
+// The server's /health report, or null when it cannot be read.
+export async function healthReport() {
   try {
     const response = await fetch("/health", { headers: authHeaders(), cache: "no-store" });
-    return response.ok && (await response.json()).status === "ok";
+    return response.ok ? await response.json() : null;
   } catch {
-    return false;
+    return null;
   }
+}
+
+export async function serverIsHealthy() {
+  return (await healthReport())?.status === "ok";
 }

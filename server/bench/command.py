@@ -1,4 +1,4 @@
-"""`lcmlive bench`: its flags, and which benchmark they pick (pipeline, --e2e, --adaptive, --viewers)."""
+"""`lcmlive bench`: its flags, and which benchmark they pick (pipeline, --e2e, --adaptive, --viewers, --toy)."""
 
 from __future__ import annotations
 
@@ -30,7 +30,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--streams", help="N streams through the engine, one at a time and batched, for these counts (1,2,4)"
     )
     parser.add_argument(
+        "--temporal", action="store_true", help="temporal consistency: warp error, flicker, tracking, per smoothing"
+    )
+    parser.add_argument(
         "--viewers", help="WHIP in, WHEP out: server CPU per frame outside the model for these viewer counts (1,4)"
+    )
+    parser.add_argument(
+        "--toy", action="store_true", help="the toy model's numbers: VAE PSNR, follows the camera, prompt, motion"
     )
     parser.add_argument(
         "--seconds",
@@ -45,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     through_webrtc = args.e2e or args.adaptive or bool(args.viewers)
-    engine_only = bool(args.streams)
+    engine_only = bool(args.streams) or args.temporal
     args.size = args.size or (256 if through_webrtc or engine_only else 512)
     args.steps = args.steps or (2 if through_webrtc or engine_only else 4)
     if args.size % 64 or args.size < 64:
@@ -68,11 +74,19 @@ def main(args: argparse.Namespace) -> int:
 
         args.seconds = args.seconds or 30.0
         result = streams.main(args)
+    elif args.temporal:
+        from . import temporal
+
+        result = temporal.main(args)
     elif args.viewers:
         from . import viewers
 
         args.seconds = args.seconds or 15.0
         result = viewers.main(args)
+    elif args.toy:
+        from . import toy
+
+        result = toy.main(args)
     elif args.e2e:
         from . import e2e
 

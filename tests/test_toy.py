@@ -1,0 +1,77 @@
+"""The toy model (`tiny`): its shipped weights, its training script, and every number of `lcmlive bench --toy`."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.toy.model import CHECKSUMS, WEIGHTS, toy_parts
+from pipelines.toy.styles import STYLES
+from server.bench.toy import BARS, toy_report
+
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def report(tiny) -> dict:
+    return toy_report(tiny)
+
+
+def test_shipped_weights_match_their_checksum():
+    digest, name = CHECKSUMS.read_text().split()
+    assert name == WEIGHTS.name
+    assert hashlib.sha256(WEIGHTS.read_bytes()).hexdigest() == digest
+
+
+def test_style_words_are_whole_tokens(tiny):
+    assert {"watercolor", "neon", "night", "pencil", "fire", "ocean"} <= set(STYLES)
+    tokens = tiny.tokenizer.convert_ids_to_tokens(tiny.tokenizer("Neon lights at NIGHT, watercolor").input_ids)
+    assert {"neon</w>", "night</w>", "watercolor</w>"} <= set(tokens)
+
+
+# The issue's bars that the shipped toy does not reach yet, with what it measured: strict, so that weights that
+# do reach one fail here until this list is updated.
+NOT_YET = {
+    "vae_psnr_synthetic_db": "measured 22.9 dB",
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[name])) if name in NOT_YET else name
+        for name in sorted(BARS)
+    ],
+)
+def test_toy_meets_the_bar(report, name):
+    assert report[name] >= BARS[name], report
+
+
+def test_the_same_prompt_twice_gives_the_same_picture(report):
+    assert report["same_prompt_twice_mean_abs"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason="measured 1.25 px at worst (0.6 and 0.8 px on average): the VAE's detail")
+def test_a_moving_picture_moves_the_output_as_much_as_the_input(report):
+    assert report["pan"]["max_error_px"] <= 1.0, report["pan"]
+
+
+def test_the_training_script_runs_from_scratch_on_a_tiny_budget(tmp_path):
+    out = tmp_path / "toy.safetensors"
+    budget = ["--pictures", "6", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2"]
+    done = subprocess.run(
+        [sys.executable, "-m", "pipelines.toy.train", "--out", str(out), *budget],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "unet step 1" in done.stdout
+    digest, name = (tmp_path / "SHA256SUMS").read_text().split()
+    assert name == out.name and hashlib.sha256(out.read_bytes()).hexdigest() == digest
+    parts = toy_parts(out)
+    assert parts["vae"].config.scaling_factor > 0 and parts["unet"].config.time_cond_proj_dim is not None
