@@ -29,9 +29,10 @@ def distance(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def pipeline_at(components, cache: PromptCache | None = None, **params) -> tuple[StreamPipeline, FakeClock]:
-    """A pipeline that starts at `params` (no transition from the defaults), on a fake clock."""
+    """A pipeline that starts at `params` (no transition from the defaults), on a fake clock; without temporal
+    smoothing, so that each frame shows its own point of the transition and nothing of the last frame."""
     clock = FakeClock()
-    start = params_model_for(components)(steps=2, strength=0.5, **params)
+    start = params_model_for(components)(steps=2, strength=0.5, temporal_smoothing=0.0, **params)
     return StreamPipeline(components, cache, start, clock=clock), clock
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import copy
 import statistics
 import time
 from pathlib import Path
@@ -48,7 +49,12 @@ class SlowedPipeline:
 
     def stylise_on_device(self, *args: Any, **kwargs: Any):
         for _ in range(self._factor - 1):
+            # The reruns work on a copy of the stream's temporal history (their frame would otherwise count as
+            # the last one, and the real run would blend with itself).
+            history = self._pipeline.history
+            self._pipeline.history = copy.copy(history)
             self._pipeline.stylise_on_device(*args, **kwargs)
+            self._pipeline.history = history
         return self._pipeline.stylise_on_device(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
