@@ -43,12 +43,11 @@ class Smoothing:
     def at(cls, level: float) -> Smoothing:
         return cls(moving_noise=level > 0, feedback=FEEDBACK_AT_FULL * level, output_blend=OUTPUT_BLEND_AT_FULL * level)
 
-    @property
-    def carries_latents(self) -> bool:
-        return self.feedback > 0 or self.output_blend > 0
 
-
+# Input feedback is off behind the knob (bench --temporal still measures it): on the toy at 0.2 and 0.4 it lowered
+# the warp error least of the techniques and pushed tracking to 8-12 px, as each frame re-styled the last one's style.
 FEEDBACK_AT_FULL = 0.0
+# At 0.6 alone: warp error -48%, still-camera flicker -55%; at the default level 0.5 the blend is 0.3.
 OUTPUT_BLEND_AT_FULL = 0.6
 
 

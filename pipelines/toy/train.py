@@ -65,7 +65,7 @@ SETTINGS = [
 
 @dataclass(frozen=True)
 class Budget:
-    """How much to train; the defaults are the shipped weights' (about 25 minutes on 2 busy cores)."""
+    """How much to train; the defaults are the shipped weights' (1230 s on 2 cores with other work beside it)."""
 
     pictures: int = 2000
     vae_steps: int = 3000
