@@ -43,8 +43,8 @@ const ui = {
   outputPane: byId("output-pane"),
   controlPane: byId("control-pane"),
   controlVideo: byId("control-video"),
-  showCanny: byId("show-canny"),
-  showCannyLabel: byId("show-canny-label"),
+  showControl: byId("show-control"),
+  showControlLabel: byId("show-control-label"),
   stats: byId("stats"),
   fullscreen: byId("fullscreen"),
   streamPanel: byId("stream-panel"),
@@ -101,14 +101,15 @@ async function loadControls() {
     banner.show(err.code ?? "schema", err.message);
     return;
   }
-  // A ControlNet on the server: offer to show the Canny map it conditions on, on a second video track.
-  app.controlnet = controls.has("controlnet_scale");
-  ui.showCannyLabel.hidden = !app.controlnet;
+  // ControlNets on the server (a scale per kind): offer to show the control image they condition on (the Canny
+  // map, the depth map: the largest scale's, or control_view's), on a second video track.
+  app.controlnet = controls.namesStartingWith("controlnet_scale_").length > 0;
+  ui.showControlLabel.hidden = !app.controlnet;
   updateControlPane();
 }
 
 function updateControlPane() {
-  ui.controlPane.hidden = !(app.controlnet && ui.showCanny.checked);
+  ui.controlPane.hidden = !(app.controlnet && ui.showControl.checked);
 }
 
 // ---- the stream's name and addresses ----
@@ -364,7 +365,7 @@ function init() {
   ui.stop.addEventListener("click", stop);
   ui.camera.addEventListener("change", switchCamera);
   ui.fullscreen.addEventListener("click", toggleFullscreen);
-  ui.showCanny.addEventListener("change", updateControlPane);
+  ui.showControl.addEventListener("change", updateControlPane);
   ui.outputVideo.addEventListener("dblclick", toggleFullscreen);
   document.addEventListener("fullscreenchange", updateFullscreenButton);
   navigator.mediaDevices?.addEventListener("devicechange", refreshCameraList);

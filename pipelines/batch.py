@@ -1,10 +1,10 @@
 """The device side of frames as one batch: diffusers' arithmetic, with every per-stream value carried per sample.
 
 Frames of several streams share one UNet call when they share what the call's shape and control flow depend on
-(`batch_key`): the model, the processing size, the mode, the number of steps that run, ControlNet on or off, and
-classifier-free guidance on or off. Everything else rides along per sample: prompt embeddings (mid-transition
+(`batch_key`): the model, the processing size, the mode, the number of steps that run, which ControlNets run,
+and classifier-free guidance on or off. Everything else rides along per sample: prompt embeddings (mid-transition
 too), timesteps and LCM coefficients (strength), the guidance embedding and scale, the seed's noise, the
-ControlNet image and scale. A single frame is a batch of one, through the same code.
+ControlNet images and scales. A single frame is a batch of one, through the same code.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .conditioning import PromptEmbeds, sdxl_time_ids
+from .params import NO_STYLE
 from .temporal import carry_into_inputs, carry_into_outputs
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ class FrameRequest:
         size: tuple[int, int] | None = None,
         output_size: tuple[int, int] | None = None,
     ) -> FrameRequest:
-        """A request for `frame`, prepared now (its host side: checks, Canny map, noise)."""
+        """A request for `frame`, prepared now (its host side: checks, control images, noise)."""
         return cls(pipeline, pipeline.prepare(frame, size), output_size)
 
 
@@ -52,7 +53,8 @@ def batch_key(request: FrameRequest) -> Hashable:
         inputs.height,
         plan.txt2img,
         len(plan.schedule.steps),
-        plan.controlnet_scale > 0,
+        tuple(plan.control_scales),
+        plan.style,  # a style is a state of the shared UNet: one per call
         plan.classifier_free,
     )
 
@@ -67,7 +69,9 @@ def stylise_batch(
     without it they are copied here.
     """
     if len({batch_key(request) for request in requests}) != 1:
-        raise ValueError("these frames cannot share a batch: model, size, mode, steps, ControlNet or CFG differ")
+        raise ValueError(
+            "these frames cannot share a batch: model, size, mode, steps, ControlNets, style or CFG differ"
+        )
     if on_device is None:
         device = requests[0].pipeline.components.device
         on_device = [{name: t.to(device) for name, t in r.inputs.host_tensors.items()} for r in requests]
@@ -111,13 +115,12 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
         sqrt_alpha = _per_sample([plan.schedule.noise_sqrt_alpha for plan in plans])
         latents = sqrt_alpha * clean + _cat([n.start_term for n in noise])
 
-    # 3. ControlNet: each frame's control image and scale (a batch only holds frames with it on, or off).
-    control = None
-    if first.controlnet_scale > 0:
-        control = _cat([p._control_tensor(tensors["control"]) for p, _, tensors in members])
-        control = _twice(control) if guided else control
-        scales = _per_sample([plan.controlnet_scale_tensor for plan in plans])
-        control = (control, _twice(scales) if guided else scales)
+    # 3. ControlNets: each frame's control images and scales (a batch only holds frames that run the same kinds).
+    controls = []
+    for kind in first.control_scales:
+        image = _cat([p._control_tensor(tensors[f"control_{kind}"]) for p, _, tensors in members])
+        scales = _per_sample([plan.control_scale_tensors[kind] for plan in plans])
+        controls.append((c.controlnets[kind], _twice(image) if guided else image, _twice(scales) if guided else scales))
 
     # 4. Conditions the UNet takes besides the text: the LCM guidance embedding, SDXL's pooled text and size ids.
     timestep_cond = None
@@ -132,6 +135,8 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
             time_ids = first.time_ids[(width, height, count)] = sdxl_time_ids(width, height, count, c.device, c.dtype)
         added = {"text_embeds": embeds.pooled, "time_ids": time_ids}
     guidance = _per_sample([plan.guidance_tensor for plan in plans]) if guided else None
+    if c.styles is not None:  # the batch's style on the shared UNet (a no-op when the last batch had it too)
+        c.styles.activate(*(first.style or (NO_STYLE, 0.0)))
 
     # 5. The LCM steps, each with every frame's own timestep and boundary coefficients.
     denoised = latents
@@ -140,7 +145,7 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
         timesteps = torch.stack([s.timestep.reshape(()) for s in steps])
         model_input = _twice(latents) if guided else latents
         timesteps = _twice(timesteps) if guided else timesteps
-        prediction = _predict_noise(c, model_input, timesteps, embeds, added, timestep_cond, control)
+        prediction = _predict_noise(c, model_input, timesteps, embeds, added, timestep_cond, controls)
         if guided:
             uncond, cond = prediction.chunk(2)
             prediction = uncond + guidance * (cond - uncond)
@@ -183,12 +188,12 @@ def _encode(c, images: torch.Tensor, noise: list[SeededNoise]) -> torch.Tensor:
     return c.vae.config.scaling_factor * latents
 
 
-def _predict_noise(c, model_input, timesteps, embeds: PromptEmbeds, added, timestep_cond, control) -> torch.Tensor:
-    """The UNet's noise prediction, with the ControlNet's residuals added when one is on."""
+def _predict_noise(c, model_input, timesteps, embeds: PromptEmbeds, added, timestep_cond, controls) -> torch.Tensor:
+    """The UNet's noise prediction, with the running ControlNets' residuals added: summed in load order, as
+    diffusers' MultiControlNetModel sums them."""
     residuals: dict[str, Any] = {}
-    if control is not None:
-        image, scale = control
-        down, mid = c.controlnet(
+    for index, (controlnet, image, scale) in enumerate(controls):
+        down, mid = controlnet(
             model_input,
             timesteps,
             encoder_hidden_states=embeds.hidden,
@@ -198,6 +203,9 @@ def _predict_noise(c, model_input, timesteps, embeds: PromptEmbeds, added, times
             added_cond_kwargs=added,
             return_dict=False,
         )
+        if index > 0:
+            down = [total + new for total, new in zip(residuals["down_block_additional_residuals"], down, strict=True)]
+            mid = residuals["mid_block_additional_residual"] + mid
         residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
     return c.unet(
         model_input,

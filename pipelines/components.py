@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, LCMScheduler, UNet2DConditionModel
@@ -10,12 +11,18 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 
 from .presets import ModelPreset
 
+if TYPE_CHECKING:
+    from .control import Preprocessor
+    from .styles import StyleLibrary
+
 
 @dataclass
 class ModelComponents:
-    """UNet, VAE, text encoder(s), tokenizer(s), LCM scheduler and optional ControlNet, ready for inference.
+    """UNet, VAE, text encoder(s), tokenizer(s), LCM scheduler and optional ControlNets, ready for inference.
 
     SDXL-family models have the second text encoder and tokenizer; SD1.5-family models leave them None.
+    `controlnets` and `preprocessors` are keyed by control kind (pipelines/control), in the order they were asked
+    for: the order MultiControlNet sums their residuals in.
     """
 
     preset: ModelPreset
@@ -30,15 +37,28 @@ class ModelComponents:
     model_id: str
     text_encoder_2: CLIPTextModelWithProjection | None = None
     tokenizer_2: CLIPTokenizer | None = None
-    controlnet: ControlNetModel | None = None
+    controlnets: dict[str, ControlNetModel] = field(default_factory=dict)
+    preprocessors: dict[str, Preprocessor] = field(default_factory=dict)
+    styles: StyleLibrary | None = None  # style LoRAs, adapters on the UNet (pipelines/styles.py)
 
     @property
     def is_sdxl(self) -> bool:
         return self.text_encoder_2 is not None
 
     @property
+    def control_kinds(self) -> tuple[str, ...]:
+        """The loaded ControlNet kinds, in load order."""
+        return tuple(self.controlnets)
+
+    @property
+    def style_names(self) -> tuple[str, ...]:
+        """The loaded style LoRAs, without the plain model's `none`."""
+        return () if self.styles is None else self.styles.names
+
+    @property
     def modules(self) -> list[torch.nn.Module]:
-        optional = (self.text_encoder_2, self.controlnet)
+        optional = [self.text_encoder_2, *self.controlnets.values()]
+        optional += [module for preprocessor in self.preprocessors.values() for module in preprocessor.modules]
         return [self.unet, self.vae, self.text_encoder, *(m for m in optional if m is not None)]
 
     @property
@@ -68,7 +88,6 @@ class ModelComponents:
             module.eval()
             module.requires_grad_(False)
         # Channels-last convolutions are faster on both backends: oneDNN on the CPU, tensor cores on CUDA.
-        for module in (self.unet, self.vae, self.controlnet):
-            if module is not None:
-                module.to(memory_format=torch.channels_last)
+        for module in (self.unet, self.vae, *self.controlnets.values()):
+            module.to(memory_format=torch.channels_last)
         return self

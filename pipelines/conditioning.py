@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .components import ModelComponents
@@ -60,11 +59,3 @@ def sdxl_time_ids(width: int, height: int, batch: int, device: torch.device, dty
     """SDXL's micro-conditioning: original size, crop corner (0, 0) and target size, all the processing size."""
     ids = torch.tensor([[height, width, 0, 0, height, width]], dtype=dtype)
     return ids.to(device).repeat(batch, 1)
-
-
-def canny_map(frame: np.ndarray, low: int, high: int) -> np.ndarray:
-    """The Canny edges of an RGB uint8 frame as a 3-channel uint8 image, as the LCM guide prepares it."""
-    import cv2
-
-    edges = cv2.Canny(frame, low, high)
-    return np.repeat(edges[:, :, None], 3, axis=2)

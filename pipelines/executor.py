@@ -187,7 +187,7 @@ class _CudaSlot:
     def __init__(self, device: torch.device, compute: torch.cuda.Stream) -> None:
         self.device = device
         self.compute = compute
-        # Per (frame of the batch, input name: "pixels", "control", "noise"): pinned host and device buffers.
+        # Per (frame of the batch, input name: "pixels", "control_{kind}", "noise"): pinned host and device buffers.
         self.inputs: dict[tuple[int, str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.pinned_out: list[torch.Tensor] = []
         # Timed: the model's own seconds come from the device, not from the host's view of it, and the timeline

@@ -5,15 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .components import ModelComponents
 from .devices import default_dtype, resolve_device
-from .presets import CONTROLNETS, OFFLINE_PRESET, TINY_VAES, GuidanceKind, ModelPreset, ScheduleKind, get_preset
+from .presets import OFFLINE_PRESET, TINY_VAES, GuidanceKind, ModelPreset, ScheduleKind, get_preset
+
+if TYPE_CHECKING:
+    from .control import ControlKind
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +32,22 @@ def load_model(
     model: str = OFFLINE_PRESET,
     device: str | torch.device | None = "auto",
     dtype: torch.dtype | None = None,
-    controlnet: str | None = None,
+    controlnet: str | Sequence[str] | None = None,
     tiny_vae: bool = False,
+    lora_dir: str | Path | None = None,
 ) -> ModelComponents:
     """Load a preset (`tiny`, `lcm-dreamshaper`, ...) or a local diffusers folder onto `device`.
 
-    `controlnet="canny"` adds the Canny ControlNet of the model's family (a tiny one for the built-in models).
+    `controlnet` names ControlNet kinds (pipelines/control): `"canny"`, `"canny,depth"` or a list; each adds its
+    ControlNet of the model's family and its preprocessor (tiny offline ones for the built-in models).
     `tiny_vae` swaps the VAE for TAESD / TAESDXL (random weights of that shape for the built-in models).
+    `lora_dir`: every LoRA file in it becomes a style (pipelines/styles.py), switched per frame.
     """
+    from .control import control_kind, parse_kinds
+
     resolved = resolve_device(device)
     dtype = dtype or default_dtype(resolved)
-    if controlnet is not None and controlnet not in CONTROLNETS:
-        raise ValueError(f"unknown ControlNet {controlnet!r}; known: {', '.join(CONTROLNETS)}")
+    kinds = parse_kinds(controlnet)
     if Path(model).is_dir():
         preset = _preset_for_local_folder(Path(model))
         parts = _pipeline_parts(preset, Path(model), {"local_files_only": True})
@@ -56,12 +63,19 @@ def load_model(
                 preset.repositories,
                 lambda local: _pipeline_parts(preset, preset.repo, {**local, **fetch_args}),
             )
-    if controlnet is not None:
-        parts["controlnet"] = _controlnet(controlnet, preset, parts)
+    parts["controlnets"] = {kind: _controlnet(control_kind(kind), preset, parts) for kind in kinds}
+    builtin = preset.builtin is not None
+    parts["preprocessors"] = {kind: control_kind(kind).load_preprocessor(builtin, resolved, dtype) for kind in kinds}
     if tiny_vae:
         parts["vae"] = _tiny_vae(preset, dtype)
     components = ModelComponents(preset=preset, device=resolved, dtype=dtype, model_id=model, **parts)
-    return components.to(resolved, dtype)
+    components.to(resolved, dtype)
+    if lora_dir is not None:
+        from .styles import StyleLibrary
+
+        # After the move: the adapters take the device and dtype of the layers they attach to.
+        components.styles = StyleLibrary.load(components, lora_dir)
+    return components
 
 
 def fuse_lora(parts: dict, lora: str | Path, sdxl: bool = False) -> None:
@@ -101,8 +115,9 @@ def _builtin_parts(preset: ModelPreset, device: torch.device, dtype: torch.dtype
     return builders[preset.builtin]()
 
 
-def _controlnet(kind: str, preset: ModelPreset, parts: dict):
-    """The ControlNet of `kind` for this model's family: built in code for built-in models, else fetched."""
+def _controlnet(kind: ControlKind, preset: ModelPreset, parts: dict):
+    """The ControlNet of `kind` for this model's family: built in code for built-in models (seeded per kind, so two
+    kinds' stand-ins differ), else fetched."""
     from diffusers import ControlNetModel
 
     from . import tiny
@@ -111,18 +126,19 @@ def _controlnet(kind: str, preset: ModelPreset, parts: dict):
     if preset.builtin == "tiny":
         from .toy.model import toy_controlnet
 
-        return toy_controlnet(parts["unet"])
+        return toy_controlnet(parts["unet"], seed_offset=kind.stand_in_seed)
     if preset.builtin and preset.builtin.startswith("tiny"):
-        return tiny.tiny_controlnet(sdxl=sdxl)
+        return tiny.tiny_controlnet(sdxl=sdxl, seed=tiny.TINY_SEED + 1 + kind.stand_in_seed)
     if preset.builtin:  # *-arch: the real shapes, from the UNet's config, random weights
         unet = parts["unet"]
+        torch.manual_seed(tiny.TINY_SEED + 1 + kind.stand_in_seed)
         with torch.device(unet.device):
             controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
         return controlnet.to(dtype=unet.dtype)
-    repo = CONTROLNETS[kind][preset.family]
+    repo = kind.weights[preset.family]
     dtype = parts["unet"].dtype
     return _fetch(
-        f"{kind} ControlNet", [repo], lambda local: ControlNetModel.from_pretrained(repo, dtype=dtype, **local)
+        f"{kind.name} ControlNet", [repo], lambda local: ControlNetModel.from_pretrained(repo, dtype=dtype, **local)
     )
 
 

@@ -1,6 +1,6 @@
 """Stream parameters as pydantic models: one definition gives the defaults, the validation and the JSON schema.
 
-A model's limits come from its preset (steps, guidance) and its ControlNet, so each loaded model gets its own
+A model's limits come from its preset (steps, guidance) and its ControlNet kinds, so each loaded model gets its own
 params class from `params_model`. Every change is validated whole — unknown names forbidden, types strict (no
 `true` for 1, no "3" for 3), ranges and cross-field rules checked — and refused with `ParamsError`, whose messages
 name the parameter and the allowed range, before anything changes.
@@ -8,6 +8,7 @@ name the parameter and the allowed range, before anything changes.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from .components import ModelComponents
 
 MODES = ("img2img", "txt2img")
+NO_STYLE = "none"  # the `style` of the model alone (a LoRA file called none.* gets another name)
 MAX_PROMPT_LENGTH = 2000
 
 
@@ -110,26 +112,6 @@ class StreamParams(Params):
     )
 
 
-class ControlNetParams(StreamParams):
-    """With a ControlNet loaded: how strongly the camera's edges shape the picture, and how they are found."""
-
-    controlnet_scale: float = Field(
-        0.5, ge=0.0, le=2.0, description="how strongly the camera's edges shape the picture"
-    )
-    canny_low: WholeNumber = Field(100, ge=0, le=500, description="Canny edge detector: lower threshold")
-    canny_high: WholeNumber = Field(200, ge=0, le=500, description="Canny edge detector: upper threshold")
-
-    @model_validator(mode="after")
-    def _thresholds_in_order(self) -> ControlNetParams:
-        if self.canny_low > self.canny_high:
-            raise PydanticCustomError(
-                "canny_order",
-                "canny_low ({low}) must not exceed canny_high ({high})",
-                {"low": self.canny_low, "high": self.canny_high},
-            )
-        return self
-
-
 def steps_that_run(kind: ScheduleKind, steps: int, strength: float | None, origin_steps: int) -> int:
     """How many denoising steps a frame runs, as the diffusers pipeline of `kind` would (0: none at all).
 
@@ -143,12 +125,32 @@ def steps_that_run(kind: ScheduleKind, steps: int, strength: float | None, origi
     return min(int(steps * strength), steps)
 
 
-def params_model(preset: ModelPreset, controlnet: bool = False, origin_steps: int = 50) -> type[StreamParams]:
-    """The params class of one loaded model: its preset's defaults and limits, its ControlNet's params, and the
-    rule that a frame runs at least one step (`origin_steps`: the scheduler's original_inference_steps)."""
+def params_model(
+    preset: ModelPreset, controls: Sequence[str] = (), origin_steps: int = 50, styles: Sequence[str] = ()
+) -> type[StreamParams]:
+    """The params class of one loaded model: its preset's defaults and limits, its ControlNet kinds' params (each
+    kind's own, and its `controlnet_scale_{kind}`), its styles (`style`, `style_scale`), and the rule that a frame
+    runs at least one step (`origin_steps`: the scheduler's original_inference_steps)."""
+    from .control import control_kind
+
     # LCM-LoRA: the guide recommends guidance in [1, 2]; 1 or less turns classifier-free guidance off.
     max_guidance = 2.0 if preset.guidance is GuidanceKind.CLASSIFIER_FREE else 20.0
-    base = ControlNetParams if controlnet else StreamParams
+    kinds = [control_kind(name) for name in controls]
+    bases = (StreamParams, *(kind.params for kind in kinds if kind.params is not None))
+    control_fields: dict[str, Any] = {
+        kind.scale_param: (
+            float,
+            Field(
+                0.5, ge=0.0, le=2.0, description=f"how strongly {kind.reads} shape the picture; 0 skips this ControlNet"
+            ),
+        )
+        for kind in kinds
+    }
+    if len(kinds) > 1:
+        control_fields["control_view"] = (
+            Literal[("auto", *controls)],
+            Field("auto", description="the control image the second video shows; auto: the one with the largest scale"),
+        )
 
     def at_least_one_step(params: StreamParams) -> StreamParams:
         strength = None if params.mode == "txt2img" else params.strength
@@ -167,14 +169,39 @@ def params_model(preset: ModelPreset, controlnet: bool = False, origin_steps: in
             raise PydanticCustomError("no_step", message)
         return params
 
+    style_fields: dict[str, Any] = {}
+    if styles:
+        style_fields["style"] = (
+            Literal[(NO_STYLE, *styles)],
+            Field(NO_STYLE, description="a style LoRA (from --lora-dir); none = the model alone"),
+        )
+        style_fields["style_scale"] = (float, Field(1.0, ge=0.0, le=1.5, description="how strongly the style shows"))
+    validators = {"at_least_one_step": model_validator(mode="after")(at_least_one_step)}
+    if len(kinds) == 1:
+        validators["one_control_scale"] = model_validator(mode="before")(_single_scale_alias(kinds[0].scale_param))
+    base = StreamParams
     return create_model(
         base.__name__,
-        __base__=base,
-        __validators__={"at_least_one_step": model_validator(mode="after")(at_least_one_step)},
+        __base__=bases,
+        __validators__=validators,
         strength=(float, _narrowed(base, "strength", default=preset.default_strength)),
         steps=(WholeNumber, _narrowed(base, "steps", default=preset.default_steps, le=preset.max_steps)),
         guidance_scale=(float, _narrowed(base, "guidance_scale", default=preset.default_guidance, le=max_guidance)),
+        **control_fields,
+        **style_fields,
     )
+
+
+def _single_scale_alias(scale_param: str) -> Callable[[type, Any], Any]:
+    """With one ControlNet kind loaded, `controlnet_scale` (the name from before kinds) sets its scale."""
+
+    def alias(cls: type, data: Any) -> Any:
+        if isinstance(data, dict) and "controlnet_scale" in data:
+            data = {**data, scale_param: data["controlnet_scale"]}
+            del data["controlnet_scale"]
+        return data
+
+    return alias
 
 
 def _narrowed(model: type[BaseModel], name: str, default: Any, le: float | None = None) -> Any:
@@ -186,14 +213,14 @@ def _narrowed(model: type[BaseModel], name: str, default: Any, le: float | None 
 
 
 def params_model_for(components: ModelComponents) -> type[StreamParams]:
-    """The params class of loaded components (their preset, ControlNet and scheduler)."""
+    """The params class of loaded components (their preset, ControlNet kinds and scheduler)."""
     origin_steps = components.scheduler.config.original_inference_steps
-    return params_model(components.preset, components.controlnet is not None, origin_steps)
+    return params_model(components.preset, components.control_kinds, origin_steps, components.style_names)
 
 
-def default_params(preset: ModelPreset, controlnet: bool = False) -> StreamParams:
+def default_params(preset: ModelPreset, controls: Sequence[str] = ()) -> StreamParams:
     """The preset's recommended starting point."""
-    return params_model(preset, controlnet)()
+    return params_model(preset, controls)()
 
 
 def params_json_schema(*models: type[BaseModel]) -> dict[str, Any]:

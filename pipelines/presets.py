@@ -198,11 +198,6 @@ PRESETS: dict[str, ModelPreset] = {
     )
 }
 
-# ControlNets by kind and model family. Only Canny for now, as in the LCM guide.
-CONTROLNETS: dict[str, dict[str, str]] = {
-    "canny": {"sd15": "lllyasviel/control_v11p_sd15_canny", "sdxl": "diffusers/controlnet-canny-sdxl-1.0"},
-}
-
 # Distilled VAEs: encode and decode in a fraction of the full VAE's time, at some cost in detail.
 TINY_VAES: dict[str, str] = {"sd15": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
 

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from .batch import FrameRequest, render_batch, stylise_batch
 from .components import ModelComponents
-from .conditioning import PromptEmbeds, canny_map
-from .params import StreamParams, params_model_for
+from .conditioning import PromptEmbeds
+from .params import NO_STYLE, StreamParams, params_model_for
 from .presets import GuidanceKind
 from .prompt_cache import PromptCache
 from .schedule import Schedule, build_schedule, guidance_embedding
@@ -82,10 +82,14 @@ class FramePlan:
     negative: PromptEmbeds | None  # under classifier-free guidance
     classifier_free: bool
     timestep_cond: torch.Tensor | None
-    controlnet_scale: float  # 0: no ControlNet call at all
+    # The ControlNet kinds that run, with their scales, in load order (MultiControlNet's); a kind at 0 is left out,
+    # so it costs no call at all.
+    control_scales: dict[str, float]
+    control_view: str | None  # the kind whose control image the page's second video shows (None: no image)
+    style: tuple[str, float] | None  # the style LoRA and its scale; None: the model alone (also at scale 0)
     # On the device in the model's dtype, so that a batch stacks them without a copy from the host per frame.
     guidance_tensor: torch.Tensor
-    controlnet_scale_tensor: torch.Tensor
+    control_scale_tensors: dict[str, torch.Tensor]
     noise: dict[tuple[int, int], SeededNoise] = field(default_factory=dict)
     time_ids: dict[tuple[int, int, int], torch.Tensor] = field(default_factory=dict)  # (width, height, batch)
     draws: dict[tuple[int, tuple[int, int]], list[torch.Tensor]] = field(default_factory=dict)  # txt2img, host
@@ -93,6 +97,11 @@ class FramePlan:
     @property
     def txt2img(self) -> bool:
         return self.params.mode == "txt2img"
+
+    @property
+    def preprocessed_kinds(self) -> tuple[str, ...]:
+        """The kinds whose control image a frame needs: those that run, and the one on view."""
+        return tuple(dict.fromkeys([*self.control_scales, *([self.control_view] if self.control_view else [])]))
 
     @property
     def batch(self) -> int:
@@ -103,17 +112,18 @@ class FramePlan:
 class FrameInputs:
     """One frame's host side, made before any device work (see `StreamPipeline.prepare`).
 
-    `host_tensors` are what the device side reads: "pixels" (the camera frame, uint8 H x W x 3), "control" (its
-    Canny map, uint8 H x W x 3), "noise" (txt2img: this frame's draws, stacked). On CUDA the double-buffered
-    executor uploads them from pinned memory while the previous frame computes: a copy from pageable memory would
-    wait for the device, and the next frame could not be launched before the last one finished.
+    `host_tensors` are what the device side reads: "pixels" (the camera frame, uint8 H x W x 3), "control_{kind}"
+    (each running ControlNet's control image, uint8 H x W x 3), "noise" (txt2img: this frame's draws, stacked). On
+    CUDA the double-buffered executor uploads them from pinned memory while the previous frame computes: a copy from
+    pageable memory would wait for the device, and the next frame could not be launched before the last one
+    finished.
     """
 
     plan: FramePlan
     width: int
     height: int
     host_tensors: dict[str, torch.Tensor]
-    control_image: np.ndarray | None  # the Canny map, for display
+    control_image: np.ndarray | None  # the control image on view (FramePlan.control_view), for display
     prompt_progress: float = 1.0  # how far through the prompt transition this frame is (read off the clock)
     smoothing: Smoothing | None = None  # temporal smoothing, when on (img2img): its motion is in host_tensors
 
@@ -150,7 +160,7 @@ class StreamPipeline:
 
     @property
     def uses_controlnet(self) -> bool:
-        return self._plan.controlnet_scale > 0
+        return bool(self._plan.control_scales)
 
     @property
     def classifier_free(self) -> bool:
@@ -165,7 +175,7 @@ class StreamPipeline:
     @property
     def needs_frame(self) -> bool:
         """False in txt2img without ControlNet: the camera is not looked at."""
-        return not self._plan.txt2img or self._plan.controlnet_scale > 0
+        return not self._plan.txt2img or bool(self._plan.control_scales)
 
     def effective_params(self) -> dict[str, Any]:
         return self.params.as_dict()
@@ -209,13 +219,13 @@ class StreamPipeline:
         return self.stylise_on_device(self.prepare(frame, size), output_size).cpu().numpy()
 
     def prepare(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> FrameInputs:
-        """The host side of one frame: checks, the plan and processing size, the Canny map, txt2img's noise.
+        """The host side of one frame: checks, the plan and processing size, the control images, txt2img's noise.
 
         `frame` may be None only in txt2img mode without ControlNet, and then `size` is required.
         """
         plan = self._plan  # one plan for the whole frame, whatever `update` does meanwhile
         if frame is None:
-            if not plan.txt2img or plan.controlnet_scale > 0:
+            if not plan.txt2img or plan.control_scales:
                 raise ValueError("this mode needs a camera frame")
             if size is None:
                 raise ValueError("without a frame, the processing size must be given")
@@ -225,10 +235,10 @@ class StreamPipeline:
         if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width <= 0 or height <= 0:
             raise ValueError(f"processing size must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}")
         host_tensors: dict[str, torch.Tensor] = {}
-        control_image = None
-        if plan.controlnet_scale > 0:
-            control_image = self._canny(plan, frame, width, height)
-            host_tensors["control"] = torch.from_numpy(control_image)
+        control_images = self._control_images(plan, frame, width, height) if frame is not None else {}
+        for kind in plan.control_scales:
+            host_tensors[f"control_{kind}"] = torch.from_numpy(control_images[kind])
+        control_image = control_images.get(plan.control_view)
         smoothing = None
         if plan.txt2img:
             host_tensors["noise"] = torch.stack(self._txt2img_draws(plan, (height, width)))
@@ -276,19 +286,22 @@ class StreamPipeline:
         image = image.contiguous(memory_format=torch.channels_last)
         return (2.0 * image - 1.0).to(c.dtype)
 
-    @staticmethod
-    def _canny(plan: FramePlan, frame: np.ndarray, width: int, height: int) -> np.ndarray:
-        """The frame's Canny map at the processing size, uint8 H x W x 3."""
+    def _control_images(self, plan: FramePlan, frame: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
+        """The control image of each kind the frame needs, at the processing size, uint8 H x W x 3."""
+        kinds = plan.preprocessed_kinds
+        if not kinds:
+            return {}
         import cv2
 
         if frame.shape[:2] != (height, width):
             frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
-        return canny_map(frame, plan.params.canny_low, plan.params.canny_high)
+        preprocessors = self.components.preprocessors
+        return {kind: preprocessors[kind](frame, plan.params) for kind in kinds}
 
-    def _control_tensor(self, edges: torch.Tensor) -> torch.Tensor:
-        """The Canny map (uint8 on the device) in [0, 1], unnormalised, as diffusers' control image processor
+    def _control_tensor(self, control: torch.Tensor) -> torch.Tensor:
+        """A control image (uint8 on the device) in [0, 1], unnormalised, as diffusers' control image processor
         leaves it."""
-        image = edges.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
+        image = control.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
         return image.to(self.components.dtype).contiguous(memory_format=torch.channels_last)
 
     def _make_plan(self, params: StreamParams, previous: FramePlan | None = None) -> FramePlan:
@@ -309,7 +322,7 @@ class StreamPipeline:
         if c.has_guidance_embedding:
             dim = c.unet.config.time_cond_proj_dim
             timestep_cond = guidance_embedding(params.guidance_scale, dim, c.device, c.dtype)
-        controlnet_scale = params.controlnet_scale if c.controlnet is not None else 0.0
+        control_scales = control_scales_of(params, c.control_kinds)
         return FramePlan(
             params,
             schedule,
@@ -317,9 +330,13 @@ class StreamPipeline:
             negative,
             classifier_free,
             timestep_cond,
-            controlnet_scale,
+            control_scales,
+            control_view_of(params, c.control_kinds, control_scales),
+            style_of(params),
             guidance_tensor=torch.tensor(params.guidance_scale, device=c.device, dtype=c.dtype),
-            controlnet_scale_tensor=torch.tensor(controlnet_scale, device=c.device, dtype=c.dtype),
+            control_scale_tensors={
+                kind: torch.tensor(scale, device=c.device, dtype=c.dtype) for kind, scale in control_scales.items()
+            },
         )
 
     def _prompt_transition(self, params: StreamParams, previous: FramePlan | None) -> PromptTransition:
@@ -409,3 +426,24 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
         return ((1 - t) * a32 + t * b32).to(a.dtype)
     sin = torch.sin(angle)
     return ((torch.sin((1 - t) * angle) / sin) * a32 + (torch.sin(t * angle) / sin) * b32).to(a.dtype)
+
+
+def control_scales_of(params: StreamParams, kinds: tuple[str, ...]) -> dict[str, float]:
+    """The scale of each loaded kind that runs (scale > 0), in load order."""
+    scales = {kind: getattr(params, f"controlnet_scale_{kind}") for kind in kinds}
+    return {kind: scale for kind, scale in scales.items() if scale > 0}
+
+
+def control_view_of(params: StreamParams, kinds: tuple[str, ...], scales: dict[str, float]) -> str | None:
+    """The kind the control view shows: the one `control_view` names, else the running one with the largest scale
+    (the first loaded on a tie); None when none runs."""
+    named = getattr(params, "control_view", "auto")
+    if named != "auto":
+        return named
+    return max(scales, key=lambda kind: (scales[kind], -kinds.index(kind)), default=None)
+
+
+def style_of(params: StreamParams) -> tuple[str, float] | None:
+    """The style a frame runs with, or None for the model alone (no styles loaded, `none`, or scale 0)."""
+    style, scale = getattr(params, "style", NO_STYLE), getattr(params, "style_scale", 0.0)
+    return None if style == NO_STYLE or scale == 0 else (style, scale)

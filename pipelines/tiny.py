@@ -178,14 +178,20 @@ def tiny_sdxl_parts(guidance_embedding: bool = True, seed: int = TINY_SEED) -> d
     }
 
 
-def save_tiny_lora(directory: str | Path, seed: int = 1, rank: int = 4, sdxl: bool = False) -> Path:
-    """Write a random LoRA for the tiny base UNet in the diffusers format that `load_lora_weights` reads."""
+def save_tiny_lora(
+    directory: str | Path, seed: int = 1, rank: int = 4, sdxl: bool = False, unet: UNet2DConditionModel | None = None
+) -> Path:
+    """Write a random LoRA in the diffusers format that `load_lora_weights` reads, to
+    `directory/pytorch_lora_weights.safetensors`: for the tiny base UNet, or for `unet` (left as it is: the LoRA is
+    drawn on a copy)."""
+    import copy
+
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
 
-    unet = tiny_unet(guidance_embedding=False, sdxl=sdxl)
+    unet = tiny_unet(guidance_embedding=False, sdxl=sdxl) if unet is None else copy.deepcopy(unet)
     torch.manual_seed(seed)
     # init_lora_weights=False draws both LoRA matrices at random, so the adapter really changes the output.
     unet.add_adapter(

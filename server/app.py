@@ -95,7 +95,7 @@ def create_app(model: ModelComponents, config: ServerConfig, overrides: Sequence
             "status": "ok",
             "model": model.preset.name,
             "model_description": model.preset.description,  # the page shows it (the offline toy says what it is)
-            "controlnet": "canny" if model.controlnet is not None else None,
+            "controlnet": list(model.control_kinds),
             "device": str(model.device),
             "dtype": str(model.dtype).removeprefix("torch."),
             "streams": len(registry),

@@ -126,7 +126,7 @@ class StreamRegistry:
         stats = SessionStats(metrics=self.metrics.for_stream(name))
         bitrate = self.config.bitrate_kbps
         picture = Feed(f"{name}-picture", stats, bitrate)
-        control = Feed(f"{name}-control", None, bitrate) if model.controlnet is not None else None
+        control = Feed(f"{name}-control", None, bitrate) if model.controlnets else None
         worker = StreamWorker(
             pipeline,
             picture,

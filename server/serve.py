@@ -13,7 +13,8 @@ from pathlib import Path
 import uvicorn
 
 from pipelines import ModelComponents, load_model, resolve_device
-from pipelines.presets import CONTROLNETS, DEFAULT_CUDA_PRESET, OFFLINE_PRESET
+from pipelines.control import CONTROL_KINDS, parse_kinds
+from pipelines.presets import DEFAULT_CUDA_PRESET, OFFLINE_PRESET
 
 from .config import ServerConfig
 from .engine import DEFAULT_MAX_BATCH, reserve_a_core_for_media
@@ -47,7 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument(
-        "--controlnet", choices=sorted(CONTROLNETS), help="add a ControlNet of the model's family (canny)"
+        "--controlnet",
+        type=_control_kinds,
+        default=(),
+        help=f"ControlNets of the model's family, comma-separated: {', '.join(CONTROL_KINDS)} (e.g. canny,depth); "
+        "each stream sets how much each one shapes its picture",
     )
     parser.add_argument(
         "--tiny-vae", action="store_true", help="TAESD / TAESDXL instead of the full VAE: faster, a little softer"
@@ -202,6 +207,14 @@ def prepare_media(args: argparse.Namespace) -> None:
         restrict_ice_to_loopback()
 
 
+def _control_kinds(text: str) -> tuple[str, ...]:
+    """`--controlnet canny,depth`: argparse turns the ValueError of an unknown kind into a usage error."""
+    try:
+        return parse_kinds(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def load_served_model(args: argparse.Namespace) -> ModelComponents:
     """The model the command line asks for, on its device (a Ray Serve replica loads its own)."""
     device = resolve_device(args.device)
@@ -212,7 +225,7 @@ def load_served_model(args: argparse.Namespace) -> ModelComponents:
         print(TINY_BANNER, file=sys.stderr)
     log.info("loading model %s on %s ...", model_name, device)
     model = load_model(model_name, device=device, controlnet=args.controlnet, tiny_vae=args.tiny_vae)
-    with_controlnet = f" + {args.controlnet} ControlNet" if args.controlnet else ""
+    with_controlnet = f" + {' + '.join(args.controlnet)} ControlNet" if args.controlnet else ""
     log.info("model ready: %s%s (%s)", model_name, with_controlnet, str(model.dtype).removeprefix("torch."))
     return model
 

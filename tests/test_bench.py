@@ -123,7 +123,7 @@ def test_the_guides_way_and_the_stream_pipeline_do_equal_work(model):
 
     hooks = [
         components.unet.register_forward_pre_hook(count("unet"), with_kwargs=True),
-        components.controlnet.register_forward_pre_hook(count("controlnet"), with_kwargs=True),
+        components.controlnets["canny"].register_forward_pre_hook(count("controlnet"), with_kwargs=True),
     ]
     frame = moving_pattern(64, 64, 0)
     try:

@@ -271,8 +271,8 @@ def test_chromium_shows_the_canny_map_and_switches_to_txt2img(page: sync_api.Pag
     server = LiveServer("--controlnet", "canny")
     try:
         open_page(page, f"{server.url}/")
-        page.locator("#show-canny-label").wait_for(state="visible")
-        page.check("#show-canny")
+        page.locator("#show-control-label").wait_for(state="visible")
+        page.check("#show-control")
         assert page.locator("#control-pane").is_visible()
         start_and_wait_for_video(page)
         page.wait_for_function(

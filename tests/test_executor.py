@@ -8,7 +8,7 @@ import torch
 
 from pipelines import FrameExecutor, StreamPipeline, load_model
 from pipelines.batch import FrameRequest
-from pipelines.conditioning import canny_map
+from pipelines.control.canny import canny_map
 from pipelines.synthetic import moving_pattern
 
 

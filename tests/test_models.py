@@ -42,13 +42,16 @@ def test_sdxl_arch_has_the_real_sdxl_shapes():
     assert parts["unet"].config.addition_embed_type == "text_time"
 
 
-def test_tiny_sdxl_and_controlnet_build_offline():
-    components = load_model("tiny-sdxl", device="cpu", controlnet="canny")
-    assert components.is_sdxl and components.controlnet is not None
+def test_tiny_sdxl_and_controlnets_build_offline():
+    components = load_model("tiny-sdxl", device="cpu", controlnet="canny,depth")
+    assert components.is_sdxl and components.control_kinds == ("canny", "depth")
+    canny, depth = components.controlnets.values()
+    first_layers = [net.controlnet_cond_embedding.conv_in.weight for net in (canny, depth)]
+    assert not torch.equal(*first_layers)  # each kind's stand-in seeded on its own
     assert components.text_encoder_2.config.projection_dim == 32
     assert components.unet.config.projection_class_embeddings_input_dim == 6 * 8 + 32
-    with pytest.raises(ValueError, match="unknown ControlNet"):
-        load_model("tiny", device="cpu", controlnet="depth")
+    with pytest.raises(ValueError, match="unknown ControlNet kind 'segmentation'; known: canny, depth"):
+        load_model("tiny", device="cpu", controlnet="segmentation")
 
 
 def test_missing_weights_give_one_clear_message(monkeypatch, tmp_path):

@@ -16,7 +16,8 @@ from server.session_params import session_params_model
 
 TINY = params_model(PRESETS["tiny"])  # SD1.5 LCM UNet: guidance through the w-embedding, steps up to 4
 LORA = params_model(PRESETS["lcm-lora-sd15"])  # classifier-free guidance: up to 2; int(steps x strength) steps
-CONTROLNET = params_model(PRESETS["tiny"], controlnet=True)
+CONTROLNET = params_model(PRESETS["tiny"], ("canny",))
+CANNY_SCALE = "controlnet_scale_canny must be"
 SESSION = session_params_model(256, 8.0)
 
 
@@ -49,7 +50,9 @@ def refusal(model, changes: dict) -> list[tuple[str | None, str]]:
         (TINY, {"prompt": "x" * 2001}, "prompt", "prompt is 2001 characters; the limit is 2000"),
         (TINY, {"mode": "video"}, "mode", "mode must be one of img2img, txt2img; got 'video'"),
         (TINY, {"controlnet_scale": 1}, "controlnet_scale", "unknown parameter"),  # no ControlNet loaded
-        (CONTROLNET, {"controlnet_scale": 2.5}, "controlnet_scale", "controlnet_scale must be between 0.0 and 2.0"),
+        (CONTROLNET, {"controlnet_scale_canny": 2.5}, "controlnet_scale_canny", f"{CANNY_SCALE} between 0.0 and 2.0"),
+        # With one kind loaded, the name from before kinds sets its scale (and is checked as it).
+        (CONTROLNET, {"controlnet_scale": 2.5}, "controlnet_scale_canny", f"{CANNY_SCALE} between 0.0 and 2.0"),
         (CONTROLNET, {"canny_high": 501}, "canny_high", "canny_high must be between 0 and 500"),
         (CONTROLNET, {"canny_low": 300, "canny_high": 200}, None, "canny_low (300) must not exceed canny_high (200)"),
         (SESSION, {"target_fps": 0}, "target_fps", "target_fps must be between 1.0 and 60.0"),

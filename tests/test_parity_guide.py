@@ -16,7 +16,7 @@ from diffusers import (
 )
 
 from pipelines import StreamPipeline, load_model
-from pipelines.conditioning import canny_map
+from pipelines.control.canny import canny_map
 from pipelines.synthetic import moving_pattern
 from pipelines.tiny import save_tiny_lora, tiny_controlnet, tiny_sd15_parts, tiny_sdxl_parts
 

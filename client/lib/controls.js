@@ -66,6 +66,11 @@ export class ParamControls {
     return this.controls.has(name);
   }
 
+  // Names of the controls that start with `prefix` (e.g. every ControlNet kind's scale).
+  namesStartingWith(prefix) {
+    return [...this.controls.keys()].filter((name) => name.startsWith(prefix));
+  }
+
   // What the controls show, to send with a new session.
   values() {
     const values = {};

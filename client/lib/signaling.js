@@ -1,6 +1,6 @@
 // Publishing the camera as a named stream: the /ws socket plus one peer connection that sends the camera and
-// receives the stylised picture (and, when asked for, the Canny map on a second video track). The session ends
-// when its socket closes; the page decides whether to open another.
+// receives the stylised picture (and, when asked for, the control image — Canny or depth map — on a second video
+// track). The session ends when its socket closes; the page decides whether to open another.
 
 import { iceGatheringComplete } from "./ice.js";
 import { StreamSocket } from "./socket.js";
@@ -73,7 +73,7 @@ export class PublishSession {
     this.socket.sendParams(params());
   }
 
-  // The first video track is the stylised picture; a second one, when asked for, is the Canny map.
+  // The first video track is the stylised picture; a second one, when asked for, is the control image.
   receiveTrack(event) {
     const isControlMap = this.controlTransceiver !== null && event.transceiver === this.controlTransceiver;
     (isControlMap ? this.handlers.controlMap : this.handlers.picture)?.(event.track);

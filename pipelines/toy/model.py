@@ -84,10 +84,11 @@ def toy_text_encoder(vocab_size: int) -> CLIPTextModel:
     )
 
 
-def toy_controlnet(unet: UNet2DConditionModel) -> ControlNetModel:
-    """A Canny ControlNet of the toy UNet's shape. Untrained: seeded random weights, its zero convolutions drawn small
-    so that it moves the picture without drowning it (the toy was never taught to follow edges)."""
-    torch.manual_seed(SEED + 1)
+def toy_controlnet(unet: UNet2DConditionModel, seed_offset: int = 0) -> ControlNetModel:
+    """A ControlNet of the toy UNet's shape, for any control kind. Untrained: seeded random weights (`seed_offset`
+    per kind), its zero convolutions drawn small so that it moves the picture without drowning it (the toy was never
+    taught to follow edges or depth)."""
+    torch.manual_seed(SEED + 1 + seed_offset)
     controlnet = ControlNetModel.from_unet(
         unet, conditioning_embedding_out_channels=(16, 16, 32, 32), load_weights_from_unet=False
     )

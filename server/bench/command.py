@@ -17,7 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=int, default=20, help="measured frames per way (default 20)")
     parser.add_argument("--warmup", type=int, default=2, help="unmeasured frames first (default 2)")
     parser.add_argument("--mode", default="img2img", help="img2img, txt2img or both comma-separated (default img2img)")
-    parser.add_argument("--controlnet", default="none", help="none, canny or both comma-separated (default none)")
+    parser.add_argument(
+        "--controlnet",
+        default="none",
+        help="none or ControlNet kinds (canny, depth), comma-separated: each alone against the guide (default none)",
+    )
     parser.add_argument(
         "--double-buffer", action="store_true", help="also compare frames back to back with and without the executor"
     )

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,9 +14,9 @@ import PIL.Image
 
 from pipelines import FrameExecutor, GuidanceKind, ModelComponents, StreamPipeline, load_model
 from pipelines.batch import FrameRequest
-from pipelines.conditioning import canny_map
+from pipelines.control import CONTROL_KINDS
 from pipelines.params import MODES, steps_that_run
-from pipelines.presets import CONTROLNETS, ScheduleKind
+from pipelines.presets import ScheduleKind
 from pipelines.synthetic import moving_pattern
 from pipelines.timing import ModelCallTimer
 
@@ -55,13 +55,14 @@ class RunStats:
         return statistics.median(f / m for f, m in zip(self.frame_seconds, self.model_seconds, strict=True))
 
 
-def reference_pipeline(components: ModelComponents, mode: str, controlnet: bool):
-    """The diffusers pipeline the LCM guide uses for this family, mode and ControlNet, on the same components."""
+def reference_pipeline(components: ModelComponents, mode: str, controls: Sequence[str] = ()):
+    """The diffusers pipeline the LCM guide uses for this family, mode and ControlNet kinds (several: diffusers'
+    MultiControlNetModel, in the given order), on the same components."""
     import diffusers
 
     sdxl = components.is_sdxl
     embedded = components.preset.guidance is GuidanceKind.EMBEDDED
-    if controlnet:
+    if controls:
         name = {"img2img": "StableDiffusionControlNetImg2ImgPipeline", "txt2img": "StableDiffusionControlNetPipeline"}
         name = name[mode].replace("StableDiffusion", "StableDiffusionXL") if sdxl else name[mode]
     elif sdxl:
@@ -81,8 +82,9 @@ def reference_pipeline(components: ModelComponents, mode: str, controlnet: bool)
         parts.update(text_encoder_2=components.text_encoder_2, tokenizer_2=components.tokenizer_2)
     else:
         parts.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    if controlnet:
-        parts["controlnet"] = components.controlnet
+    if controls:
+        nets = [components.controlnets[kind] for kind in controls]
+        parts["controlnet"] = nets[0] if len(nets) == 1 else nets
     pipe = getattr(diffusers, name)(**parts)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -132,26 +134,26 @@ def equal_work(pipe, stream: StreamPipeline) -> tuple[int, float]:
     raise ValueError(f"{type(pipe).__name__} runs no {stream.steps_per_frame} steps at strength {params.strength}")
 
 
-def guide_way(components: ModelComponents, stream: StreamPipeline, controlnet: bool) -> GuideWay:
-    """One frame the LCM guide's way: PIL in, the diffusers pipeline, PIL out, Canny with OpenCV each frame; at
-    the stream pipeline's parameters, changed only where needed for equal work."""
+def guide_way(components: ModelComponents, stream: StreamPipeline, controlnet: str | None) -> GuideWay:
+    """One frame the LCM guide's way: PIL in, the diffusers pipeline, PIL out, the control image (Canny with OpenCV)
+    each frame; at the stream pipeline's parameters, changed only where needed for equal work."""
     params = stream.params
-    pipe = reference_pipeline(components, params.mode, controlnet)
+    pipe = reference_pipeline(components, params.mode, [controlnet] if controlnet else [])
     num_inference_steps, guidance_scale = equal_work(pipe, stream)
 
     def run(frame: np.ndarray) -> np.ndarray:
         kwargs: dict = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
         if controlnet:
-            canny = PIL.Image.fromarray(canny_map(frame, params.canny_low, params.canny_high))
-            kwargs["controlnet_conditioning_scale"] = params.controlnet_scale
+            control = PIL.Image.fromarray(components.preprocessors[controlnet](frame, params))
+            kwargs["controlnet_conditioning_scale"] = getattr(params, f"controlnet_scale_{controlnet}")
         if params.mode == "img2img":
             kwargs.update(image=PIL.Image.fromarray(frame), strength=params.strength)
             if controlnet:
-                kwargs["control_image"] = canny
+                kwargs["control_image"] = control
         else:
             kwargs.update(width=frame.shape[1], height=frame.shape[0])
             if controlnet:
-                kwargs["image"] = canny
+                kwargs["image"] = control
         return np.asarray(pipe(params.prompt, output_type="pil", **kwargs).images[0])
 
     return GuideWay(run, num_inference_steps, guidance_scale, reference_classifier_free(pipe, guidance_scale))
@@ -161,13 +163,13 @@ def both_ways(
     components: ModelComponents, mode: str, controlnet: str, steps: int, strength: float
 ) -> tuple[StreamPipeline, GuideWay]:
     """The stream pipeline and the guide's way for one mode and ControlNet choice, set for the same work."""
-    with_controlnet = controlnet != "none"
+    kind = None if controlnet == "none" else controlnet
     stream = StreamPipeline(components)
     changes = {"steps": steps, "strength": strength, "mode": mode}
-    if components.controlnet is not None:
-        changes["controlnet_scale"] = 0.5 if with_controlnet else 0.0
+    for loaded in components.control_kinds:
+        changes[f"controlnet_scale_{loaded}"] = 0.5 if loaded == kind else 0.0
     stream.update(**changes)
-    return stream, guide_way(components, stream, with_controlnet)
+    return stream, guide_way(components, stream, kind)
 
 
 def bench_combination(components: ModelComponents, args: argparse.Namespace, mode: str, controlnet: str) -> dict:
@@ -182,7 +184,7 @@ def bench_combination(components: ModelComponents, args: argparse.Namespace, mod
     ways: dict[str, Callable[[np.ndarray], np.ndarray]] = {"naive": guide.run, "stream": stream}
     timer = ModelCallTimer(components.device)
     modules = [components.unet, components.vae, components.text_encoder]
-    with timer.attach(*modules, extra=[components.text_encoder_2, components.controlnet]):
+    with timer.attach(*modules, extra=[components.text_encoder_2, *components.controlnets.values()]):
         # Interleaved frame by frame, so that a noisy neighbour on the machine slows both ways alike.
         for frame in frames[args.warmup :]:
             for key, way in ways.items():
@@ -230,9 +232,9 @@ def bench_combination(components: ModelComponents, args: argparse.Namespace, mod
 
 def run_pipeline_bench(args: argparse.Namespace) -> dict:
     modes = _choices(args.mode, MODES, "--mode")
-    controlnets = _choices(args.controlnet, ("none", *CONTROLNETS), "--controlnet")
-    kind = next((c for c in controlnets if c != "none"), None)
-    components = load_model(args.model, device=args.device, controlnet=kind, tiny_vae=args.tiny_vae)
+    controlnets = _choices(args.controlnet, ("none", *CONTROL_KINDS), "--controlnet")
+    kinds = [c for c in controlnets if c != "none"]
+    components = load_model(args.model, device=args.device, controlnet=kinds, tiny_vae=args.tiny_vae)
     print(
         f"model {args.model} on {components.device} ({str(components.dtype).removeprefix('torch.')}), "
         f"{args.size}x{args.size}, steps {args.steps}, strength {args.strength}, {args.frames} frames"
