@@ -96,6 +96,7 @@ def create_app(model: ModelComponents, config: ServerConfig, overrides: Sequence
             "model": model.preset.name,
             "model_description": model.preset.description,  # the page shows it (the offline toy says what it is)
             "controlnet": list(model.control_kinds),
+            "styles": list(model.style_names),
             "device": str(model.device),
             "dtype": str(model.dtype).removeprefix("torch."),
             "streams": len(registry),

@@ -55,6 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "each stream sets how much each one shapes its picture",
     )
     parser.add_argument(
+        "--lora-dir",
+        type=Path,
+        help="a folder of style LoRAs (diffusers or kohya .safetensors): each file a style that every stream can "
+        "pick live (the `style` param)",
+    )
+    parser.add_argument(
         "--tiny-vae", action="store_true", help="TAESD / TAESDXL instead of the full VAE: faster, a little softer"
     )
     parser.add_argument(
@@ -224,9 +230,13 @@ def load_served_model(args: argparse.Namespace) -> ModelComponents:
     if model_name == OFFLINE_PRESET and device.type != "cuda":
         print(TINY_BANNER, file=sys.stderr)
     log.info("loading model %s on %s ...", model_name, device)
-    model = load_model(model_name, device=device, controlnet=args.controlnet, tiny_vae=args.tiny_vae)
+    model = load_model(
+        model_name, device=device, controlnet=args.controlnet, tiny_vae=args.tiny_vae, lora_dir=args.lora_dir
+    )
     with_controlnet = f" + {' + '.join(args.controlnet)} ControlNet" if args.controlnet else ""
-    log.info("model ready: %s%s (%s)", model_name, with_controlnet, str(model.dtype).removeprefix("torch."))
+    with_styles = f", styles: {', '.join(model.style_names)}" if model.style_names else ""
+    dtype = str(model.dtype).removeprefix("torch.")
+    log.info("model ready: %s%s (%s)%s", model_name, with_controlnet, dtype, with_styles)
     return model
 
 
