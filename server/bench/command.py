@@ -1,4 +1,4 @@
-"""`lcmlive bench`: its flags, and which benchmark they pick (pipeline, --e2e, --adaptive, --viewers, --toy)."""
+"""`lcmlive bench`: its flags, and which benchmark they pick (pipeline, --e2e, --adaptive, --toy, --styles, ...)."""
 
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--temporal", action="store_true", help="temporal consistency: warp error, flicker, tracking, per smoothing"
     )
     parser.add_argument(
+        "--styles", action="store_true", help="style LoRAs: fps with none, an adapter, fused; switch cost"
+    )
+    parser.add_argument(
         "--viewers", help="WHIP in, WHEP out: server CPU per frame outside the model for these viewer counts (1,4)"
     )
     parser.add_argument(
@@ -55,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     through_webrtc = args.e2e or args.adaptive or bool(args.viewers)
-    engine_only = bool(args.streams) or args.temporal
+    engine_only = bool(args.streams) or args.temporal or args.styles
     args.size = args.size or (256 if through_webrtc or engine_only else 512)
     args.steps = args.steps or (2 if through_webrtc or engine_only else 4)
     if args.size % 64 or args.size < 64:
@@ -82,6 +85,10 @@ def main(args: argparse.Namespace) -> int:
         from . import temporal
 
         result = temporal.main(args)
+    elif args.styles:
+        from . import styles
+
+        result = styles.main(args)
     elif args.viewers:
         from . import viewers
 
