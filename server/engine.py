@@ -158,7 +158,7 @@ class Engine:
             job = self._guarded(client.prepare)
             if job is None:
                 continue
-            try:  # the host side: checks, the Canny map, txt2img's noise
+            try:  # the host side: checks, the control images, txt2img's noise
                 request = FrameRequest(job.pipeline, job.pipeline.prepare(job.frame, job.size), job.output_size)
             except Exception as error:  # this frame's own failure: its stream hears of it, the others go on
                 self._guarded(job.fail, error)

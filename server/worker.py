@@ -56,7 +56,8 @@ class StreamWorker:
     ) -> None:
         self.pipeline = pipeline
         self.output = output
-        self.control_output = control_output  # the Canny map, sent to those who asked for a second video track
+        # The control image on view (the Canny map, the depth map), for those who asked for a second video track.
+        self.control_output = control_output
         self.stats = stats
         self.session_params = session_model()
         self.settings_model = settings_model(pipeline.params_model, session_model)
