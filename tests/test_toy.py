@@ -35,7 +35,7 @@ def test_style_words_are_whole_tokens(tiny):
 # The bars that the shipped toy does not reach yet, with what it measured: strict, so that weights that
 # do reach one fail here until this list is updated.
 NOT_YET = {
-    "vae_psnr_synthetic_db": "measured 21.8 dB",
+    "vae_psnr_synthetic_db": "measured 22.9 dB",
 }
 
 
@@ -54,7 +54,7 @@ def test_the_same_prompt_twice_gives_the_same_picture(report):
     assert report["same_prompt_twice_mean_abs"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="measured 1.26 px at worst: the VAE's detail")
+@pytest.mark.xfail(strict=True, reason="measured 1.25 px at worst (0.6 and 0.8 px on average): the VAE's detail")
 def test_a_moving_picture_moves_the_output_as_much_as_the_input(report):
     assert report["pan"]["max_error_px"] <= 1.0, report["pan"]
 

@@ -65,10 +65,10 @@ SETTINGS = [
 
 @dataclass(frozen=True)
 class Budget:
-    """How much to train; the defaults are the shipped weights' (1403 s on 2 cores with light work beside it)."""
+    """How much to train; the defaults are the shipped weights' (1230 s on 2 cores with other work beside it)."""
 
     pictures: int = 2000
-    vae_steps: int = 5000
+    vae_steps: int = 3000
     vae_batch: int = 16
     # 64-pixel crops: a VAE step on 16 of them took 253 ms of one core, on 96-pixel ones 532 ms.
     vae_crop: int = 64
