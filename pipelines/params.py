@@ -141,7 +141,7 @@ def params_model(
         kind.scale_param: (
             float,
             Field(
-                0.5, ge=0.0, le=2.0, description=f"how strongly {kind.reads} shape the picture; 0 skips this ControlNet"
+                0.5, ge=0.0, le=2.0, description=f"how much the picture follows {kind.reads}; 0 skips this ControlNet"
             ),
         )
         for kind in kinds

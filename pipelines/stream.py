@@ -98,10 +98,10 @@ class FramePlan:
     def txt2img(self) -> bool:
         return self.params.mode == "txt2img"
 
-    @property
-    def preprocessed_kinds(self) -> tuple[str, ...]:
-        """The kinds whose control image a frame needs: those that run, and the one on view."""
-        return tuple(dict.fromkeys([*self.control_scales, *([self.control_view] if self.control_view else [])]))
+    def preprocessed_kinds(self, shown: bool) -> tuple[str, ...]:
+        """The kinds whose control image a frame needs: those that run, and the one on view if it is `shown`."""
+        on_view = [self.control_view] if shown and self.control_view else []
+        return tuple(dict.fromkeys([*self.control_scales, *on_view]))
 
     @property
     def batch(self) -> int:
@@ -152,6 +152,9 @@ class StreamPipeline:
         self.motion = MotionTracker()  # temporal smoothing: the host side (prepare) ...
         self.history = LatentHistory()  # ... and the device side (render_batch)
         self.smoothing_at: Callable[[float], Smoothing] = Smoothing.at  # the knob's techniques (a bench swaps them)
+        # Whether anyone watches the control image: if not, a kind that is on view but does not run (scale 0) is
+        # not preprocessed (a depth estimator run per frame for nobody). The server sets it per frame.
+        self.control_shown = True
         self._plan = self._make_plan(params or self.params_model())
 
     @property
@@ -288,7 +291,7 @@ class StreamPipeline:
 
     def _control_images(self, plan: FramePlan, frame: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
         """The control image of each kind the frame needs, at the processing size, uint8 H x W x 3."""
-        kinds = plan.preprocessed_kinds
+        kinds = plan.preprocessed_kinds(self.control_shown)
         if not kinds:
             return {}
         import cv2

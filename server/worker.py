@@ -138,7 +138,11 @@ class StreamWorker:
             self.output.publish(VideoFrame.from_ndarray(result.picture, format="rgb24"), arrival)
             control = result.control_image
             if self.control_output is not None and control is not None and self.control_output.subscribed:
-                self.control_output.publish(VideoFrame.from_ndarray(control, format="rgb24"), arrival)
+                # At the picture's size, so that the two line up and the control track keeps one size too.
+                control_frame = VideoFrame.from_ndarray(control, format="rgb24")
+                if (control_frame.width, control_frame.height) != output_size:
+                    control_frame = control_frame.reformat(width=output_size[0], height=output_size[1])
+                self.control_output.publish(control_frame, arrival)
             self.stats.set(
                 width=size[0],
                 height=size[1],
@@ -160,6 +164,7 @@ class StreamWorker:
                 return
             raise error
 
+        self.pipeline.control_shown = self.control_output is not None and self.control_output.subscribed
         return FrameJob(self.pipeline, rgb, size, output_size, finish, failed)
 
     def _device_seconds_per_frame(self, model_seconds: float) -> float:

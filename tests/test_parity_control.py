@@ -143,3 +143,24 @@ def test_each_controlnet_moves_the_picture_and_a_zero_scale_skips_its_call(frame
     assert np.abs(both - canny).max() > 100 * TOLERANCE and np.abs(both - depth).max() > 100 * TOLERANCE
     steps = stream.steps_per_frame
     assert calls == {"canny": 2 * steps, "depth": 2 * steps}
+
+
+def test_the_control_image_on_view_is_made_only_when_someone_watches(frame):
+    """control_view names a kind that does not run: its preprocessor runs for the view alone, and not at all while
+    nobody watches the control track."""
+    components = load_model("tiny-random", device="cpu", controlnet="canny,depth")
+    calls = []
+    depth = components.preprocessors["depth"]
+    components.preprocessors["depth"] = lambda image, params: calls.append(image.shape) or depth(image, params)
+    stream = StreamPipeline(components)
+    stream.update(controlnet_scale_canny=0.5, controlnet_scale_depth=0.0, control_view="depth")
+    shown = stream.prepare(frame, (WIDTH, HEIGHT))
+    assert calls == [(HEIGHT, WIDTH, 3)] and np.array_equal(shown.control_image, depth(frame, stream.params))
+    assert set(shown.host_tensors) == {"pixels", "control_canny"}  # depth's ControlNet does not run
+    stream.control_shown = False
+    assert stream.prepare(frame, (WIDTH, HEIGHT)).control_image is None and len(calls) == 1
+    stream.update(control_view="auto")  # auto: the running kind with the largest scale
+    stream.control_shown = True
+    assert np.array_equal(
+        stream.prepare(frame, (WIDTH, HEIGHT)).control_image, components.preprocessors["canny"](frame, stream.params)
+    )

@@ -84,9 +84,10 @@ def held_out_synthetic() -> list[np.ndarray]:
 
 def pan_error(model: ModelComponents) -> dict:
     """A textured picture moving PAN_STEP a frame: the shift between outputs TRACKING_GAP frames apart against the
-    same between the inputs (each by phase correlation), worst case over the clip."""
+    same between the inputs (each by phase correlation), worst case over the clip. Temporal smoothing off, as the
+    issue asks: the model's own motion (with the default smoothing it measured 1.25 px at worst, off 1.57)."""
     pipe = StreamPipeline(model)
-    pipe.update(prompt=FOLLOW_PROMPT, strength=STRENGTH, steps=STEPS)
+    pipe.update(prompt=FOLLOW_PROMPT, strength=STRENGTH, steps=STEPS, temporal_smoothing=0.0)
     frames = [np.ascontiguousarray(frame) for frame in moving_clip(SIZE, SIZE, PAN_STEP, PAN_FRAMES)]
     outputs = [pipe(frame) for frame in frames]
     pairs = range(PAN_FRAMES - TRACKING_GAP)

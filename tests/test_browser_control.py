@@ -1,0 +1,139 @@
+"""Two ControlNet kinds in headless Chromium: the page's control view shows the kind with the larger scale (the
+depth map), and the one `control_view` names (the Canny map), against `lcmlive serve --controlnet canny,depth`."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+import test_browser
+from test_browser import (
+    ARTIFACTS,
+    FIRST_VIDEO_TIMEOUT_S,
+    STEP_TIMEOUT_S,
+    open_page,
+    start_and_wait_for_video,
+    state,
+    wait_for_state,
+)
+
+from conftest import LiveServer
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+pytestmark = pytest.mark.browser
+
+# test_browser's fixtures, bound by assignment: imported by name they would be shadowed by the test's arguments.
+browser = test_browser.browser
+page = test_browser.page
+script_errors = test_browser.script_errors
+
+# Grabs a video element (by id) into a small canvas and returns its R, G, B planes (64 x 64 each).
+GRAB_RGB = """
+(id) => {
+  const video = document.getElementById(id);
+  const canvas = document.createElement("canvas");
+  canvas.width = 64;
+  canvas.height = 64;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(video, 0, 0, canvas.width, canvas.height);
+  const rgba = context.getImageData(0, 0, canvas.width, canvas.height).data;
+  const planes = [[], [], []];
+  for (let i = 0; i < rgba.length; i += 4) for (let c = 0; c < 3; c++) planes[c].push(rgba[i + c]);
+  return planes;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    live = LiveServer("--controlnet", "canny,depth")
+    yield live
+    output = live.stop()
+    assert "Traceback" not in output, output
+
+
+def grab_rgb(page: sync_api.Page, video: str = "control-video") -> np.ndarray:
+    """A video element's picture as the browser shows it: 64 x 64 x 3, after VP8 and the page's scaling."""
+    return np.stack(page.evaluate(GRAB_RGB, video), axis=-1).reshape(64, 64, 3)
+
+
+def channel_gap(image: np.ndarray) -> float:
+    """How far apart R, G and B are, on average: 0 for a grey picture, a level or two after VP8's 4:2:0 chroma."""
+    channels = image.astype(float)
+    return float(np.abs(channels - channels.mean(axis=2, keepdims=True)).mean())
+
+
+def looks_like_depth(image: np.ndarray) -> bool:
+    """A depth map: grey, stretched over 0..255 per frame, so a spread of levels and not mostly black."""
+    grey = image.mean(axis=2)
+    low, high = np.percentile(grey, [5, 95])
+    return channel_gap(image) < 4 and high - low > 60 and (grey < 48).mean() < 0.5
+
+
+def looks_like_canny(image: np.ndarray) -> bool:
+    """A Canny map: mostly dark, with some bright edges of the fake camera's shapes."""
+    grey = image.mean(axis=2)
+    return (grey < 48).mean() > 0.7 and (grey > 128).any()
+
+
+def describe(image: np.ndarray) -> str:
+    grey = image.mean(axis=2)
+    low, high = np.percentile(grey, [5, 95])
+    return (
+        f"channels {channel_gap(image):.1f} apart, grey 5th-95th percentile {low:.0f}..{high:.0f}, "
+        f"{(grey < 48).mean():.0%} below 48, {(grey > 128).mean():.0%} above 128"
+    )
+
+
+def wait_for_control(page: sync_api.Page, looks_right: Callable[[np.ndarray], bool], what: str) -> np.ndarray:
+    """Grab the control video until it shows `what` (it changes a few frames after the params do)."""
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while True:
+        image = grab_rgb(page)
+        if looks_right(image):
+            return image
+        if time.monotonic() > deadline:
+            pytest.fail(f"the control video never showed {what} within {STEP_TIMEOUT_S} s: {describe(image)}")
+        page.wait_for_timeout(300)
+
+
+def test_chromium_control_view_shows_the_larger_scales_depth_map_then_the_named_canny_map(
+    page: sync_api.Page, script_errors: list[str], server: LiveServer
+):
+    open_page(page, f"{server.url}/")
+    page.locator("#show-control-label").wait_for(state="visible")
+    page.check("#show-control")
+    assert page.locator("#control-pane").is_visible()
+    start_and_wait_for_video(page)
+    page.wait_for_function(
+        "() => document.getElementById('control-video').videoWidth > 0", timeout=FIRST_VIDEO_TIMEOUT_S * 1000
+    )
+    # Both scales start at 0.5, and a tie goes to the kind loaded first: the Canny map.
+    wait_for_control(page, looks_like_canny, "the Canny map (both scales equal, auto view)")
+
+    # Depth above Canny, through the page's sliders: the auto view follows the larger scale.
+    page.fill("#param-controlnet_scale_canny", "0.3")
+    page.fill("#param-controlnet_scale_depth", "1.5")
+    wait_for_state(
+        page,
+        "s.lastParams?.controlnet_scale_depth === 1.5 && s.lastParams?.controlnet_scale_canny === 0.3",
+        STEP_TIMEOUT_S,
+    )
+    assert state(page)["lastParams"]["control_view"] == "auto"
+    depth_map = wait_for_control(page, looks_like_depth, "the depth map (depth's scale the larger)")
+    # The grab keeps colour (the stylised picture of the green camera is far from grey): the grey is the map's.
+    picture = grab_rgb(page, "output-video")
+    assert channel_gap(picture) > 8, describe(picture)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chromium-depth.png"), full_page=True)
+
+    # The view named: the Canny map again, though depth's scale is still the larger.
+    page.select_option("#param-control_view", "canny")
+    wait_for_state(page, "s.lastParams?.control_view === 'canny'", STEP_TIMEOUT_S)
+    canny_map = wait_for_control(page, looks_like_canny, "the Canny map (control_view canny)")
+    assert state(page)["lastParams"]["controlnet_scale_depth"] == 1.5
+    assert np.abs(depth_map.astype(int) - canny_map.astype(int)).mean() > 30, describe(canny_map)
+    assert script_errors == []
