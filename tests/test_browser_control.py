@@ -1,5 +1,6 @@
-"""Two ControlNet kinds in headless Chromium: the page's control view shows the kind with the larger scale (the
-depth map), and the one `control_view` names (the Canny map), against `lcmlive serve --controlnet canny,depth`."""
+"""Two ControlNet kinds and styles in headless Chromium: the page's control view shows the kind with the larger scale
+(the depth map), and the one `control_view` names (the Canny map); the style picker switches the stream's style;
+against `lcmlive serve --controlnet canny,depth --lora-dir DIR`."""
 
 from __future__ import annotations
 
@@ -48,8 +49,15 @@ GRAB_RGB = """
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[LiveServer]:
-    live = LiveServer("--controlnet", "canny,depth")
+def server(tmp_path_factory) -> Iterator[LiveServer]:
+    from pipelines import load_model
+    from pipelines.styles import make_random_lora
+
+    styles = tmp_path_factory.mktemp("styles")
+    toy = load_model("tiny", device="cpu")  # the server's model: random LoRAs of its UNet's shape
+    for seed, name in enumerate(("ink", "neon"), start=4):
+        make_random_lora(toy, styles / f"{name}.safetensors", seed=seed)
+    live = LiveServer("--controlnet", "canny,depth", "--lora-dir", str(styles))
     yield live
     output = live.stop()
     assert "Traceback" not in output, output
@@ -136,4 +144,13 @@ def test_chromium_control_view_shows_the_larger_scales_depth_map_then_the_named_
     canny_map = wait_for_control(page, looks_like_canny, "the Canny map (control_view canny)")
     assert state(page)["lastParams"]["controlnet_scale_depth"] == 1.5
     assert np.abs(depth_map.astype(int) - canny_map.astype(int)).mean() > 30, describe(canny_map)
+
+    # Styles: a picker from the schema; a pick reaches the stream and the pictures keep coming (the picture's change
+    # is measured in test_loopback_control, where the camera stands still).
+    options = page.locator("#param-style option").all_inner_texts()
+    assert options == ["none", "ink", "neon"], options
+    page.select_option("#param-style", "neon")
+    wait_for_state(page, "s.lastParams?.style === 'neon'", STEP_TIMEOUT_S)
+    frames = state(page)["outputFrames"]
+    wait_for_state(page, f"s.outputFrames > {frames + 3}", STEP_TIMEOUT_S)
     assert script_errors == []

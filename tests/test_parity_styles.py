@@ -10,13 +10,18 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from diffusers import LatentConsistencyModelImg2ImgPipeline, LatentConsistencyModelPipeline, StableDiffusionXLPipeline
+from diffusers import (
+    LatentConsistencyModelImg2ImgPipeline,
+    LatentConsistencyModelPipeline,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionXLPipeline,
+)
 
 from pipelines import StreamPipeline, load_model
 from pipelines.params import ParamsError
 from pipelines.styles import make_random_lora
 from pipelines.synthetic import moving_pattern
-from pipelines.tiny import tiny_sd15_parts, tiny_sdxl_parts
+from pipelines.tiny import tiny_lcm_lora_parts, tiny_sd15_parts, tiny_sdxl_parts
 
 TOLERANCE = 1e-4
 SEED = 11
@@ -28,7 +33,7 @@ STYLES = {"ink": 1, "neon": 2}  # name: the random LoRA's seed
 @pytest.fixture(scope="module")
 def lora_dirs(tmp_path_factory) -> dict[str, Path]:
     folders = {}
-    for model in ("tiny-random", "tiny-sdxl"):
+    for model in ("tiny-random", "tiny-sdxl", "tiny-lcm-lora"):
         folder = tmp_path_factory.mktemp(model)
         components = load_model(model, device="cpu")
         for name, seed in STYLES.items():
@@ -84,6 +89,17 @@ def test_sdxl_style_txt2img_parity_with_load_lora_weights_and_set_adapters(lora_
     actual = stream_picture(pipe, None, mode="txt2img", style="ink", style_scale=0.7, steps=2)
     kwargs = {"num_inference_steps": 2, "guidance_scale": 8.0, "width": WIDTH, "height": HEIGHT}
     expected = reference_picture(StableDiffusionXLPipeline, tiny_sdxl_parts(), folder, "ink", 0.7, **kwargs)
+    assert np.abs(actual - expected).max() <= TOLERANCE
+
+
+def test_lcm_lora_stays_fused_under_a_style_parity(lora_dirs, frame):
+    """An LCM-LoRA preset keeps its LCM-LoRA fused (as diffusers' load_lora_weights + fuse_lora leave it) and the
+    style comes on top as an adapter."""
+    folder = lora_dirs["tiny-lcm-lora"]
+    pipe = StreamPipeline(load_model("tiny-lcm-lora", device="cpu", lora_dir=folder))
+    actual = stream_picture(pipe, frame, style="ink", style_scale=1.2, steps=4, strength=0.5, guidance_scale=1.0)
+    kwargs = {"image": PIL.Image.fromarray(frame), "strength": 0.5, "num_inference_steps": 4, "guidance_scale": 1.0}
+    expected = reference_picture(StableDiffusionImg2ImgPipeline, tiny_lcm_lora_parts(), folder, "ink", 1.2, **kwargs)
     assert np.abs(actual - expected).max() <= TOLERANCE
 
 
