@@ -99,6 +99,9 @@ def describe(image: np.ndarray) -> str:
 def wait_for_control(page: sync_api.Page, looks_right: Callable[[np.ndarray], bool], what: str) -> np.ndarray:
     """Grab the control video until it shows `what` (it changes a few frames after the params do)."""
     deadline = time.monotonic() + STEP_TIMEOUT_S
+    # In view: Chromium pauses a muted autoplaying video while it is scrolled out of sight (filling the sliders at
+    # the bottom of the page scrolls there), and it plays again once seen.
+    page.locator("#control-video").scroll_into_view_if_needed()
     while True:
         image = grab_rgb(page)
         if looks_right(image):
