@@ -47,8 +47,8 @@ RECONNECT_TIMEOUT_S = 30
 FOLLOWS_CAMERA = 0.6
 PROMPT_CHANGE = 30.0
 
-# Grabs a video element (by id) into a small canvas and returns its grey values, so Python can compare two frames.
-GRAB_OUTPUT_GREY = """
+# Grabs a video element (by id) into a small canvas and returns its pixels as [r, g, b] (64 x 64 of them).
+GRAB_RGB = """
 (id) => {
   const video = document.getElementById(id);
   const canvas = document.createElement("canvas");
@@ -57,11 +57,13 @@ GRAB_OUTPUT_GREY = """
   const context = canvas.getContext("2d", { willReadFrequently: true });
   context.drawImage(video, 0, 0, canvas.width, canvas.height);
   const rgba = context.getImageData(0, 0, canvas.width, canvas.height).data;
-  const grey = [];
-  for (let i = 0; i < rgba.length; i += 4) grey.push(Math.round((rgba[i] + rgba[i + 1] + rgba[i + 2]) / 3));
-  return grey;
+  const pixels = [];
+  for (let i = 0; i < rgba.length; i += 4) pixels.push([rgba[i], rgba[i + 1], rgba[i + 2]]);
+  return pixels;
 }
 """
+# The same in grey, one value a pixel, so Python can compare two frames.
+GRAB_OUTPUT_GREY = f"(id) => ({GRAB_RGB.strip()})(id).map(([r, g, b]) => Math.round((r + g + b) / 3))"
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ import test_browser
 from test_browser import (
     ARTIFACTS,
     FIRST_VIDEO_TIMEOUT_S,
+    GRAB_RGB,
     STEP_TIMEOUT_S,
     open_page,
     start_and_wait_for_video,
@@ -30,22 +31,6 @@ pytestmark = pytest.mark.browser
 browser = test_browser.browser
 page = test_browser.page
 script_errors = test_browser.script_errors
-
-# Grabs a video element (by id) into a small canvas and returns its R, G, B planes (64 x 64 each).
-GRAB_RGB = """
-(id) => {
-  const video = document.getElementById(id);
-  const canvas = document.createElement("canvas");
-  canvas.width = 64;
-  canvas.height = 64;
-  const context = canvas.getContext("2d", { willReadFrequently: true });
-  context.drawImage(video, 0, 0, canvas.width, canvas.height);
-  const rgba = context.getImageData(0, 0, canvas.width, canvas.height).data;
-  const planes = [[], [], []];
-  for (let i = 0; i < rgba.length; i += 4) for (let c = 0; c < 3; c++) planes[c].push(rgba[i + c]);
-  return planes;
-}
-"""
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +50,7 @@ def server(tmp_path_factory) -> Iterator[LiveServer]:
 
 def grab_rgb(page: sync_api.Page, video: str = "control-video") -> np.ndarray:
     """A video element's picture as the browser shows it: 64 x 64 x 3, after VP8 and the page's scaling."""
-    return np.stack(page.evaluate(GRAB_RGB, video), axis=-1).reshape(64, 64, 3)
+    return np.array(page.evaluate(GRAB_RGB, video)).reshape(64, 64, 3)
 
 
 def channel_gap(image: np.ndarray) -> float:

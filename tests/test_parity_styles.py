@@ -74,21 +74,19 @@ def test_sd15_style_img2img_parity_with_load_lora_weights_and_set_adapters(lora_
     assert np.abs(actual - expected).max() <= TOLERANCE
 
 
-def test_sd15_style_txt2img_parity_with_load_lora_weights_and_set_adapters(lora_dirs):
-    folder = lora_dirs["tiny-random"]
-    pipe = StreamPipeline(load_model("tiny-random", device="cpu", lora_dir=folder))
-    actual = stream_picture(pipe, None, mode="txt2img", style="ink", style_scale=0.8, steps=2)
+@pytest.mark.parametrize(
+    ("model", "reference", "parts", "scale"),
+    [
+        ("tiny-random", LatentConsistencyModelPipeline, tiny_sd15_parts, 0.8),
+        ("tiny-sdxl", StableDiffusionXLPipeline, tiny_sdxl_parts, 0.7),
+    ],
+)
+def test_style_txt2img_parity_with_load_lora_weights_and_set_adapters(lora_dirs, model, reference, parts, scale):
+    folder = lora_dirs[model]
+    pipe = StreamPipeline(load_model(model, device="cpu", lora_dir=folder))
+    actual = stream_picture(pipe, None, mode="txt2img", style="ink", style_scale=scale, steps=2)
     kwargs = {"num_inference_steps": 2, "guidance_scale": 8.0, "width": WIDTH, "height": HEIGHT}
-    expected = reference_picture(LatentConsistencyModelPipeline, tiny_sd15_parts(), folder, "ink", 0.8, **kwargs)
-    assert np.abs(actual - expected).max() <= TOLERANCE
-
-
-def test_sdxl_style_txt2img_parity_with_load_lora_weights_and_set_adapters(lora_dirs):
-    folder = lora_dirs["tiny-sdxl"]
-    pipe = StreamPipeline(load_model("tiny-sdxl", device="cpu", lora_dir=folder))
-    actual = stream_picture(pipe, None, mode="txt2img", style="ink", style_scale=0.7, steps=2)
-    kwargs = {"num_inference_steps": 2, "guidance_scale": 8.0, "width": WIDTH, "height": HEIGHT}
-    expected = reference_picture(StableDiffusionXLPipeline, tiny_sdxl_parts(), folder, "ink", 0.7, **kwargs)
+    expected = reference_picture(reference, parts(), folder, "ink", scale, **kwargs)
     assert np.abs(actual - expected).max() <= TOLERANCE
 
 
