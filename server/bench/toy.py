@@ -71,6 +71,21 @@ def reconstruct(model: ModelComponents, image: np.ndarray) -> np.ndarray:
     return ((decoded[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+def colour_axes(pictures: list[np.ndarray], reconstructions: list[np.ndarray]) -> dict[str, float]:
+    """How well the VAE keeps each opponent colour axis: Pearson correlation, over every pixel, of red - green and of
+    yellow - blue between pictures and their reconstructions (PSNR alone hid that the toy lost red-green)."""
+
+    def axes(images: list[np.ndarray]) -> np.ndarray:
+        rgb = np.concatenate([image.reshape(-1, 3) for image in images]).astype(np.float64)
+        return np.stack([rgb[:, 0] - rgb[:, 1], (rgb[:, 0] + rgb[:, 1]) / 2 - rgb[:, 2]])
+
+    before, after = axes(pictures), axes(reconstructions)
+    return {
+        name: round(float(np.corrcoef(before[i], after[i])[0, 1]), 3)
+        for i, name in enumerate(("red_green", "yellow_blue"))
+    }
+
+
 def stylise(model: ModelComponents, image: np.ndarray, prompt: str) -> np.ndarray:
     pipe = StreamPipeline(model)
     pipe.update(prompt=prompt, strength=STRENGTH, steps=STEPS)
@@ -107,8 +122,10 @@ def toy_report(model: ModelComponents) -> dict:
     """Every measurement, per picture and in summary, with the bars and whether each is met."""
     photos = held_out_photos(SIZE)
     synthetic = held_out_synthetic()
-    photo_psnr = {name: psnr(image, reconstruct(model, image)) for name, image in photos.items()}
-    synthetic_psnr = [psnr(image, reconstruct(model, image)) for image in synthetic]
+    photo_back = {name: reconstruct(model, image) for name, image in photos.items()}
+    synthetic_back = [reconstruct(model, image) for image in synthetic]
+    photo_psnr = {name: psnr(image, photo_back[name]) for name, image in photos.items()}
+    synthetic_psnr = [psnr(image, back) for image, back in zip(synthetic, synthetic_back, strict=True)]
     follow = {name: stylise(model, image, FOLLOW_PROMPT) for name, image in photos.items()}
     correlation = {name: grey_correlation(photos[name], out) for name, out in follow.items()}
     black = stylise(model, np.zeros((SIZE, SIZE, 3), np.uint8), FOLLOW_PROMPT)
@@ -136,6 +153,8 @@ def toy_report(model: ModelComponents) -> dict:
         "pan": pan,
         "vae_psnr_per_photo_db": {name: round(value, 2) for name, value in photo_psnr.items()},
         "vae_psnr_synthetic_min_db": round(min(synthetic_psnr), 2),
+        "vae_colour_axes_synthetic": colour_axes(synthetic, synthetic_back),
+        "vae_colour_axes_photos": colour_axes(list(photos.values()), list(photo_back.values())),
         "grey_correlation_per_photo": {name: round(value, 3) for name, value in correlation.items()},
         "black_white_means": [round(float(black.mean()), 1), round(float(white.mean()), 1)],
         "bars": BARS,
@@ -175,6 +194,10 @@ def main(args: argparse.Namespace) -> dict:
     for name, bar in BARS.items():
         print(f"{name}: {report[name]} (bar {bar})")
     print(f"same prompt twice: mean abs difference {report['same_prompt_twice_mean_abs']}")
+    print(
+        f"VAE colour axes kept (correlation): synthetic {report['vae_colour_axes_synthetic']}, "
+        f"photos {report['vae_colour_axes_photos']}"
+    )
     pan = report["pan"]
     print(
         f"a picture moving {PAN_STEP} px a frame, outputs {TRACKING_GAP} frames apart: input shift "
