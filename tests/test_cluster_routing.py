@@ -8,7 +8,7 @@ import sys
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from server.cluster.routing import PENDING_SECONDS, Placement, Target, request_target
+from server.cluster.routing import PENDING_SECONDS, UNREPORTED_SECONDS, Placement, Target, request_target
 from server.cluster.views import merged_exposition
 
 from conftest import ROOT
@@ -61,6 +61,29 @@ def test_a_new_stream_goes_to_the_replica_with_the_fewest_and_counts_before_it_i
     # A placement that no report ever shows (its offer never came) stops counting.
     clock.now += PENDING_SECONDS
     assert placement.choose(Target("z", opens=True), {"a": [], "b": []}, "r5") == [["a"]]
+
+
+def test_a_named_stream_counts_until_a_report_shows_it_however_late():
+    clock = Clock()
+    placement = Placement(clock)
+    reported = {"a": [], "b": []}
+    assert placement.choose(Target("left", opens=True), reported, "r1") == [["a"]]
+    clock.now += PENDING_SECONDS + 1  # reports lag behind (a loaded controller): left still counts on a
+    assert placement.choose(Target("right", opens=True), reported, "r2") == [["b"]]
+    # Reported: from then on a's count is its report's, so once left ends it no longer counts.
+    assert placement.choose(Target("x", opens=True), {"a": ["left"], "b": ["right"]}, "r3") == [["a"]]
+    assert placement.choose(Target("y", opens=True), {"a": [], "b": []}, "r4") == [["b"]]  # a still has x
+    assert placement.holder("x", {"a": [], "b": []}) == "a"
+    clock.now += UNREPORTED_SECONDS + 1  # x never showed up: forgotten
+    assert placement.holder("x", {"a": [], "b": []}) is None
+
+
+def test_a_stale_report_of_an_ended_stream_does_not_send_two_new_streams_to_one_replica():
+    placement = Placement(Clock())
+    reported = {"a": [], "b": ["ended"]}  # b's report still shows a stream that has ended
+    assert placement.choose(Target("left", opens=True), reported, "r1") == [["a"]]
+    # a: left pending (1), b: "ended" (1): a tie, which goes to the replica placed on less.
+    assert placement.choose(Target("right", opens=True), reported, "r2") == [["b"]]
 
 
 def test_a_request_asked_again_keeps_its_replica_and_counts_once():

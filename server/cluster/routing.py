@@ -15,8 +15,12 @@ from typing import Any
 from urllib.parse import parse_qs
 
 # Replicas report their streams every ROUTING_STATS_PERIOD_SECONDS (router.py); until a report shows a stream this
-# router placed, the placement itself counts, for this long (several periods, so a busy controller is covered).
+# router placed, the placement itself counts. One whose replica makes its name up counts for PENDING_SECONDS (no
+# report can confirm it); a named one until a report shows its name, or UNREPORTED_SECONDS (its offer never came).
+# 5 s was once the limit for both: on a loaded 2-core CI machine two streams opened one after the other then landed
+# on one replica, the first one's report not yet through Serve's controller when the second was placed.
 PENDING_SECONDS = 5.0
+UNREPORTED_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -81,16 +85,28 @@ class Placement:
         if request in self._placed and self._placed[request][0] in reported:
             return [[self._placed[request][0]]]
         loads = {replica: len(names) for replica, names in reported.items()}
+        placed = dict.fromkeys(reported, 0)
         for replica, name, _ in recent:
+            placed[replica] += 1
             if name is None or name not in reported[replica]:
                 loads[replica] += 1
-        # Ties go to the first id: deterministic, and the next placement sees this one's count.
-        chosen = min(reported, key=lambda replica: (loads[replica], replica))
+        # Ties go to the replica this router placed fewer streams on lately, then to the first id: a report that
+        # still shows a stream that has ended (reports lag by a period or more) must not send two new streams in a
+        # row to one replica.
+        chosen = min(reported, key=lambda replica: (loads[replica], placed[replica], replica))
         self._placed[request] = (chosen, target.stream, self._clock())
         return [[chosen]]
 
     def _recent(self, reported: Mapping[str, Collection[str]]) -> list[tuple[str, str | None, float]]:
-        """Placements younger than PENDING_SECONDS on replicas that still report (forgetting older ones)."""
+        """Placements on replicas that still report and that no report has confirmed yet, within their time
+        (forgetting the others: a confirmed stream counts through its replica's report from then on)."""
         now = self._clock()
-        self._placed = {key: entry for key, entry in self._placed.items() if now - entry[2] < PENDING_SECONDS}
+
+        def pending(entry: tuple[str, str | None, float]) -> bool:
+            replica, name, placed_at = entry
+            if name is None:
+                return now - placed_at < PENDING_SECONDS
+            return now - placed_at < UNREPORTED_SECONDS and name not in reported.get(replica, ())
+
+        self._placed = {key: entry for key, entry in self._placed.items() if pending(entry)}
         return [entry for entry in self._placed.values() if entry[0] in reported]
