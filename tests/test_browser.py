@@ -129,6 +129,18 @@ def start_and_wait_for_video(page: sync_api.Page) -> dict:
     return wait_for_state(page, "s.connected && s.outputFrames > 5", FIRST_VIDEO_TIMEOUT_S)
 
 
+def start_with_control_view(page: sync_api.Page, url: str) -> None:
+    """Open the page of a server with ControlNets, turn the control view on, start, and wait for both videos."""
+    open_page(page, url)
+    page.locator("#show-control-label").wait_for(state="visible")
+    page.check("#show-control")
+    assert page.locator("#control-pane").is_visible()
+    start_and_wait_for_video(page)
+    page.wait_for_function(
+        "() => document.getElementById('control-video').videoWidth > 0", timeout=FIRST_VIDEO_TIMEOUT_S * 1000
+    )
+
+
 def wait_for_output_video_size(page: sync_api.Page) -> tuple[int, int]:
     """The output video's size as decoded by the browser, once it has one."""
     page.wait_for_function("() => document.getElementById('output-video').videoWidth > 0")
@@ -272,15 +284,7 @@ def test_chromium_shows_the_canny_map_and_switches_to_txt2img(page: sync_api.Pag
     """With a ControlNet, the page offers the Canny view (a second video track) and the mode control."""
     server = LiveServer("--controlnet", "canny")
     try:
-        open_page(page, f"{server.url}/")
-        page.locator("#show-control-label").wait_for(state="visible")
-        page.check("#show-control")
-        assert page.locator("#control-pane").is_visible()
-        start_and_wait_for_video(page)
-        page.wait_for_function(
-            "() => { const v = document.getElementById('control-video'); return v.videoWidth > 0; }",
-            timeout=FIRST_VIDEO_TIMEOUT_S * 1000,
-        )
+        start_with_control_view(page, f"{server.url}/")
         # The Canny map, not the picture: mostly dark, with bright edges of the fake camera's shapes, and far from
         # the stylised picture (which shows the dark green camera: dark too, but without the edges).
         canny = page.evaluate(GRAB_OUTPUT_GREY, "control-video")

@@ -12,11 +12,9 @@ import pytest
 import test_browser
 from test_browser import (
     ARTIFACTS,
-    FIRST_VIDEO_TIMEOUT_S,
     GRAB_RGB,
     STEP_TIMEOUT_S,
-    open_page,
-    start_and_wait_for_video,
+    start_with_control_view,
     state,
     wait_for_state,
 )
@@ -99,14 +97,7 @@ def wait_for_control(page: sync_api.Page, looks_right: Callable[[np.ndarray], bo
 def test_chromium_control_view_shows_the_larger_scales_depth_map_then_the_named_canny_map(
     page: sync_api.Page, script_errors: list[str], server: LiveServer
 ):
-    open_page(page, f"{server.url}/")
-    page.locator("#show-control-label").wait_for(state="visible")
-    page.check("#show-control")
-    assert page.locator("#control-pane").is_visible()
-    start_and_wait_for_video(page)
-    page.wait_for_function(
-        "() => document.getElementById('control-video').videoWidth > 0", timeout=FIRST_VIDEO_TIMEOUT_S * 1000
-    )
+    start_with_control_view(page, f"{server.url}/")
     # Both scales start at 0.5, and a tie goes to the kind loaded first: the Canny map.
     wait_for_control(page, looks_like_canny, "the Canny map (both scales equal, auto view)")
 
