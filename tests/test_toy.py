@@ -33,20 +33,7 @@ def test_style_words_are_whole_tokens(tiny):
     assert {"neon</w>", "night</w>", "watercolor</w>"} <= set(tokens)
 
 
-# The bars that the shipped toy does not reach yet, with what it measured: strict, so that weights that
-# do reach one fail here until this list is updated.
-NOT_YET = {
-    "vae_psnr_synthetic_db": "measured 22.9 dB",
-}
-
-
-@pytest.mark.parametrize(
-    "name",
-    [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NOT_YET[name])) if name in NOT_YET else name
-        for name in sorted(BARS)
-    ],
-)
+@pytest.mark.parametrize("name", sorted(BARS))
 def test_toy_meets_the_bar(report, name):
     assert report[name] >= BARS[name], report
 
@@ -55,7 +42,8 @@ def test_the_same_prompt_twice_gives_the_same_picture(report):
     assert report["same_prompt_twice_mean_abs"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="measured 1.57 px at worst, smoothing off (1.25 with the default smoothing)")
+# The VAE alone is off by up to 1.2 px on this clip: its output leans to its 8-pixel latent grid.
+@pytest.mark.xfail(strict=True, reason="measured 1.36 px at worst, smoothing off")
 def test_a_moving_picture_moves_the_output_as_much_as_the_input(report):
     assert report["pan"]["max_error_px"] <= 1.0, report["pan"]
 
@@ -69,9 +57,8 @@ def test_colour_axes_tell_a_lost_axis_from_a_kept_one():
     assert axes["red_green"] == -1.0 and axes["yellow_blue"] == 1.0
 
 
-# Not one of the bars, but what a person sees: the shipped VAE gives colours back on a yellow-blue axis only
-# (reds and greens come back yellowish). Strict: it fails here once weights keep red-green.
-@pytest.mark.xfail(strict=True, reason="measured red-green 0.03, yellow-blue 0.98 on the synthetic pictures")
+# Not one of the bars, but what a person sees: VAEs narrower at full resolution gave colours back on one
+# axis only (reds and greens came back yellowish) and still passed the PSNR bars on the photos.
 def test_the_vae_keeps_both_colour_axes(report):
     assert min(report["vae_colour_axes_synthetic"].values()) >= 0.8, report["vae_colour_axes_synthetic"]
 

@@ -30,9 +30,12 @@ from .styles import STYLES, restyle, style_weight
 
 # Scaled latents get this standard deviation (SD's convention is 1). Larger latents keep more of the picture under
 # the noise that strength adds: at strength 0.5 (t=499, alpha 0.278) the picture is 22x the noise in power at 8,
-# against 0.28x at 1. At 4, even with NOISE_INVARIANCE, the seed's noise showed as blobs fixed to the screen and phase
-# correlation between the outputs of a moving picture found no motion (0 px for 15); at 8 it found the input's.
-LATENT_STD = 8.0
+# 88x at 16, against 0.28x at 1. At 4, even with NOISE_INVARIANCE, the seed's noise showed as blobs fixed to the
+# screen and phase correlation between the outputs of a moving picture found no motion (0 px for 15); at 8 it found
+# the input's, until the VAE kept both colour axes: then the noise leaked into colour as blobs fixed to the screen and
+# the output stood still again (0.1 px for 15; 2-5 px with NOISE_INVARIANCE 10 or 20). At 16 it moves with the
+# picture (15.6 px for 15, same VAE, same stage-2 budget).
+LATENT_STD = 16.0
 # Stage 2 runs every picture under two noise draws and counts the difference of the two results this much more than
 # the error against the target. The stream pipeline draws its noise once per stream, so whatever of the noise leaks
 # into the output stays fixed on the screen while the camera moves: without this term 400 steps left blobs that
@@ -46,6 +49,13 @@ UNET_LR = 6e-4
 # carries a fraction of the variance of brightness, so it was learnt last. At 16 every hue was learnt but detail
 # came slowly (600 steps: 15.6 dB on the held-out photos, 16.7 on synthetic ones); at 4, 17.9 and 19.2.
 CHROMA_WEIGHT = 4.0
+# A linear read-out of the posterior mean must give the 8x8 block's mean luminance, red-green and yellow-blue, with
+# this weight (the read-out is trained with the VAE and thrown away). It makes the encoder carry both colour axes from
+# the start: 1000 steps without it kept red-green at 0.62 correlation (21.5 dB synthetic), with it 0.97 (26.7 dB).
+COLOUR_PROBE_WEIGHT = 1.0
+OPPONENT = torch.tensor(
+    [[1 / 3, 1 / 3, 1 / 3], [1.0, -1.0, 0.0], [0.5, 0.5, -1.0]]
+)  # luminance, red-green, yellow-blue
 # The VAE stage runs its ops on two threads (152 ms a step against 264 ms on one); stage 2 keeps one and makes its
 # batches on the other core.
 VAE_THREADS = 2
@@ -120,9 +130,10 @@ def cosine_lr(optimizer: torch.optim.Optimizer, step: int, total: int, peak: flo
 
 
 def train_vae(vae, pool: np.ndarray, budget: Budget, rng: np.random.Generator, log) -> None:
-    """Reconstruction (squared and absolute error, colour weighted up) from the posterior mean, with the posterior's
-    spread pinned near 0: the stream pipeline's posterior sample is then the mean to within 5e-5, what the decoder
-    was taught on, and no sampling noise competes with the faint colour signal while it is learnt."""
+    """Reconstruction (squared and absolute error, colour weighted up, and a colour read-out of the latents) from the
+    posterior mean, with the posterior's spread pinned near 0: the stream pipeline's posterior sample is then the
+    mean to within 5e-5, what the decoder was taught on, and no sampling noise competes with the faint colour signal
+    while it is learnt."""
     with torch.no_grad():
         log_variance = slice(vae.config.latent_channels, None)
         vae.quant_conv.weight[log_variance] = 0.0
@@ -130,14 +141,23 @@ def train_vae(vae, pool: np.ndarray, budget: Budget, rng: np.random.Generator, l
     vae.train()
     threads = torch.get_num_threads()
     torch.set_num_threads(max(threads, VAE_THREADS))
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=VAE_LR, weight_decay=0.0)
+    colour_probe = torch.nn.Conv2d(vae.config.latent_channels, 3, kernel_size=1)
+    block = 2 ** (len(vae.config.block_out_channels) - 1)
+    optimizer = torch.optim.AdamW([*vae.parameters(), *colour_probe.parameters()], lr=VAE_LR, weight_decay=0.0)
     for step in range(budget.vae_steps):
         cosine_lr(optimizer, step, budget.vae_steps, VAE_LR)
         images = to_model(crops(pool, rng, budget.vae_batch, budget.vae_crop))
-        decoded = vae.decode(vae.encode(images).latent_dist.mean).sample
+        latents = vae.encode(images).latent_dist.mean
+        decoded = vae.decode(latents).sample
         error = decoded - images
         chroma_error = error - error.mean(dim=1, keepdim=True)
-        loss = error.pow(2).mean() + error.abs().mean() + CHROMA_WEIGHT * chroma_error.pow(2).mean()
+        block_colour = torch.einsum("oc,nchw->nohw", OPPONENT, F.avg_pool2d(images, block))
+        loss = (
+            error.pow(2).mean()
+            + error.abs().mean()
+            + CHROMA_WEIGHT * chroma_error.pow(2).mean()
+            + COLOUR_PROBE_WEIGHT * (colour_probe(latents) - block_colour).pow(2).mean()
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         vae.quant_conv.weight.grad[log_variance] = 0.0  # zero gradients leave AdamW's step at 0: stays pinned
