@@ -43,9 +43,10 @@ RECONNECT_TIMEOUT_S = 30
 # What the toy model makes possible, with room to spare. Measured on the fake camera: a grey correlation of 0.92
 # between camera and output (best of six looks; a random model scores about 0). A prompt change to "a watercolor
 # fox at night" moved the grey picture by 14-18/255 where half a second under one prompt moved it by 5-15 (CI),
-# too close to tell apart; "a negative photo" moved it by 95 (brighter) where one prompt moved it by 7.
+# too close to tell apart; "a negative photo" moved it by 95 (brighter) where one prompt moved it by 7. The retrained
+# toy keeps the oil prompt's colours where the first one turned them pale: the negative moved it by 28 against 6.
 FOLLOWS_CAMERA = 0.6
-PROMPT_CHANGE = 30.0
+PROMPT_CHANGE = 20.0
 
 # Grabs a video element (by id) into a small canvas and returns its pixels as [r, g, b] (64 x 64 of them).
 GRAB_RGB = """

@@ -42,8 +42,6 @@ def test_the_same_prompt_twice_gives_the_same_picture(report):
     assert report["same_prompt_twice_mean_abs"] == 0
 
 
-# The VAE alone is off by up to 1.2 px on this clip: its output leans to its 8-pixel latent grid.
-@pytest.mark.xfail(strict=True, reason="measured 1.36 px at worst, smoothing off")
 def test_a_moving_picture_moves_the_output_as_much_as_the_input(report):
     assert report["pan"]["max_error_px"] <= 1.0, report["pan"]
 
