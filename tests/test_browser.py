@@ -44,9 +44,9 @@ RECONNECT_TIMEOUT_S = 30
 # between camera and output (best of six looks; a random model scores about 0). A prompt change to "a watercolor
 # fox at night" moved the grey picture by 14-18/255 where half a second under one prompt moved it by 5-15 (CI),
 # too close to tell apart; "a negative photo" moved it by 95 (brighter) where one prompt moved it by 7. The retrained
-# toy keeps the oil prompt's colours where the first one turned them pale: the negative moved it by 28 against 6.
+# toy applies the negative more weakly: it moved the picture by 26-28 where one prompt moved it by 6-8.
 FOLLOWS_CAMERA = 0.6
-PROMPT_CHANGE = 20.0
+PROMPT_CHANGE = 12.0
 
 # Grabs a video element (by id) into a small canvas and returns its pixels as [r, g, b] (64 x 64 of them).
 GRAB_RGB = """
