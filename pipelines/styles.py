@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from diffusers.loaders import StableDiffusionLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin
+from safetensors.torch import load_file, save_file
 
 from .components import ModelComponents
 from .params import NO_STYLE
@@ -175,10 +176,13 @@ class StyleLibrary:
         return name
 
 
-def make_random_lora(components: ModelComponents, path: str | Path, seed: int = 0, rank: int = 4) -> Path:
+def make_random_lora(
+    components: ModelComponents, path: str | Path, seed: int = 0, rank: int = 4, up_scale: float = 1.0
+) -> Path:
     """Write a random LoRA that visibly changes the model's UNet to `path` (call it before styles are loaded).
 
-    It targets the attention projections, in the diffusers format that `load_lora_weights` reads.
+    It targets the attention projections, in the diffusers format that `load_lora_weights` reads. `up_scale`
+    multiplies its up-projections: a stronger style for models that shrug off PEFT's random draw.
     """
     from .tiny import save_tiny_lora
 
@@ -189,6 +193,9 @@ def make_random_lora(components: ModelComponents, path: str | Path, seed: int = 
         written = save_tiny_lora(folder, seed=seed, rank=rank, sdxl=components.is_sdxl, unet=components.unet)
         path.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(written / "pytorch_lora_weights.safetensors", path)
+    if up_scale != 1.0:
+        weights = load_file(path)
+        save_file({key: value * up_scale if ".lora.up." in key else value for key, value in weights.items()}, path)
     return path
 
 

@@ -19,6 +19,10 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 "
 HELD_OUT_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "camera.png", "motorcycle_left.png")
 
 
+# Luminance, red-green and yellow-blue, as rows over R, G, B: the trainer's colour read-out and bench --toy's check.
+OPPONENT = np.array([[1 / 3, 1 / 3, 1 / 3], [1.0, -1.0, 0.0], [0.5, 0.5, -1.0]], dtype=np.float32)
+
+
 def synthetic_picture(rng: np.random.Generator, size: int) -> np.ndarray:
     """A dead-leaves picture (uint8 size x size x 3): overlapping shapes of power-law sizes, filled flat, with
     gradients or textures, over a smooth background, some text, uneven light, defocus and sensor noise.

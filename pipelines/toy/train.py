@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ..presets import ScheduleKind
 from ..schedule import Schedule, build_schedule, guidance_embedding
 from .model import CHECKSUMS, GUIDANCE_EMBEDDING_DIM, WEIGHTS, fresh_parts, save_parts
-from .pictures import synthetic_picture
+from .pictures import OPPONENT, synthetic_picture
 from .styles import STYLES, restyle, style_weight
 
 # Scaled latents get this standard deviation (SD's convention is 1). Larger latents keep more of the picture under
@@ -53,9 +53,6 @@ CHROMA_WEIGHT = 4.0
 # this weight (the read-out is trained with the VAE and thrown away). It makes the encoder carry both colour axes from
 # the start: 1000 steps without it kept red-green at 0.62 correlation (21.5 dB synthetic), with it 0.97 (26.7 dB).
 COLOUR_PROBE_WEIGHT = 1.0
-OPPONENT = torch.tensor(
-    [[1 / 3, 1 / 3, 1 / 3], [1.0, -1.0, 0.0], [0.5, 0.5, -1.0]]
-)  # luminance, red-green, yellow-blue
 # The VAE stage runs its ops on two threads (152 ms a step against 264 ms on one); stage 2 keeps one and makes its
 # batches on the other core.
 VAE_THREADS = 2
@@ -154,7 +151,7 @@ def train_vae(vae, pool: np.ndarray, budget: Budget, rng: np.random.Generator, l
         decoded = vae.decode(latents).sample
         error = decoded - images
         chroma_error = error - error.mean(dim=1, keepdim=True)
-        block_colour = torch.einsum("oc,nchw->nohw", OPPONENT, F.avg_pool2d(images, block))
+        block_colour = torch.einsum("oc,nchw->nohw", torch.from_numpy(OPPONENT), F.avg_pool2d(images, block))
         loss = (
             error.pow(2).mean()
             + error.abs().mean()

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from pipelines import ModelComponents, StreamPipeline, load_model
-from pipelines.toy.pictures import held_out_photos, synthetic_picture
+from pipelines.toy.pictures import OPPONENT, held_out_photos, synthetic_picture
 
 from .temporal_metrics import TRACKING_GAP, measured_shift, moving_clip
 
@@ -77,7 +77,7 @@ def colour_axes(pictures: list[np.ndarray], reconstructions: list[np.ndarray]) -
 
     def axes(images: list[np.ndarray]) -> np.ndarray:
         rgb = np.concatenate([image.reshape(-1, 3) for image in images]).astype(np.float64)
-        return np.stack([rgb[:, 0] - rgb[:, 1], (rgb[:, 0] + rgb[:, 1]) / 2 - rgb[:, 2]])
+        return OPPONENT[1:].astype(np.float64) @ rgb.T  # red-green and yellow-blue
 
     before, after = axes(pictures), axes(reconstructions)
     return {
