@@ -131,7 +131,7 @@ class Stream:
             if self.control is not None:
                 await self.control.close()
             for viewer in list(self.viewers.values()):
-                await self.remove_viewer(viewer.id)
+                await self.remove_viewer(viewer.id, "the stream ended")
             await self._peers.close(self.source)
         finally:
             await self._on_end(self)
@@ -215,16 +215,18 @@ class Stream:
 
     def add_viewer(self, viewer: Viewer) -> None:
         self.viewers[viewer.id] = viewer
+        log.info("stream %s: viewer %s joined", self.name, viewer.id)
 
         @viewer.pc.on("connectionstatechange")
         async def on_state() -> None:
             if viewer.pc.connectionState in ("failed", "closed"):
-                await self.remove_viewer(viewer.id)
+                await self.remove_viewer(viewer.id, f"its connection is {viewer.pc.connectionState}")
 
-    async def remove_viewer(self, viewer_id: str) -> bool:
+    async def remove_viewer(self, viewer_id: str, reason: str) -> bool:
         viewer = self.viewers.pop(viewer_id, None)
         if viewer is None:
             return False
+        log.info("stream %s: viewer %s removed: %s", self.name, viewer_id, reason)
         for track in viewer.tracks:
             track.stop()
         await self._peers.close(viewer.pc)
@@ -251,7 +253,8 @@ class Stream:
             for viewer in list(self.viewers.values()):
                 late = now - viewer.created > config.connect_timeout
                 if late and viewer.pc.connectionState != "connected":
-                    await self.remove_viewer(viewer.id)
+                    state = viewer.pc.connectionState
+                    await self.remove_viewer(viewer.id, f"not connected ({state}) after {config.connect_timeout:g} s")
 
     async def _stats_loop(self) -> None:
         while True:

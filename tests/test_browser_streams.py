@@ -172,8 +172,13 @@ def test_view_page_plays_a_stream_published_by_another_page_and_comes_back(studi
     assert "/whep/stage/" in deleted.value.url and deleted.value.status == 200, (
         deleted.value.url,
         deleted.value.status,
+        deleted.value.text(),
+        studio.output()[-4000:],
     )
     wait_for_health(studio, lambda h: h["viewers"] == 0, STEP_TIMEOUT_S)
+    # The server heard it leave, rather than finding its connection gone (the page closes it after the answer).
+    viewer = deleted.value.url.rsplit("/", 1)[1]
+    assert f"viewer {viewer} removed: it left (DELETE)" in studio.output(), studio.output()[-4000:]
 
     studio_page.click("#stop")
     wait_for_health(studio, lambda h: h["publishers"] == h["viewers"] == h["peer_connections"] == 0, STEP_TIMEOUT_S)

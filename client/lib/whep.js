@@ -9,6 +9,8 @@ import { iceGatheringComplete } from "./ice.js";
 const RETRY_FIRST_DELAY_MS = 500;
 const RETRY_MAX_DELAY_MS = 5000;
 const REQUEST_TIMEOUT_MS = 10000;
+// How long a leaving viewer keeps its connection open for the server to answer its DELETE.
+const LEAVE_TIMEOUT_MS = 2000;
 const WATCH_INTERVAL_MS = 500;
 // Playing, but no frame decoded for this long: the stream is gone even if nobody said so.
 const STALL_TIMEOUT_MS = 5000;
@@ -85,19 +87,22 @@ class WhepSession {
     return 0;
   }
 
-  // Leave: tell the server, then close the connection. The request goes first, so that the server hears the
-  // viewer leave rather than finding its connection gone; keepalive lets it outlive a closing page.
+  // Leave: tell the server, and close the connection once it answered (or after LEAVE_TIMEOUT_MS). Closing at once
+  // races the request: the server may see the connection close first, drop the viewer by itself, and answer the
+  // DELETE 404 (seen once in CI). keepalive lets the request outlive a closing page, which closes the connection.
   close() {
     this.closed = true;
-    this.leave();
-    this.pc.close();
+    const answered = this.leave();
+    const timeout = new Promise((resolve) => setTimeout(resolve, LEAVE_TIMEOUT_MS));
+    Promise.race([answered, timeout]).then(() => this.pc.close());
   }
 
+  // The DELETE for this viewer, if the server made one; settles when answered (or failed).
   leave() {
-    if (this.location !== null) {
-      fetch(this.location, { method: "DELETE", headers: authHeaders(), keepalive: true }).catch(() => {});
-      this.location = null;
-    }
+    if (this.location === null) return Promise.resolve();
+    const request = fetch(this.location, { method: "DELETE", headers: authHeaders(), keepalive: true });
+    this.location = null;
+    return request.catch(() => {});
   }
 }
 

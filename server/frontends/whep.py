@@ -58,7 +58,7 @@ def whep_routes(registry: StreamRegistry) -> list[Route]:
             stream = registry.get(request.path_params["stream"])
         except StreamError as error:
             return error_response(error.status, error.code, error.message)
-        if not await stream.remove_viewer(request.path_params["viewer"]):
+        if not await stream.remove_viewer(request.path_params["viewer"], "it left (DELETE)"):
             return error_response(404, "no_such_resource", "no such WHEP viewer on this stream")
         return Response(status_code=200)
 
