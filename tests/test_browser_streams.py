@@ -177,8 +177,12 @@ def test_view_page_plays_a_stream_published_by_another_page_and_comes_back(studi
     )
     wait_for_health(studio, lambda h: h["viewers"] == 0, STEP_TIMEOUT_S)
     # The server heard it leave, rather than finding its connection gone (the page closes it after the answer).
-    viewer = deleted.value.url.rsplit("/", 1)[1]
-    assert f"viewer {viewer} removed: it left (DELETE)" in studio.output(), studio.output()[-4000:]
+    # Its log reaches this process through a reader thread: wait for the line rather than race it.
+    left = f"viewer {deleted.value.url.rsplit('/', 1)[1]} removed: it left (DELETE)"
+    deadline = time.monotonic() + STEP_TIMEOUT_S
+    while left not in studio.output() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert left in studio.output(), studio.output()[-4000:]
 
     studio_page.click("#stop")
     wait_for_health(studio, lambda h: h["publishers"] == h["viewers"] == h["peer_connections"] == 0, STEP_TIMEOUT_S)

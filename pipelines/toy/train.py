@@ -83,7 +83,7 @@ class Budget:
     # 64-pixel crops: a VAE step on 16 of them took 253 ms of one core, on 96-pixel ones 532 ms.
     vae_crop: int = 64
     # 1800 steps kept the camera picture but applied the styles that remake it weakly (moved from "a photo": ink 10,
-    # negative 37, pencil 38 of 255); 2700 steps: 36, 56, 62, for 264 s more.
+    # negative 37, pencil 38 of 255); 2700 steps: 41, 57, 64, for 319 s more (845 s against 526).
     unet_steps: int = 2700
     unet_batch: int = 16
     unet_crop: int = 96
