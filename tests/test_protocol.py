@@ -84,6 +84,22 @@ async def test_an_offer_without_video_is_refused(live_server):
         await start_session(ws)
 
 
+async def test_an_offer_read_but_not_answerable_is_refused_and_the_session_goes_on(live_server):
+    """aiortc reads an audio section without a direction but cannot answer it (found by the fuzz tests): the offer
+    is refused like any bad one, its stream goes, and the socket offers again under its name."""
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("video", direction="sendrecv")
+    pc.addTransceiver("audio", direction="sendrecv")
+    await pc.setLocalDescription(await pc.createOffer())
+    video, audio = pc.localDescription.sdp.split("m=audio")
+    await pc.close()
+    async with websockets.connect(live_server.ws_url) as ws:
+        await ws.send(json.dumps({"type": "offer", "sdp": video + "m=audio" + audio.replace("a=sendrecv\r\n", "")}))
+        assert "could not answer" in (await expect_error(ws, "bad_sdp"))["message"]
+        assert live_server.health()["publishers"] == 1  # the socket's name only: the refused stream is gone
+        await start_session(ws)
+
+
 @pytest.mark.parametrize(
     ("params", "fragment"),
     [

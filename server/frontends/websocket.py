@@ -140,8 +140,17 @@ class PageSocket:
         try:
             answer = await peers.answer(pc)
         except OfferError as error:
-            await self.end(error.code, error.message)
-            return
+            # An offer aiortc read but cannot answer (fuzzing found one) is refused like any bad offer: its stream
+            # goes, and the socket keeps its name for another offer.
+            stream.listeners.discard(self)
+            self.stream = None
+            await stream.end(error.code, error.message)
+            try:
+                self.registry.reserve(self.name)
+            except StreamError as taken:  # another publisher took the name while the stream ended
+                await self.end(taken.code, taken.message)
+                return
+            raise ProtocolError(error.code, error.message) from None
         stream.bind_outputs(pc, outputs)
         stream.start()
         await self.send({"type": "answer", "sdp": answer})
