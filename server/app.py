@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -21,6 +21,7 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from pipelines import ModelComponents, PromptCache, params_json_schema, params_model_for
+from pipelines.params import Params
 
 from .access import AccessGate
 from .config import ServerConfig
@@ -34,7 +35,7 @@ from .frontends.whip import whip_routes
 from .media.peers import PeerConnections
 from .metrics import Metrics
 from .registry import StreamRegistry
-from .scenes import SceneBook
+from .scenes import SceneBook, Scenes
 from .session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, session_params_model, settings_model
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,17 @@ OPEN_PATHS = ("/", "/view", "/control", "/client")
 SHUTDOWN_MESSAGE = "the server is shutting down"
 
 
-def create_app(model: ModelComponents, config: ServerConfig, overrides: Sequence[BaseRoute] = ()) -> Starlette:
+def create_app(
+    model: ModelComponents,
+    config: ServerConfig,
+    overrides: Sequence[BaseRoute] = (),
+    scene_book: Callable[[type[Params]], Scenes] | None = None,
+) -> Starlette:
     """The ASGI app serving one loaded model to up to `config.max_sessions` streams.
 
     `overrides` come before the app's own routes (a Ray Serve replica's /health, /streams and /metrics of all
-    replicas)."""
+    replicas); `scene_book` makes the scenes from the settings model in place of the `--scenes` file's own book (a
+    replica's view of the board's)."""
     engine = Engine(model.device, max_batch=config.max_batch)
     peers = PeerConnections()
     device = model.device.type
@@ -56,7 +63,8 @@ def create_app(model: ModelComponents, config: ServerConfig, overrides: Sequence
         DEFAULT_MAX_RESOLUTION.get(device, 512), config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0)
     )
     settings = settings_model(params_model_for(model), session_model)
-    scenes = SceneBook(settings, config.scenes_path)  # a bad scene file is one clear ValueError, before serving
+    # A bad scene file is one clear ValueError, before serving.
+    scenes = scene_book(settings) if scene_book is not None else SceneBook(settings, config.scenes_path)
     metrics = Metrics(model.device)
     osc_listener = osc_socket(config.osc_host, config.osc_port) if config.osc_port is not None else None
     registry = StreamRegistry(engine, model, PromptCache(), session_model, peers, config, metrics)
@@ -149,6 +157,7 @@ def create_app(model: ModelComponents, config: ServerConfig, overrides: Sequence
                 AccessGate,
                 token=config.token,
                 allow_origins=config.allow_origins,
+                allow_hosts=config.allow_hosts,
                 open_paths=OPEN_PATHS + (("/metrics",) if config.metrics_public else ()),
             ),
         ],

@@ -18,6 +18,7 @@ class ServerConfig:
     target_fps: float | None = None  # each stream's starting target; None: by device
     max_batch: int = DEFAULT_MAX_BATCH  # frames of different streams run as one model call
     allow_origins: tuple[str, ...] = ()  # other web origins whose pages may use the server
+    allow_hosts: tuple[str, ...] = ()  # host names besides localhost that the server is reached by ("*": any)
     offer_timeout: float = 15.0  # a publishing socket that sends no offer in this time is closed
     connect_timeout: float = 30.0  # a peer connection not connected in this time is closed
     idle_timeout: float = 30.0  # a stream whose source sends no frame for this long ends

@@ -1,8 +1,11 @@
-"""The registry of named streams: names checked and reserved, streams made, found and ended, limits kept.
+"""The registry of named streams and the one place that admits publishers, viewers and controllers.
 
-A publisher reserves its name first (the page's socket when it opens, WHIP when its offer comes), so a second
-publisher under that name is refused at once, and a reservation counts against `--max-sessions` until its stream
-starts or the reservation is given back (an offer that never comes frees its slot after the offer timeout).
+Every limit (streams per server, viewers and controllers per stream) is checked and its slot taken in one step,
+before the first `await`: a check made before awaiting ICE gathering and a count made after it let eight WHEP offers
+through a limit of two. A publisher reserves its name first (the page's socket when it opens, WHIP when its offer
+comes), so a second publisher under that name is refused at once, and the reservation counts against
+`--max-sessions` until its stream starts or it is given back (an offer that never comes frees its slot after the
+offer timeout). A failed answer gives every slot back. Front ends only translate their protocol into these calls.
 """
 
 from __future__ import annotations
@@ -18,11 +21,11 @@ from pipelines import ModelComponents, PromptCache, StreamPipeline
 from .config import ServerConfig
 from .engine import Engine
 from .media.feed import Feed
-from .media.peers import PeerConnections
+from .media.peers import OfferError, PeerConnections
 from .metrics import Metrics
 from .session_params import SessionParams
 from .stats import SessionStats
-from .streams import Stream
+from .streams import Listener, Stream, Viewer
 from .worker import StreamWorker
 
 STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -38,6 +41,7 @@ class StreamError(Exception):
         "server_full": 503,
         "viewers_full": 503,
         "controllers_full": 503,
+        "shutting_down": 503,
     }
 
     def __init__(self, code: str, message: str) -> None:
@@ -77,7 +81,8 @@ class StreamRegistry:
         self.peers = peers
         self.config = config
         self._streams: dict[str, Stream] = {}
-        self._reserved: set[str] = set()
+        self._reserved: dict[str, object] = {}  # name: the reservation (a new object each time it is taken)
+        self._ending = False  # shutting down: no stream may start any more
 
     def __len__(self) -> int:
         return len(self._streams)
@@ -110,17 +115,84 @@ class StreamRegistry:
             raise StreamError("stream_taken", f"stream {name!r} already has a publisher; choose another name")
         if self.publishers >= self.config.max_sessions:
             raise StreamError("server_full", f"the server is at its limit of {self.config.max_sessions} streams")
-        self._reserved.add(name)
+        self._reserved[name] = object()
         return name
 
     def release(self, name: str) -> None:
         """Give back a reservation whose stream never started."""
-        self._reserved.discard(name)
+        self._reserved.pop(name, None)
 
-    async def open(self, name: str, source_kind: str, source: RTCPeerConnection) -> Stream:
-        """Make the reserved stream `name` for the source's offer (the caller answers, then `Stream.start`)."""
-        if name not in self._reserved:
+    async def publish(
+        self, name: str, source_kind: str, offer: str, listener: Listener | None = None
+    ) -> tuple[Stream, str]:
+        """Start the reserved stream `name` from its source's offer; returns the stream and the SDP answer.
+
+        `listener` (the page's socket) is attached and gets the picture back on the offer's receiving video m-line.
+        The name stays reserved until the stream is live: if the offer fails (OfferError) nothing is left, and the
+        caller keeps the reservation for another offer or gives it back."""
+        reservation = self._reserved.get(name)
+        if reservation is None:
             raise RuntimeError(f"stream {name!r} was not reserved")
+        pc = await self.peers.accept(offer, sends_video=True)
+        try:
+            stream = await self._make_stream(name, source_kind, pc)
+        except BaseException:
+            await self.peers.close(pc)
+            raise
+        try:
+            outputs = stream.add_outputs(pc) if listener is not None else []
+            answer = await self.peers.answer(pc)
+            if self._ending:
+                raise StreamError("shutting_down", "the server is shutting down")
+            if self._reserved.get(name) is not reservation:  # given back meanwhile (its socket closed)
+                raise OfferError("offer_abandoned", "the publisher left before its offer was answered")
+            stream.bind_outputs(pc, outputs)
+            if listener is not None:
+                stream.listeners.add(listener)
+            stream.start()
+        except BaseException as error:
+            await stream.end(getattr(error, "code", "internal_error"), "the stream could not start")
+            raise
+        del self._reserved[name]
+        self._streams[name] = stream
+        return stream, answer
+
+    async def view(self, name: str, offer: str) -> tuple[Viewer, str]:
+        """A new WHEP viewer of `name` from its offer; returns the viewer and the SDP answer."""
+        stream = self.get(name)
+        limit = self.config.max_viewers
+        if len(stream.viewers) + stream.joining_viewers >= limit:
+            raise StreamError("viewers_full", f"stream {name!r} has its limit of {limit} viewers")
+        stream.joining_viewers += 1
+        try:
+            pc = await self.peers.accept(offer, sends_video=False)
+            tracks = stream.add_outputs(pc)
+            try:
+                answer = await self.peers.answer(pc)
+                if stream.ended.is_set():  # it ended while this viewer was being answered
+                    raise StreamError("no_such_stream", f"stream {name!r} has ended")
+            except BaseException:
+                for track in tracks:
+                    track.stop()
+                await self.peers.close(pc)
+                raise
+            stream.bind_outputs(pc, tracks)
+            viewer = Viewer(secrets.token_urlsafe(12), pc, tracks)
+            stream.add_viewer(viewer)
+        finally:
+            stream.joining_viewers -= 1
+        return viewer, answer
+
+    def attach_controller(self, name: str, listener: Listener) -> Stream:
+        """Attach a control socket to the stream `name`; StreamError if there is none or it has its controllers."""
+        stream = self.get(name)
+        limit = self.config.max_controllers
+        if sum(1 for attached in stream.listeners if attached.role == "control") >= limit:
+            raise StreamError("controllers_full", f"stream {name!r} has its limit of {limit} controllers")
+        stream.listeners.add(listener)
+        return stream
+
+    async def _make_stream(self, name: str, source_kind: str, source: RTCPeerConnection) -> Stream:
         model, cache = self.model, self.prompt_cache
         pipeline = await self.engine.call(lambda: StreamPipeline(model, cache))
         stats = SessionStats(metrics=self.metrics.for_stream(name))
@@ -136,14 +208,12 @@ class StreamRegistry:
             control,
             device_busy=lambda: self.engine.busy_seconds,
         )
-        stream = Stream(
+        return Stream(
             name, source_kind, source, worker, self.engine, self.peers, self.config, self.metrics, self._forget
         )
-        self._reserved.discard(name)
-        self._streams[name] = stream
-        return stream
 
     async def end_all(self, code: str, reason: str) -> None:
+        self._ending = True
         for stream in list(self._streams.values()):
             await stream.end(code, reason)
 

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -16,12 +17,16 @@ from pipelines import ModelComponents, load_model, resolve_device
 from pipelines.control import CONTROL_KINDS, parse_kinds
 from pipelines.presets import DEFAULT_CUDA_PRESET, OFFLINE_PRESET
 
+from .access import ANY_HOST, is_ip_literal
 from .config import ServerConfig
 from .engine import DEFAULT_MAX_BATCH, reserve_a_core_for_media
 from .media.encoder import DEFAULT_BITRATE_KBPS
 from .media.ice import restrict_ice_to_loopback
 
 log = logging.getLogger("lcmlive")
+
+# A DNS name (labels of letters, digits and hyphens), optionally with a leading dot for the names below it.
+HOST_NAME = re.compile(r"\.?[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.?")
 
 TINY_BANNER = f"""\
   no CUDA device: serving the built-in `{OFFLINE_PRESET}` model, a toy trained in this repository. It shows your
@@ -36,6 +41,13 @@ def exposure_warning(host: str, token: str | None) -> str | None:
     if host in ("127.0.0.1", "localhost", "::1") or token:
         return None
     return f"listening on {host} without a token: anyone who can reach this port can use the model (set --token)"
+
+
+def any_host_warning(config: ServerConfig) -> str | None:
+    if ANY_HOST not in config.allow_hosts:
+        return None
+    unless = "" if config.token else " (set --token)"
+    return f"--allow-host '*': the Host check is off; a DNS-rebinding web page can drive this server{unless}"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -85,6 +97,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="ORIGIN",
         help="a web origin (e.g. https://studio.example) whose pages may use this server; repeatable",
+    )
+    parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a host name this server is reached by besides localhost and IP addresses (a LAN name, a reverse "
+        "proxy's name; .example.com for a domain and its subdomains); repeatable; '*' turns the check off",
     )
     parser.add_argument(
         "--offer-timeout",
@@ -161,9 +181,9 @@ def main(args: argparse.Namespace) -> int:
     if bool(args.cert) != bool(args.key):
         raise ValueError("--cert and --key go together")
     config = config_from_arguments(args)
-    warning = exposure_warning(args.host, args.token)
-    if warning:
-        log.warning(warning)
+    for warning in (exposure_warning(args.host, args.token), any_host_warning(config)):
+        if warning:
+            log.warning(warning)
     if args.replicas is not None:
         from .cluster import serve_replicas
 
@@ -264,6 +284,12 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
     for origin in origins:
         if not origin.startswith(("http://", "https://")) or origin.count("/") != 2:
             raise ValueError(f"--allow-origin takes an origin like https://host:port, got {origin!r}")
+    hosts = [name.strip() for value in args.allow_host for name in value.split(",") if name.strip()]
+    for name in hosts:
+        if name != ANY_HOST and not HOST_NAME.fullmatch(name):
+            raise ValueError(f"--allow-host takes a host name like studio.lan (no scheme or port), got {name!r}")
+    if not is_ip_literal(args.host) and args.host != "localhost":
+        hosts.append(args.host)  # the name it was told to listen on is one it is reached by
     return ServerConfig(
         token=args.token,
         max_sessions=args.max_sessions,
@@ -272,6 +298,7 @@ def config_from_arguments(args: argparse.Namespace) -> ServerConfig:
         target_fps=args.target_fps,
         max_batch=args.max_batch,
         allow_origins=origins,
+        allow_hosts=tuple(hosts),
         offer_timeout=args.offer_timeout,
         connect_timeout=args.connect_timeout,
         idle_timeout=args.idle_timeout,

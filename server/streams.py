@@ -1,9 +1,9 @@
 """A named stream: one source of camera frames, its engine worker and params, its outputs and its controllers.
 
-Front ends never touch the engine or the media directly: they find a stream in the registry and ask it to change
-params (echoed to every attached socket), to feed a new viewer, or to end. A stream ends when its source leaves
-(socket closed, WHIP DELETE, ICE failed or closed), connects too late, or sends no frame for too long; its viewers'
-peer connections close and its controllers are told.
+Front ends never touch the engine or the media directly: the registry admits publishers, viewers and controllers,
+and front ends ask a stream it holds to change params (echoed to every attached socket) or to end. A stream ends
+when its source leaves (socket closed, WHIP DELETE, ICE failed or closed), connects too late, or sends no frame for
+too long; its viewers' peer connections close and its controllers are told.
 """
 
 from __future__ import annotations
@@ -79,6 +79,7 @@ class Stream:
         self.picture = worker.output
         self.control = worker.control_output
         self.viewers: dict[str, Viewer] = {}
+        self.joining_viewers = 0  # admitted, their offers being answered: they count against --max-viewers
         self.listeners: set[Listener] = set()
         self.last_stats: dict[str, Any] = {}  # the latest once-a-second snapshot, for REST and dashboards
         self.ended = asyncio.Event()

@@ -31,7 +31,7 @@ class PageSocket:
     """One page's socket. A publisher reserves its stream's name when it opens and owns the stream it starts;
     a controller attaches to a stream and leaves it running when it goes."""
 
-    def __init__(self, websocket: WebSocket, registry: StreamRegistry, role: str, name: str) -> None:
+    def __init__(self, websocket: WebSocket, registry: StreamRegistry, role: str, name: str | None) -> None:
         self.websocket = websocket
         self.registry = registry
         self.role = role
@@ -39,6 +39,7 @@ class PageSocket:
         self.stream: Stream | None = None
         self._send_lock = asyncio.Lock()
         self._closed = asyncio.Event()
+        self._answering = False  # an offer came in time and is being answered
 
     async def send(self, message: dict[str, Any]) -> None:
         async with self._send_lock:
@@ -49,9 +50,7 @@ class PageSocket:
     async def run(self) -> None:
         """Until the socket closes, the stream ends, or a publisher's offer does not come in time."""
         await self.send({"type": "stream", "name": self.name, "role": self.role, "urls": stream_urls(self.name)})
-        if self.role == "control":
-            self.stream = self.registry.get(self.name)
-            self.stream.listeners.add(self)
+        if self.stream is not None:  # a controller, attached when it was admitted
             await self.send({"type": "params", **self.stream.effective()})
         tasks = {
             asyncio.create_task(self._receive_loop(), name=f"ws-{self.name}-{self.role}-receive"),
@@ -91,7 +90,7 @@ class PageSocket:
     async def _offer_deadline(self) -> None:
         timeout = self.registry.config.offer_timeout
         await asyncio.sleep(timeout)
-        if self.stream is None:
+        if self.stream is None and not self._answering:
             await self.end("offer_timeout", f"no offer within {timeout:g} s; the stream's slot is given back")
 
     async def _receive_loop(self) -> None:
@@ -128,31 +127,16 @@ class PageSocket:
             raise ProtocolError("not_publisher", "a control socket sends no offer; open /ws?stream=NAME to publish")
         if self.stream is not None:
             raise ProtocolError("already_offered", "this session already has a peer connection; open a new socket")
-        peers = self.registry.peers
+        self._answering = True
         try:
-            pc = await peers.accept(message.get("sdp"), sends_video=True)
-        except OfferError as error:
+            stream, answer = await self.registry.publish(self.name, "page", message.get("sdp"), listener=self)
+        except (OfferError, StreamError) as error:
+            # The name stays this socket's: a page may send another offer (an offer aiortc read but cannot answer,
+            # found by fuzzing, is refused like any bad offer).
             raise ProtocolError(error.code, error.message) from None
-        stream = await self.registry.open(self.name, "page", pc)
+        finally:
+            self._answering = False
         self.stream = stream
-        stream.listeners.add(self)
-        outputs = stream.add_outputs(pc)
-        try:
-            answer = await peers.answer(pc)
-        except OfferError as error:
-            # An offer aiortc read but cannot answer (fuzzing found one) is refused like any bad offer: its stream
-            # goes, and the socket keeps its name for another offer.
-            stream.listeners.discard(self)
-            self.stream = None
-            await stream.end(error.code, error.message)
-            try:
-                self.registry.reserve(self.name)
-            except StreamError as taken:  # another publisher took the name while the stream ended
-                await self.end(taken.code, taken.message)
-                return
-            raise ProtocolError(error.code, error.message) from None
-        stream.bind_outputs(pc, outputs)
-        stream.start()
         await self.send({"type": "answer", "sdp": answer})
         await self.send({"type": "params", **stream.effective()})
 
@@ -181,23 +165,21 @@ async def page_socket(websocket: WebSocket, registry: StreamRegistry, sockets: s
     await websocket.accept()
     role = websocket.query_params.get("role", "publish")
     name = websocket.query_params.get("stream") or None
+    connection = PageSocket(websocket, registry, role, name)
     try:
         if role not in ROLES:
             raise ProtocolError("bad_role", f"role must be one of {', '.join(ROLES)}; got {role!r}")
         if role == "control":
             if name is None:
                 raise ProtocolError("no_such_stream", "a control socket names its stream: /ws?stream=NAME&role=control")
-            stream = registry.get(name)
-            limit = registry.config.max_controllers
-            if sum(1 for listener in stream.listeners if listener.role == "control") >= limit:
-                raise StreamError("controllers_full", f"stream {name!r} has its limit of {limit} controllers")
+            # Admitted and attached in one step: nothing awaits between the count and the add.
+            connection.stream = registry.attach_controller(name, connection)
         else:
-            name = registry.reserve(name)
+            connection.name = registry.reserve(name)
     except (ProtocolError, StreamError) as error:
         await websocket.send_text(json.dumps(error_message(error.code, error.message)))
         await websocket.close(code=1013 if error.code in ("server_full", "controllers_full") else 1008)
         return
-    connection = PageSocket(websocket, registry, role, name)
     sockets.add(connection)
     try:
         await connection.run()

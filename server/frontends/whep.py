@@ -6,15 +6,12 @@ that Location ends the viewer. Viewers share the stream's encoder: a new one cos
 
 from __future__ import annotations
 
-import secrets
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from ..media.peers import OfferError
 from ..registry import StreamError, StreamRegistry
-from ..streams import Viewer
 from .http_sdp import SDP_TYPE, HttpError, answer_created, error_response, read_offer
 
 
@@ -24,32 +21,12 @@ def whep_routes(registry: StreamRegistry) -> list[Route]:
             return Response(status_code=204, headers={"Allow": "POST, OPTIONS", "Accept-Post": SDP_TYPE})
         try:
             offer = await read_offer(request)
-            stream = registry.get(request.path_params["stream"])
+            viewer, answer = await registry.view(request.path_params["stream"], offer)
         except (HttpError, StreamError) as error:
             return error_response(error.status, error.code, error.message)
-        limit = registry.config.max_viewers
-        if len(stream.viewers) >= limit:
-            return error_response(503, "viewers_full", f"stream {stream.name!r} has its limit of {limit} viewers")
-        try:
-            pc = await registry.peers.accept(offer, sends_video=False)
         except OfferError as error:
             return error_response(400, error.code, error.message)
-        tracks = stream.add_outputs(pc)
-        try:
-            answer = await registry.peers.answer(pc)
-        except OfferError as error:
-            for track in tracks:
-                track.stop()
-            return error_response(400, error.code, error.message)
-        if stream.ended.is_set():  # it ended while this viewer was being answered
-            for track in tracks:
-                track.stop()
-            await registry.peers.close(pc)
-            return error_response(404, "no_such_stream", f"stream {stream.name!r} has ended")
-        stream.bind_outputs(pc, tracks)
-        viewer = Viewer(secrets.token_urlsafe(12), pc, tracks)
-        stream.add_viewer(viewer)
-        return answer_created(answer, f"/whep/{stream.name}/{viewer.id}")
+        return answer_created(answer, f"/whep/{request.path_params['stream']}/{viewer.id}")
 
     async def resource(request: Request) -> Response:
         if request.method == "OPTIONS":

@@ -24,31 +24,19 @@ def whip_routes(registry: StreamRegistry) -> list[Route]:
     async def publish(request: Request) -> Response:
         if request.method == "OPTIONS":
             return Response(status_code=204, headers={"Allow": "POST, OPTIONS", "Accept-Post": SDP_TYPE})
-        name = request.path_params["stream"]
         try:
             offer = await read_offer(request)
-            name = registry.reserve(name)
-        except HttpError as error:
+            name = registry.reserve(request.path_params["stream"])
+        except (HttpError, StreamError) as error:
             return error_response(error.status, error.code, error.message)
+        try:
+            stream, answer = await registry.publish(name, "whip", offer)
+        except OfferError as error:
+            return error_response(400, error.code, error.message)
         except StreamError as error:
             return error_response(error.status, error.code, error.message)
-        try:
-            pc = await registry.peers.accept(offer, sends_video=True)
-            stream = await registry.open(name, "whip", pc)
-        except OfferError as error:
-            return error_response(400, error.code, error.message)
         finally:
-            registry.release(name)  # a no-op once the stream is open
-        try:
-            answer = await registry.peers.answer(pc)
-        except OfferError as error:
-            await stream.end(error.code, error.message)
-            return error_response(400, error.code, error.message)
-        try:
-            stream.start()
-        except BaseException:
-            await stream.end("internal_error", "the stream failed to start")
-            raise
+            registry.release(name)  # a no-op once the stream is live
         log.info("stream %s: WHIP publisher connected", name)
         return answer_created(answer, f"/whip/{name}/{stream.id}")
 
