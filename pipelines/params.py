@@ -8,8 +8,9 @@ name the parameter and the allowed range, before anything changes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
@@ -74,6 +75,10 @@ class StreamParams(Params):
     """What the person controls in the picture. Frozen: a change makes a new object, so a frame never sees half
     an update. Limits here are the widest; `params_model` narrows them to the loaded model."""
 
+    # The loaded model's rule that a frame runs at least one step, as (schedule kind, origin_steps); `params_model`
+    # sets it, and `valid_range` reads it so that a fader's floor is the rule's own. None: no such rule.
+    step_rule: ClassVar[tuple[ScheduleKind, int] | None] = None
+
     prompt: str = Field(
         "an oil painting, vivid colors, thick brush strokes",
         max_length=MAX_PROMPT_LENGTH,
@@ -125,6 +130,17 @@ def steps_that_run(kind: ScheduleKind, steps: int, strength: float | None, origi
     return min(int(steps * strength), steps)
 
 
+def lowest_strength(kind: ScheduleKind, steps: int, origin_steps: int) -> float:
+    """The lowest strength (to 4 decimals, rounded up) at which img2img runs `steps` (see `steps_that_run`); above
+    1.0 when no strength does."""
+    exact = steps / origin_steps if kind is ScheduleKind.LCM_IMG2IMG else 1 / steps
+    strength = math.ceil(round(exact * 10_000, 6)) / 10_000
+    # Float products round either way (0.29 x 100 = 28.999999999999996): the rule itself has the last word.
+    while strength <= 1.0 and steps_that_run(kind, steps, strength, origin_steps) == 0:
+        strength = round(strength + 0.0001, 4)
+    return strength
+
+
 def params_model(
     preset: ModelPreset, controls: Sequence[str] = (), origin_steps: int = 50, styles: Sequence[str] = ()
 ) -> type[StreamParams]:
@@ -156,15 +172,16 @@ def params_model(
         strength = None if params.mode == "txt2img" else params.strength
         if steps_that_run(preset.schedule, params.steps, strength, origin_steps) == 0:
             steps, strength = params.steps, params.strength
+            lowest = lowest_strength(preset.schedule, steps, origin_steps)
             if preset.schedule is ScheduleKind.LCM_IMG2IMG:
                 message = (
                     f"strength {strength} leaves fewer LCM timesteps than steps={steps}: raise strength to at least "
-                    f"{steps / origin_steps:.2f} or lower steps"
+                    f"{lowest:g} or lower steps"
                 )
             else:
                 message = (
                     f"steps={steps} at strength {strength} runs no denoising step (int(steps x strength) = 0): "
-                    f"raise strength to at least {1 / steps:.2f} or raise steps"
+                    f"raise strength to at least {lowest:g} or raise steps"
                 )
             raise PydanticCustomError("no_step", message)
         return params
@@ -180,7 +197,7 @@ def params_model(
     if len(kinds) == 1:
         validators["one_control_scale"] = model_validator(mode="before")(_single_scale_alias(kinds[0].scale_param))
     base = StreamParams
-    return create_model(
+    model = create_model(
         base.__name__,
         __base__=bases,
         __validators__=validators,
@@ -190,6 +207,8 @@ def params_model(
         **control_fields,
         **style_fields,
     )
+    model.step_rule = (preset.schedule, origin_steps)
+    return model
 
 
 def _single_scale_alias(scale_param: str) -> Callable[[type, Any], Any]:
@@ -240,6 +259,18 @@ def numeric_range(model: type[BaseModel], name: str) -> tuple[float, float, bool
     if lower is None or upper is None:
         return None
     return lower, upper, field.annotation is int
+
+
+def valid_range(model: type[BaseModel], name: str, values: dict[str, Any]) -> tuple[float, float, bool] | None:
+    """`numeric_range` narrowed to what `model` accepts with the other params at `values`: strength's floor is the
+    lowest strength at which a frame runs a step (`lowest_strength`; above the maximum when none does)."""
+    bounds = numeric_range(model, name)
+    rule: tuple[ScheduleKind, int] | None = getattr(model, "step_rule", None)
+    if bounds is None or name != "strength" or rule is None or values.get("mode") == "txt2img":
+        return bounds
+    lower, upper, whole = bounds
+    kind, origin_steps = rule
+    return max(lower, lowest_strength(kind, values["steps"], origin_steps)), upper, whole
 
 
 def _bounds(model: type[BaseModel], name: str) -> tuple[Any, Any, Any]:

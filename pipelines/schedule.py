@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from diffusers import LCMScheduler
 
+from .params import lowest_strength
 from .presets import ScheduleKind
 
 
@@ -47,15 +48,16 @@ def build_schedule(
     `strength=None` means text-to-image: every step of the full schedule, from pure noise.
     """
     scheduler = LCMScheduler.from_config(scheduler.config)  # set_timesteps mutates; keep the shared one clean
+    origin_steps = scheduler.config.original_inference_steps
     if strength is None:
         scheduler.set_timesteps(steps)
         first = 0
     elif kind is ScheduleKind.LCM_IMG2IMG:
-        usable = int(scheduler.config.original_inference_steps * strength)
+        usable = int(origin_steps * strength)
         if steps > usable:
             raise ValueError(
                 f"strength {strength} leaves {usable} LCM timestep(s), fewer than steps={steps}: "
-                f"raise strength to at least {steps / scheduler.config.original_inference_steps:.2f} or lower steps"
+                f"raise strength to at least {lowest_strength(kind, steps, origin_steps):g} or lower steps"
             )
         scheduler.set_timesteps(steps, strength=strength)
         first = 0
@@ -64,7 +66,7 @@ def build_schedule(
         if effective < 1:
             raise ValueError(
                 f"steps={steps} at strength {strength} runs no denoising step (int(steps x strength) = 0): "
-                f"raise strength to at least {1 / steps:.2f} or raise steps"
+                f"raise strength to at least {lowest_strength(kind, steps, origin_steps):g} or raise steps"
             )
         scheduler.set_timesteps(steps)
         first = steps - effective
