@@ -1,8 +1,9 @@
-"""What WHIP and WHEP share: an SDP offer read from an HTTP request, the 201 answer, and errors as JSON."""
+"""What the HTTP front ends share: a body read up to the size limit and errors as JSON; for WHIP and WHEP, the SDP
+offer and the 201 answer."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from ..protocol import MAX_MESSAGE_BYTES
@@ -25,15 +26,35 @@ async def read_offer(request: Request) -> str:
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != SDP_TYPE:
         raise HttpError(415, "bad_content_type", f"send the offer as {SDP_TYPE}, not {content_type or 'nothing'}")
-    body = b""
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_MESSAGE_BYTES:
-            raise HttpError(413, "offer_too_large", f"the offer is over the limit of {MAX_MESSAGE_BYTES} bytes")
+    body = await read_body(request, "offer_too_large", "the offer")
     try:
         return body.decode()
     except UnicodeDecodeError:
         raise HttpError(400, "bad_sdp", "the offer is not UTF-8 text") from None
+
+
+async def read_body(request: Request, too_large: str, what: str) -> bytes:
+    """The request's body, read in chunks; HttpError 413 `too_large` as soon as it is over MAX_MESSAGE_BYTES.
+
+    A declared Content-Length over the limit is refused before a byte is read, a chunked body at the first chunk
+    past it: the rest is never held (uvicorn drops it as it arrives, and the connection stays usable).
+    """
+    refusal = HttpError(413, too_large, f"{what} is over the limit of {MAX_MESSAGE_BYTES} bytes")
+    try:
+        declared = int(request.headers.get("content-length", "0"))
+    except ValueError:  # not a number: uvicorn refuses such a request before the app sees it
+        declared = 0
+    if declared > MAX_MESSAGE_BYTES:
+        raise refusal
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_MESSAGE_BYTES:
+                raise refusal
+    except ClientDisconnect:  # gone mid-body: nobody reads this answer, but nothing may escape as a traceback
+        raise HttpError(400, "incomplete_body", f"the client left before the end of {what}") from None
+    return bytes(body)
 
 
 def answer_created(answer: str, location: str) -> Response:

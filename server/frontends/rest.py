@@ -6,18 +6,16 @@ the stream; a refused change is `422 {"errors": [{"param": ..., "message": ...}]
 
 from __future__ import annotations
 
-import json
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pipelines import ParamsError
 
-from ..protocol import MAX_MESSAGE_BYTES
+from ..protocol import ProtocolError, parse_json
 from ..registry import StreamError, StreamRegistry
 from ..scenes import SceneBook
-from .http_sdp import error_response
+from .http_sdp import HttpError, error_response, read_body
 
 
 def rest_routes(registry: StreamRegistry, scenes: SceneBook) -> list[Route]:
@@ -82,14 +80,14 @@ def rest_routes(registry: StreamRegistry, scenes: SceneBook) -> list[Route]:
 
 
 async def _json_object(request: Request) -> dict | Response:
-    """The request's JSON object body, or the error response to send instead."""
-    body = await request.body()
-    if len(body) > MAX_MESSAGE_BYTES:
-        return error_response(413, "message_too_large", f"the body is over {MAX_MESSAGE_BYTES} bytes")
+    """The request's JSON object body, or the error response to send instead: 413 over the size limit, 400 for
+    anything that is not JSON (the socket's `malformed_json`), 422 for JSON that is not an object."""
     try:
-        value = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        return error_response(400, "malformed_json", f"the body is not JSON: {error}")
+        value = parse_json(await read_body(request, "message_too_large", "the body"))
+    except HttpError as error:
+        return error_response(error.status, error.code, error.message)
+    except ProtocolError as error:
+        return error_response(400, error.code, f"the body is {error.message}")
     if not isinstance(value, dict):
         return JSONResponse({"errors": [{"param": None, "message": "send a JSON object"}]}, status_code=422)
     return value
