@@ -1,6 +1,6 @@
 """Ray Serve replicas: `lcmlive serve --replicas 2` of `tiny` on a local Ray that the server starts (loopback only,
-no dashboard, no usage stats) and stops. Placement, routing to a stream's replica, the views of every replica, and a
-replica's death."""
+no dashboard, no usage stats) and stops. Placement, routing to a stream's replica, the views of every replica, one
+scene list for all of them, OSC that outlasts hostile datagrams, and a replica's death."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import contextlib
 import importlib.util
 import json
 import os
+import random
 import signal
+import socket
+import struct
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -20,7 +25,7 @@ from server.bench.loopback import LoopbackClient, free_port
 from server.bench.rtc_clients import WhepViewer, http
 from server.media.ice import restrict_ice_to_loopback
 
-from conftest import LiveServer
+from conftest import ROOT, LiveServer
 
 pytestmark = pytest.mark.ray
 
@@ -41,10 +46,14 @@ def loopback_ice():
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(tmp_path_factory):
     osc_port = free_port()  # a TCP probe; the UDP port of the same number is as free on loopback in practice
-    server = LiveServer("--replicas", "2", "--osc-port", str(osc_port))
+    scenes = tmp_path_factory.mktemp("show") / "scenes.json"
+    scenes.write_text(json.dumps([{"name": "calm", "params": {"prompt": "a calm lake"}}]))
+    server = LiveServer("--replicas", "2", "--osc-port", str(osc_port), "--scenes", str(scenes))
     server.osc = SimpleUDPClient("127.0.0.1", osc_port)
+    server.osc_port = osc_port
+    server.scenes = scenes
     pids = []
     try:
         wait_for(lambda: len(server.health()["replicas"]) == 2, "two replicas")
@@ -190,17 +199,76 @@ async def test_one_osc_port_reaches_every_streams_replica(cluster):
             await osc_echoed(cluster.osc, "/lcmlive/*/seed", 400, client)
 
 
-async def osc_echoed(osc: SimpleUDPClient, address: str, seed: int, client: LoopbackClient) -> None:
-    """Send `address seed` until `client`'s stream echoes the seed."""
+async def osc_echoed(osc: SimpleUDPClient, address: str, value, client: LoopbackClient, echoed=None) -> None:
+    """Send `address value` until `client`'s stream echoes params that `echoed` accepts (by default: the seed is
+    `value`)."""
+    echoed = echoed or (lambda params: params["seed"] == value)
     deadline = time.monotonic() + TIMEOUT
     while True:
-        osc.send_message(address, seed)
+        osc.send_message(address, value)
         try:
-            await client.wait_for_params(lambda params: params["seed"] == seed, timeout=1.0)
+            await client.wait_for_params(echoed, timeout=1.0)
             return
         except TimeoutError:
             if time.monotonic() > deadline:
-                raise AssertionError(f"{address} {seed} never reached stream {client.stream_name}") from None
+                raise AssertionError(f"{address} {value} never reached stream {client.stream_name}") from None
+
+
+async def test_scenes_saved_through_either_replica_are_one_list(cluster):
+    prompts = {"calm": "a calm lake", "from-north": "the north", "from-south": "the south"}
+    async with two_streams(cluster, "north", "south") as (north, south):
+        assert replica_of(north) != replica_of(south)
+        # Each saved through its stream's replica (the router sends a scene's PUT where its stream is).
+        for client, seed in ((north, 501), (south, 502)):
+            await client.send_params(prompt=prompts[f"from-{client.stream_name}"], seed=seed)
+            url = f"{cluster.url}/scenes/from-{client.stream_name}?stream={client.stream_name}"
+            reply = await http("PUT", url, "{}")
+            assert reply.status == 200, reply.body
+
+        # At once, each replica finds the other's scene: OSC through the relay, then REST by name and by position
+        # (the same order on both).
+        for client, other in ((north, "from-south"), (south, "from-north")):
+            address = f"/lcmlive/{client.stream_name}/scene"
+            wanted = prompts[other]
+            await osc_echoed(cluster.osc, address, other, client, lambda params, p=wanted: params["prompt"] == p)
+        for client in (north, south):
+            for position, name in enumerate(prompts, start=1):
+                for key in (name, position):
+                    url = f"{cluster.url}/scenes/{key}/recall?stream={client.stream_name}"
+                    reply = await http("POST", url, "{}")
+                    assert reply.status == 200, reply.body
+                    assert json.loads(reply.body)["params"]["prompt"] == prompts[name], (client.stream_name, key)
+        for _ in range(4):  # whichever replica the proxy picks
+            listed = json.loads((await http("GET", f"{cluster.url}/scenes")).body)["scenes"]
+            assert [scene["name"] for scene in listed] == list(prompts)
+        on_disk = json.loads(cluster.scenes.read_text())
+        assert [(scene["name"], scene["params"]["prompt"]) for scene in on_disk] == list(prompts.items())
+        assert on_disk[1]["params"]["seed"] == 501 and on_disk[2]["params"]["seed"] == 502
+
+
+def hostile_datagrams() -> list[bytes]:
+    """What once stopped OSC, or might: a bomb of nested bundles (python-osc recurses into each: RecursionError),
+    a bundle cut short, random bytes, and a datagram near UDP's limit."""
+    bomb = b"#bundle\0" + bytes(8)  # an empty bundle at the bottom, then 3000 around it (60 KB)
+    for _ in range(3000):
+        bomb = b"#bundle\0" + bytes(8) + struct.pack(">i", len(bomb)) + bomb
+    truncated = b"#bundle\0" + bytes(8) + struct.pack(">i", 64) + b"/lcmlive/"
+    noise = random.Random(20).randbytes(512)
+    address = b"/lcmlive/*/prompt\0\0\0,s\0\0"
+    huge = address + b"x" * (65_000 - len(address) - 4) + bytes(4)
+    return [bomb, truncated, noise, huge]
+
+
+async def test_hostile_datagrams_do_not_stop_osc(cluster):
+    datagrams = hostile_datagrams()
+    assert len(datagrams[0]) > 60_000 and len(datagrams[-1]) == 65_000
+    async with two_streams(cluster, "lamp", "torch") as (lamp, torch):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for datagram in datagrams:
+                sender.sendto(datagram, ("127.0.0.1", cluster.osc_port))
+        # The relay and both replicas' front ends are still there: an ordinary message applies on each stream.
+        for client, seed in ((lamp, 611), (torch, 612)):
+            await osc_echoed(cluster.osc, f"/lcmlive/{client.stream_name}/seed", seed, client)
 
 
 async def test_a_dead_replica_ends_only_its_stream_and_a_reconnect_streams_again(cluster):
@@ -230,3 +298,14 @@ async def test_a_dead_replica_ends_only_its_stream_and_a_reconnect_streams_again
         timeout=2 * TIMEOUT,
     )
     assert len(replicas) == 2
+
+
+def test_a_bad_scene_file_stops_the_replicas_before_ray_starts(tmp_path):
+    path = tmp_path / "scenes.json"
+    path.write_text('[{"name": "calm", "params": {}}, {"name": "a b", "params": {}}]')
+    command = [sys.executable, "-m", "server.cli", "serve", "--model", "tiny", "--device", "cpu", "--port", "1"]
+    result = subprocess.run(
+        [*command, "--replicas", "2", "--scenes", str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    assert "entry 2: scene name 'a b' is not allowed" in result.stderr and "Traceback" not in result.stderr

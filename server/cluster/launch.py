@@ -15,6 +15,7 @@ import sys
 import time
 
 from ..frontends.osc import osc_socket
+from ..scenes import check_scene_name, read_scenes
 from ..serve import config_from_arguments
 
 log = logging.getLogger("lcmlive")
@@ -29,6 +30,14 @@ def run(args: argparse.Namespace) -> int:
     config = config_from_arguments(args)
     # Bound first: a port that is taken stops the command before Ray starts.
     osc_listener = osc_socket(args.osc_host, args.osc_port) if args.osc_port is not None else None
+    if config.scenes_path is not None:
+        # So does a scene file that is not a list of named scenes (the board reads it again); the replicas check
+        # the params, against their model.
+        for position, scene in enumerate(read_scenes(config.scenes_path, None), start=1):
+            try:
+                check_scene_name(scene.name)
+            except ValueError as error:
+                raise ValueError(f"--scenes {config.scenes_path}: entry {position}: {error}") from None
     local = args.ray_address is None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if local:
@@ -78,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_SECONDS,
             logging_config=LoggingConfig(enable_access_log=False),
-        ).bind(replica_args, Board.bind())
+        ).bind(replica_args, Board.bind(config.scenes_path))
         log.info("starting %d replica(s) (%s each) ...", args.replicas, "one GPU" if gpus else "one CPU")
         serve.run(replicas, name=APP_NAME, route_prefix="/")
         if osc_listener is not None:

@@ -2,7 +2,8 @@
 
 Signaling reaches it through the proxy; its WebRTC media does not: aiortc in this process gathers this node's
 addresses (loopback only with `--ice-loopback`), so the media goes straight between the client and this node. It
-reports its stream names to the router (routing stats) and its health, streams and metrics to the board.
+reports its stream names to the router (routing stats) and its health, streams and metrics to the board, and keeps
+its scenes on the board (board_scenes.py).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
 from ..app import create_app
+from ..scenes import check_scenes
 from ..serve import config_from_arguments, load_served_model, prepare_media
 from .board import REPORT_INTERVAL_SECONDS
+from .board_scenes import BoardScenes
 from .views import cluster_routes
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,15 @@ class Replica:
         if config.osc_port is not None:
             # The show's OSC port is the relay's (osc_relay.py); this replica hears the relay on a port of its node.
             config = dataclasses.replace(config, osc_host=self._node, osc_port=0)
-        self._app = create_app(model, config, overrides=cluster_routes(self._reports))
+        scenes = await board.scenes.remote()
+
+        def board_scenes(settings_model) -> BoardScenes:
+            # The file's scenes, as the board read them, must fit this model: one clear error at start, as on a
+            # single server.
+            check_scenes(scenes, settings_model, config.scenes_path)
+            return BoardScenes(board, settings_model)
+
+        self._app = create_app(model, config, overrides=cluster_routes(self._reports), scene_book=board_scenes)
         self._reporter = asyncio.create_task(self._report_loop(), name=f"replica-{self.id}-report")
         log.info("replica %s ready on %s (pid %d)", self.id, self._node, os.getpid())
 
@@ -57,8 +68,9 @@ class Replica:
 
     async def __del__(self) -> None:
         # No goodbye to the board: it may be gone already (its call would wait for a board that never comes back),
-        # and the report goes stale by itself.
-        self._reporter.cancel()
+        # and the report goes stale by itself. A replica whose start failed (a scene its model refuses) has no task.
+        if hasattr(self, "_reporter"):
+            self._reporter.cancel()
 
     def _report(self) -> dict[str, Any]:
         state = self._app.state
