@@ -29,7 +29,7 @@ from pipelines.params import Params, numeric_range, valid_range
 
 from ..metrics import Metrics
 from ..registry import StreamError, StreamRegistry
-from ..scenes import SceneBook
+from ..scenes import SceneBook, SceneBookUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -265,9 +265,12 @@ class OscControl(asyncio.DatagramProtocol):
 
     async def _recall(self, stream, address: str, change: OscChange) -> None:
         try:
-            scene = self.scenes.find(change.value)
+            scene = await self.scenes.find(change.value)
         except KeyError as error:
             self._reject(change.sender, address, str(error.args[0]))
+            return
+        except SceneBookUnavailable as error:  # under replicas: the board that keeps them, restarting
+            self._log(change.sender, address, str(error))
             return
         try:
             await stream.set_params(scene.params, front_end="osc")

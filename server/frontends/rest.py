@@ -14,11 +14,11 @@ from pipelines import ParamsError
 
 from ..protocol import ProtocolError, parse_json
 from ..registry import StreamError, StreamRegistry
-from ..scenes import SceneBook
+from ..scenes import SceneBookUnavailable, Scenes
 from .http_sdp import HttpError, error_response, read_body
 
 
-def rest_routes(registry: StreamRegistry, scenes: SceneBook) -> list[Route]:
+def rest_routes(registry: StreamRegistry, scenes: Scenes) -> list[Route]:
     async def list_streams(request: Request) -> JSONResponse:
         return JSONResponse({"streams": [stream.summary() for stream in registry]})
 
@@ -41,8 +41,12 @@ def rest_routes(registry: StreamRegistry, scenes: SceneBook) -> list[Route]:
             return JSONResponse({"errors": error.as_list()}, status_code=422)
         return JSONResponse(effective)
 
-    async def list_scenes(request: Request) -> JSONResponse:
-        return JSONResponse({"scenes": [scene.as_dict() for scene in scenes]})
+    async def list_scenes(request: Request) -> Response:
+        try:
+            listed = await scenes.all()
+        except SceneBookUnavailable as error:
+            return error_response(503, "scenes_unavailable", str(error))
+        return JSONResponse({"scenes": [scene.as_dict() for scene in listed]})
 
     async def scene(request: Request) -> Response:
         """PUT: save a stream's current params as the scene; POST .../recall: apply the scene to a stream."""
@@ -57,14 +61,18 @@ def rest_routes(registry: StreamRegistry, scenes: SceneBook) -> list[Route]:
         name = request.path_params["scene"]
         if request.method == "PUT":
             try:
-                saved = scenes.store(name, stream.effective()["params"])
-            except (ValueError, OSError) as error:
+                saved = await scenes.store(name, stream.effective()["params"])
+            except SceneBookUnavailable as error:
+                return error_response(503, "scenes_unavailable", str(error))
+            except (ValueError, OSError) as error:  # a bad name, a cap, the file: nothing changed
                 return error_response(422, "bad_scene", str(error))
             return JSONResponse(saved.as_dict())
         try:
-            chosen = scenes.find(name)
+            chosen = await scenes.find(name)
         except KeyError as error:
             return error_response(404, "no_such_scene", str(error.args[0]))
+        except SceneBookUnavailable as error:
+            return error_response(503, "scenes_unavailable", str(error))
         try:
             return JSONResponse(await stream.set_params(chosen.params, front_end="rest"))
         except ParamsError as error:
