@@ -3,8 +3,9 @@
 Pipeline plus engine, no networking: each stream always has a new camera frame and asks for frames as fast as
 they come, so the engine is never idle. The two ways run in alternating windows of one run, so that a shared
 machine's drift slows both alike. Each window reports frames per wall second and frames per CPU second of the
-engine thread (which runs the model, with one model thread): on a machine shared with other work the wall rate
-swung 1.3-8.1 fps between windows of one run, while the CPU rate is what the model itself costs. `batch_gain` is
+model's threads (the engine thread and its helpers, see model_threads.py): on a machine shared with other work the
+wall rate swung 1.3-8.1 fps between windows of one run, while the CPU rate is what the model itself costs, and
+counting the helpers makes it the same measure on 2 cores (one model thread) as on 32 (31). `batch_gain` is
 batched over one-at-a-time at the largest count, on the CPU rate where the device is the CPU.
 """
 
@@ -13,12 +14,14 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from typing import NamedTuple
 
 from pipelines import ModelComponents, StreamPipeline, load_model
 from pipelines.synthetic import moving_pattern
 
 from ..engine import Engine, reserve_a_core_for_media
 from ..worker import FrameJob
+from .model_threads import ModelThreads, helper_pool_sizes, native_thread_ids
 
 WARMUP_SECONDS = 2.0
 ROUNDS = 3  # windows per way and count, alternating
@@ -54,20 +57,35 @@ class SyntheticStream:
         raise error
 
 
+class Window(NamedTuple):
+    fps: float
+    fps_per_cpu_second: float  # CPU seconds of the model's threads
+    helper_cpu_share: float  # of those, the part spent in helper threads
+    model_threads: str
+
+
 def frames_per_second(
-    components: ModelComponents, streams: list[SyntheticStream], max_batch: int, seconds: float
-) -> tuple[float, float]:
-    """Total frames per wall second and per engine-thread CPU second of `streams` through a fresh engine."""
+    components: ModelComponents,
+    streams: list[SyntheticStream],
+    max_batch: int,
+    seconds: float,
+    threads_before: set[int],
+) -> Window:
+    """`streams` through a fresh engine; helpers are the native threads started since `threads_before`."""
     engine = Engine(components.device, max_batch=max_batch)
     engine.start()
     try:
         for stream in streams:
             engine.add(stream)
-        time.sleep(WARMUP_SECONDS)
-        before, cpu_before, start = sum(len(s.finished) for s in streams), engine.cpu_seconds(), time.monotonic()
+        time.sleep(WARMUP_SECONDS)  # long enough for the engine's first frames to start its helper pools
+        model = ModelThreads(engine.cpu_seconds, threads_before)
+        before, start = sum(len(s.finished) for s in streams), time.monotonic()
+        cpu_before, helper_before = model.cpu_seconds(), model.helper_cpu_seconds()
         time.sleep(seconds)
         done = sum(len(stream.finished) for stream in streams) - before
-        return done / (time.monotonic() - start), done / max(engine.cpu_seconds() - cpu_before, 1e-9)
+        cpu, helper = model.cpu_seconds() - cpu_before, model.helper_cpu_seconds() - helper_before
+        cpu = max(cpu, 1e-9)
+        return Window(done / (time.monotonic() - start), done / cpu, helper / cpu, model.described())
     finally:
         engine.stop()
 
@@ -84,6 +102,7 @@ def parse_counts(value: str) -> list[int]:
 
 def main(args: argparse.Namespace) -> dict:
     counts = parse_counts(args.streams)
+    threads_before = native_thread_ids()
     model = load_model(args.model, device=args.device)
     threads = reserve_a_core_for_media(model.device)  # as `lcmlive serve` does: one model thread on 2 cores
     size = (args.size, args.size)
@@ -93,6 +112,7 @@ def main(args: argparse.Namespace) -> dict:
         f"steps {args.steps}, strength {args.strength}, {ROUNDS} alternating windows of {window:.1f} s per way"
     )
     on_cpu = model.device.type == "cpu"
+    counted: set[str] = set()
     runs = []
     for count in counts:
         # Different prompts and seeds per stream: what a batch must carry per sample.
@@ -100,25 +120,29 @@ def main(args: argparse.Namespace) -> dict:
             SyntheticStream(model, size, prompt=f"style {index}", seed=index, steps=args.steps, strength=args.strength)
             for index in range(count)
         ]
-        windows: dict[str, list[tuple[float, float]]] = {"one_at_a_time": [], "batched": []}
+        windows: dict[str, list[Window]] = {"one_at_a_time": [], "batched": []}
         for _ in range(ROUNDS):
-            windows["one_at_a_time"].append(frames_per_second(model, streams, 1, window))
-            windows["batched"].append(frames_per_second(model, streams, count, window))
+            windows["one_at_a_time"].append(frames_per_second(model, streams, 1, window, threads_before))
+            windows["batched"].append(frames_per_second(model, streams, count, window, threads_before))
         run = {"streams": count}
         for way, values in windows.items():
-            run[f"{way}_fps"] = round(statistics.median(v[0] for v in values), 3)
-            run[f"{way}_fps_per_cpu_second"] = round(statistics.median(v[1] for v in values), 3)
-            run[f"{way}_windows"] = [[round(wall, 2), round(cpu, 2)] for wall, cpu in values]
+            run[f"{way}_fps"] = round(statistics.median(v.fps for v in values), 3)
+            run[f"{way}_fps_per_cpu_second"] = round(statistics.median(v.fps_per_cpu_second for v in values), 3)
+            run[f"{way}_helper_cpu_share"] = round(statistics.median(v.helper_cpu_share for v in values), 3)
+            run[f"{way}_windows"] = [[round(v.fps, 2), round(v.fps_per_cpu_second, 2)] for v in values]
+            counted.update(v.model_threads for v in values)
         rate = "_fps_per_cpu_second" if on_cpu else "_fps"
         run["gain"] = round(run["batched" + rate] / run["one_at_a_time" + rate], 3)
         runs.append(run)
         print(
             f"  {count} stream(s): one at a time {run['one_at_a_time_fps']:6.2f} fps "
             f"({run['one_at_a_time_fps_per_cpu_second']:6.2f} per CPU s), batched {run['batched_fps']:6.2f} fps "
-            f"({run['batched_fps_per_cpu_second']:6.2f} per CPU s): {run['gain']:.3f}x"
+            f"({run['batched_fps_per_cpu_second']:6.2f} per CPU s): {run['gain']:.3f}x; helpers' share of the CPU "
+            f"{run['one_at_a_time_helper_cpu_share']:.2f} and {run['batched_helper_cpu_share']:.2f}"
         )
     gain = runs[-1]["gain"]
-    print(f"  batch_gain at {counts[-1]} streams: {gain:.3f}")
+    model_cpu_counted = f"{' or '.join(sorted(counted))} ({helper_pool_sizes()})"
+    print(f"  batch_gain at {counts[-1]} streams: {gain:.3f}; CPU seconds counted: {model_cpu_counted}")
     return {
         "mode": "streams",
         "model": args.model,
@@ -130,5 +154,6 @@ def main(args: argparse.Namespace) -> dict:
         "seconds": args.seconds,
         "runs": runs,
         "batch_gain": gain,
-        "gain_measured_on": "engine CPU time" if on_cpu else "wall time",
+        "gain_measured_on": "CPU time of the model's threads" if on_cpu else "wall time",
+        "model_cpu_counted": model_cpu_counted,
     }
