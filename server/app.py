@@ -149,7 +149,7 @@ def create_app(
             Middleware(
                 CORSMiddleware,
                 allow_origins=list(config.allow_origins),
-                allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
+                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
                 allow_headers=["Authorization", "Content-Type"],
                 expose_headers=["Location"],
             ),

@@ -89,10 +89,7 @@ def parse_client_message(text: str | None, data: bytes | None) -> dict[str, Any]
         raise ProtocolError(
             "message_too_large", f"message is {len(text.encode())} bytes; the limit is {MAX_MESSAGE_BYTES}"
         )
-    try:
-        message = json.loads(text)
-    except (ValueError, RecursionError) as error:  # also nesting too deep and numbers of over 4300 digits
-        raise ProtocolError("malformed_json", f"message is not valid JSON: {error}") from None
+    message = parse_json(text)
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("bad_message", 'a message must be a JSON object with a string "type"')
     return message

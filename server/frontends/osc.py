@@ -29,7 +29,7 @@ from pipelines.params import Params, numeric_range, valid_range
 
 from ..metrics import Metrics
 from ..registry import StreamError, StreamRegistry
-from ..scenes import SceneBook, SceneBookUnavailable
+from ..scenes import SceneBookUnavailable, Scenes
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ class OscControl(asyncio.DatagramProtocol):
     def __init__(
         self,
         registry: StreamRegistry,
-        scenes: SceneBook,
+        scenes: Scenes,
         settings_model: type[Params],
         metrics: Metrics,
         allowed_senders: frozenset[str] | None,
@@ -337,7 +337,7 @@ def is_loopback(host: str) -> bool:
 
 async def start_osc(
     registry: StreamRegistry,
-    scenes: SceneBook,
+    scenes: Scenes,
     settings_model: type[Params],
     metrics: Metrics,
     sock: socket.socket,

@@ -50,7 +50,7 @@ def rest_routes(registry: StreamRegistry, scenes: Scenes) -> list[Route]:
 
     async def scene(request: Request) -> Response:
         """PUT: save a stream's current params as the scene; POST .../recall: apply the scene to a stream."""
-        body = await _json_object(request)
+        body = await _json_object(request, empty_is_object=True)  # the stream may come in the query alone
         if isinstance(body, Response):
             return body
         try:
@@ -87,11 +87,14 @@ def rest_routes(registry: StreamRegistry, scenes: Scenes) -> list[Route]:
     ]
 
 
-async def _json_object(request: Request) -> dict | Response:
+async def _json_object(request: Request, empty_is_object: bool = False) -> dict | Response:
     """The request's JSON object body, or the error response to send instead: 413 over the size limit, 400 for
-    anything that is not JSON (the socket's `malformed_json`), 422 for JSON that is not an object."""
+    anything that is not JSON (the socket's `malformed_json`), 422 for JSON that is not an object.
+
+    `empty_is_object`: no body at all reads as `{}`."""
     try:
-        value = parse_json(await read_body(request, "message_too_large", "the body"))
+        body = await read_body(request, "message_too_large", "the body")
+        value = {} if empty_is_object and not body else parse_json(body)
     except HttpError as error:
         return error_response(error.status, error.code, error.message)
     except ProtocolError as error:
