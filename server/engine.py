@@ -93,7 +93,7 @@ class Engine:
         self.executor.close()
 
     def cpu_seconds(self) -> float:
-        """CPU time of the engine thread so far (the model's, with one model thread; benchmarks subtract it)."""
+        """CPU time of the engine thread so far (benchmarks add its helper threads: server/bench/model_threads.py)."""
         if self._thread.ident is None:
             return 0.0
         return time.clock_gettime(time.pthread_getcpuclockid(self._thread.ident))
