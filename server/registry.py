@@ -157,7 +157,7 @@ class StreamRegistry:
         self._streams[name] = stream
         return stream, answer
 
-    async def view(self, name: str, offer: str) -> tuple[Viewer, str]:
+    async def add_viewer(self, name: str, offer: str) -> tuple[Viewer, str]:
         """A new WHEP viewer of `name` from its offer; returns the viewer and the SDP answer."""
         stream = self.get(name)
         limit = self.config.max_viewers
@@ -178,12 +178,12 @@ class StreamRegistry:
                 raise
             stream.bind_outputs(pc, tracks)
             viewer = Viewer(secrets.token_urlsafe(12), pc, tracks)
-            stream.add_viewer(viewer)
+            stream.attach_viewer(viewer)
         finally:
             stream.joining_viewers -= 1
         return viewer, answer
 
-    def attach_controller(self, name: str, listener: Listener) -> Stream:
+    def add_controller(self, name: str, listener: Listener) -> Stream:
         """Attach a control socket to the stream `name`; StreamError if there is none or it has its controllers."""
         stream = self.get(name)
         limit = self.config.max_controllers

@@ -214,7 +214,7 @@ class Stream:
                 transceiver.sender._send_keyframe = track.on_picture_loss
                 track.bind(codec)
 
-    def add_viewer(self, viewer: Viewer) -> None:
+    def attach_viewer(self, viewer: Viewer) -> None:
         self.viewers[viewer.id] = viewer
         log.info("stream %s: viewer %s joined", self.name, viewer.id)
 

@@ -3,10 +3,15 @@ offer and the 201 answer."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Awaitable, Callable
+
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from ..media.peers import OfferError
 from ..protocol import MAX_MESSAGE_BYTES
+from ..registry import StreamError
 
 SDP_TYPE = "application/sdp"
 
@@ -19,6 +24,29 @@ class HttpError(Exception):
 
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def refusing_as_json(handler: Handler) -> Handler:
+    """`handler` with its refusals (HttpError, StreamError, and OfferError: the client's offer, a 400) answered as
+    JSON errors, and OPTIONS answered from the route's methods (WHIP and WHEP say that POST takes SDP)."""
+
+    @functools.wraps(handler)
+    async def handle(request: Request) -> Response:
+        if request.method == "OPTIONS":
+            methods = ", ".join(sorted(request.scope["route"].methods - {"HEAD"}))
+            headers = {"Allow": methods, **({"Accept-Post": SDP_TYPE} if "POST" in methods else {})}
+            return Response(status_code=204, headers=headers)
+        try:
+            return await handler(request)
+        except (HttpError, StreamError) as error:
+            return error_response(error.status, error.code, error.message)
+        except OfferError as error:
+            return error_response(400, error.code, error.message)
+
+    return handle
 
 
 async def read_offer(request: Request) -> str:

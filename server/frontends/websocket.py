@@ -173,7 +173,7 @@ async def page_socket(websocket: WebSocket, registry: StreamRegistry, sockets: s
             if name is None:
                 raise ProtocolError("no_such_stream", "a control socket names its stream: /ws?stream=NAME&role=control")
             # Admitted and attached in one step: nothing awaits between the count and the add.
-            connection.stream = registry.attach_controller(name, connection)
+            connection.stream = registry.add_controller(name, connection)
         else:
             connection.name = registry.reserve(name)
     except (ProtocolError, StreamError) as error:

@@ -10,33 +10,23 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..media.peers import OfferError
-from ..registry import StreamError, StreamRegistry
-from .http_sdp import SDP_TYPE, HttpError, answer_created, error_response, read_offer
+from ..registry import StreamRegistry
+from .http_sdp import HttpError, answer_created, read_offer, refusing_as_json
 
 
 def whep_routes(registry: StreamRegistry) -> list[Route]:
+    @refusing_as_json
     async def view(request: Request) -> Response:
-        if request.method == "OPTIONS":
-            return Response(status_code=204, headers={"Allow": "POST, OPTIONS", "Accept-Post": SDP_TYPE})
-        try:
-            offer = await read_offer(request)
-            viewer, answer = await registry.view(request.path_params["stream"], offer)
-        except (HttpError, StreamError) as error:
-            return error_response(error.status, error.code, error.message)
-        except OfferError as error:
-            return error_response(400, error.code, error.message)
-        return answer_created(answer, f"/whep/{request.path_params['stream']}/{viewer.id}")
+        offer = await read_offer(request)
+        name = request.path_params["stream"]
+        viewer, answer = await registry.add_viewer(name, offer)
+        return answer_created(answer, f"/whep/{name}/{viewer.id}")
 
+    @refusing_as_json
     async def resource(request: Request) -> Response:
-        if request.method == "OPTIONS":
-            return Response(status_code=204, headers={"Allow": "DELETE, OPTIONS"})
-        try:
-            stream = registry.get(request.path_params["stream"])
-        except StreamError as error:
-            return error_response(error.status, error.code, error.message)
+        stream = registry.get(request.path_params["stream"])
         if not await stream.remove_viewer(request.path_params["viewer"], "it left (DELETE)"):
-            return error_response(404, "no_such_resource", "no such WHEP viewer on this stream")
+            raise HttpError(404, "no_such_resource", "no such WHEP viewer on this stream")
         return Response(status_code=200)
 
     return [

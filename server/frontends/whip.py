@@ -13,42 +13,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..media.peers import OfferError
-from ..registry import StreamError, StreamRegistry
-from .http_sdp import SDP_TYPE, HttpError, answer_created, error_response, read_offer
+from ..registry import StreamRegistry
+from .http_sdp import HttpError, answer_created, read_offer, refusing_as_json
 
 log = logging.getLogger(__name__)
 
 
 def whip_routes(registry: StreamRegistry) -> list[Route]:
+    @refusing_as_json
     async def publish(request: Request) -> Response:
-        if request.method == "OPTIONS":
-            return Response(status_code=204, headers={"Allow": "POST, OPTIONS", "Accept-Post": SDP_TYPE})
-        try:
-            offer = await read_offer(request)
-            name = registry.reserve(request.path_params["stream"])
-        except (HttpError, StreamError) as error:
-            return error_response(error.status, error.code, error.message)
+        offer = await read_offer(request)
+        name = registry.reserve(request.path_params["stream"])
         try:
             stream, answer = await registry.publish(name, "whip", offer)
-        except OfferError as error:
-            return error_response(400, error.code, error.message)
-        except StreamError as error:
-            return error_response(error.status, error.code, error.message)
         finally:
             registry.release(name)  # a no-op once the stream is live
         log.info("stream %s: WHIP publisher connected", name)
         return answer_created(answer, f"/whip/{name}/{stream.id}")
 
+    @refusing_as_json
     async def resource(request: Request) -> Response:
-        if request.method == "OPTIONS":
-            return Response(status_code=204, headers={"Allow": "DELETE, OPTIONS"})
-        try:
-            stream = registry.get(request.path_params["stream"])
-        except StreamError as error:
-            return error_response(error.status, error.code, error.message)
+        stream = registry.get(request.path_params["stream"])
         if stream.source_kind != "whip" or stream.id != request.path_params["resource"]:
-            return error_response(404, "no_such_resource", "no such WHIP session on this stream")
+            raise HttpError(404, "no_such_resource", "no such WHIP session on this stream")
         await stream.end("publisher_left", "the WHIP publisher ended its session")
         return Response(status_code=200)
 
