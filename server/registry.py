@@ -28,6 +28,8 @@ from .stats import SessionStats
 from .streams import Listener, Stream, Viewer
 from .worker import StreamWorker
 
+__all__ = ["OfferError", "StreamError", "StreamRegistry", "check_stream_name"]  # OfferError: for the front ends
+
 STREAM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 

@@ -9,9 +9,8 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from ..media.peers import OfferError
 from ..protocol import MAX_MESSAGE_BYTES
-from ..registry import StreamError
+from ..registry import OfferError, StreamError
 
 SDP_TYPE = "application/sdp"
 

@@ -17,9 +17,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from pipelines import ParamsError
 
-from ..media.peers import OfferError
 from ..protocol import ProtocolError, error_message, parse_client_message
-from ..registry import StreamError, StreamRegistry
+from ..registry import OfferError, StreamError, StreamRegistry
 from ..streams import Stream
 
 log = logging.getLogger(__name__)
