@@ -5,7 +5,6 @@ from .devices import default_dtype, resolve_device
 from .executor import FrameExecutor
 from .loading import ModelUnavailableError, load_model
 from .params import (
-    ParamsError,
     StreamParams,
     default_params,
     params_json_schema,
@@ -15,6 +14,7 @@ from .params import (
 from .presets import PRESETS, GuidanceKind, ModelPreset, ScheduleKind, get_preset
 from .prompt_cache import PromptCache
 from .stream import StreamPipeline, check_frame, processing_size
+from .validation import ParamsError
 
 __all__ = [
     "PRESETS",

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -13,19 +11,12 @@ import torch
 
 from .components import ModelComponents
 from .devices import default_dtype, resolve_device
+from .hub import ModelUnavailableError, fetch_weights
+from .lora import PIPELINE_PARTS, SDXL_PARTS, fuse_lora
 from .presets import OFFLINE_PRESET, TINY_VAES, GuidanceKind, ModelPreset, ScheduleKind, get_preset
 
 if TYPE_CHECKING:
     from .control import ControlKind
-
-log = logging.getLogger(__name__)
-
-PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-SDXL_PARTS = ("text_encoder_2", "tokenizer_2")
-
-
-class ModelUnavailableError(RuntimeError):
-    """The weights a preset needs are neither cached nor downloadable; the message says how to get them."""
 
 
 def load_model(
@@ -58,7 +49,7 @@ def load_model(
         else:
             # Read in the target dtype: half the host memory and time for fp16 on CUDA.
             fetch_args = {"dtype": dtype}
-            parts = _fetch(
+            parts = fetch_weights(
                 preset.name,
                 preset.repositories,
                 lambda local: _pipeline_parts(preset, preset.repo, {**local, **fetch_args}),
@@ -76,25 +67,6 @@ def load_model(
         # After the move: the adapters take the device and dtype of the layers they attach to.
         components.styles = StyleLibrary.load(components, lora_dir)
     return components
-
-
-def fuse_lora(parts: dict, lora: str | Path, sdxl: bool = False) -> None:
-    """Load an LCM-LoRA through diffusers' `load_lora_weights` and fuse it into the UNet for speed."""
-    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
-
-    if sdxl:
-        pipe = StableDiffusionXLPipeline(**{k: parts[k] for k in PIPELINE_PARTS + SDXL_PARTS})
-    else:
-        pipe = StableDiffusionPipeline(
-            **{k: parts[k] for k in PIPELINE_PARTS},
-            safety_checker=None,
-            feature_extractor=None,
-            requires_safety_checker=False,
-        )
-    pipe.load_lora_weights(str(lora), adapter_name="lcm")
-    pipe.fuse_lora()
-    # Fused weights stay in the UNet; dropping the adapter removes the per-call LoRA branch.
-    pipe.unload_lora_weights()
 
 
 def _builtin_parts(preset: ModelPreset, device: torch.device, dtype: torch.dtype) -> dict:
@@ -137,7 +109,7 @@ def _controlnet(kind: ControlKind, preset: ModelPreset, parts: dict):
         return controlnet.to(dtype=unet.dtype)
     repo = kind.weights[preset.family]
     dtype = parts["unet"].dtype
-    return _fetch(
+    return fetch_weights(
         f"{kind.name} ControlNet", [repo], lambda local: ControlNetModel.from_pretrained(repo, dtype=dtype, **local)
     )
 
@@ -153,21 +125,7 @@ def _tiny_vae(preset: ModelPreset, dtype: torch.dtype):
         torch.manual_seed(tiny.TINY_SEED)
         return AutoencoderTiny()
     repo = TINY_VAES[preset.family]
-    return _fetch("tiny VAE", [repo], lambda local: AutoencoderTiny.from_pretrained(repo, dtype=dtype, **local))
-
-
-def _fetch(name: str, repos: list[str], load: Callable[[dict[str, Any]], Any]) -> Any:
-    """`load` from the local cache; if that fails and the hub may be used, let it download (with progress)."""
-    try:
-        return load({"local_files_only": True})
-    except (OSError, ValueError) as cached_error:
-        if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-            raise ModelUnavailableError(unavailable_message(name, repos, cached_error)) from None
-    log.info("downloading %s (first run only)", ", ".join(repos))
-    try:
-        return load({"local_files_only": False})
-    except Exception as download_error:  # any network, auth or format failure ends in the same advice
-        raise ModelUnavailableError(unavailable_message(name, repos, download_error)) from None
+    return fetch_weights("tiny VAE", [repo], lambda local: AutoencoderTiny.from_pretrained(repo, dtype=dtype, **local))
 
 
 def _pipeline_parts(preset: ModelPreset, source: str | Path, hub_args: dict[str, Any]) -> dict:
@@ -211,17 +169,4 @@ def _preset_for_local_folder(folder: Path) -> ModelPreset:
         schedule=ScheduleKind.LCM_IMG2IMG if lcm_img2img else ScheduleKind.SD_IMG2IMG,
         default_guidance=8.0 if embedded else 0.0,
         description=f"local folder {folder}",
-    )
-
-
-def unavailable_message(name: str, repos: list[str], cause: BaseException) -> str:
-    """What is missing, how to fetch it, and the offline alternative — no traceback."""
-    fetch = "\n".join(f"    hf download {repo}" for repo in repos)
-    first_line = str(cause).strip().splitlines()[0] if str(cause).strip() else type(cause).__name__
-    return (
-        f"{name!r} needs weights that are not on this machine: {', '.join(repos)}\n"
-        f"  ({first_line})\n"
-        f"  Fetch them once on a machine with network access (they land in the Hugging Face cache):\n{fetch}\n"
-        f"  or pass a local diffusers folder with --model /path/to/folder.\n"
-        f"  `--model {OFFLINE_PRESET}` runs offline with a toy model that ships in the package."
     )

@@ -215,7 +215,7 @@ def save_tiny_lora(
 
 def tiny_lcm_lora_parts(seed: int = TINY_SEED, sdxl: bool = False) -> dict:
     """The tiny base model (no w-embedding) with the tiny LoRA loaded and fused, exactly as the real preset is."""
-    from .loading import fuse_lora
+    from .lora import fuse_lora
 
     build = tiny_sdxl_parts if sdxl else tiny_sd15_parts
     parts = build(guidance_embedding=False, seed=seed)

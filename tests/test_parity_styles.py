@@ -17,8 +17,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
 )
 
-from pipelines import StreamPipeline, load_model
-from pipelines.params import ParamsError
+from pipelines import ParamsError, StreamPipeline, load_model
 from pipelines.styles import make_random_lora
 from pipelines.synthetic import moving_pattern
 from pipelines.tiny import tiny_lcm_lora_parts, tiny_sd15_parts, tiny_sdxl_parts

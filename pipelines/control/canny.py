@@ -7,8 +7,8 @@ import torch
 from pydantic import Field, model_validator
 from pydantic_core import PydanticCustomError
 
-from ..params import Params, WholeNumber
-from . import ControlKind
+from ..validation import Params, WholeNumber
+from .kind import ControlKind
 
 
 class CannyParams(Params):

@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
-from . import ControlKind
+from ..hub import fetch_weights
+from .kind import ControlKind
 
 DEPTH_REPO = "depth-anything/Depth-Anything-V2-Small-hf"
 # The checkpoint's preprocessor_config.json normalises with ImageNet's mean and std (the DPT image processor's own
@@ -106,9 +107,7 @@ def load_depth_preprocessor(builtin: bool, device: torch.device, dtype: torch.dt
     if builtin:
         estimator = tiny_depth_estimator()
     else:
-        from ..loading import _fetch  # lazily: loading imports this package
-
-        estimator = _fetch(
+        estimator = fetch_weights(
             "depth estimator",
             [DEPTH_REPO],
             lambda local: DepthAnythingForDepthEstimation.from_pretrained(DEPTH_REPO, dtype=dtype, **local),
