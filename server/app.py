@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import socket
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from functools import partial
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -56,6 +59,43 @@ def create_app(
     `overrides` come before the app's own routes (a Ray Serve replica's /health, /streams and /metrics of all
     replicas); `scene_book` makes the scenes from the settings model in place of the `--scenes` file's own book (a
     replica's view of the board's)."""
+    parts = build_parts(model, config, scene_book)
+    app = Starlette(
+        routes=[*overrides, *routes(parts)], middleware=middleware(config), lifespan=partial(lifespan, parts)
+    )
+    # What the server around the app reaches: the uvicorn subclass, a replica's reports, tests and benchmarks.
+    app.state.engine = parts.engine
+    app.state.registry = parts.registry
+    app.state.sockets = parts.sockets
+    app.state.shutdown = partial(shutdown, parts)
+    app.state.scenes = parts.scenes
+    app.state.metrics = parts.metrics
+    app.state.health_report = partial(health_report, parts)
+    app.state.osc_port = parts.osc_listener.getsockname()[1] if parts.osc_listener is not None else None
+    return app
+
+
+@dataclass
+class Parts:
+    """What one app serves with: built once from the model and the config, before serving."""
+
+    model: ModelComponents
+    config: ServerConfig
+    engine: Engine
+    peers: PeerConnections
+    metrics: Metrics
+    registry: StreamRegistry
+    scenes: Scenes
+    settings: type[Params]  # every param of a stream, the pipeline's and the server's
+    schema: dict  # what every front end validates against, as the pages build their controls from it
+    osc_listener: socket.socket | None
+    sockets: set[PageSocket] = field(default_factory=set)
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def build_parts(
+    model: ModelComponents, config: ServerConfig, scene_book: Callable[[type[Params]], Scenes] | None = None
+) -> Parts:
     engine = Engine(model.device, max_batch=config.max_batch)
     peers = PeerConnections()
     device = model.device.type
@@ -66,109 +106,119 @@ def create_app(
     # A bad scene file is one clear ValueError, before serving.
     scenes = scene_book(settings) if scene_book is not None else SceneBook(settings, config.scenes_path)
     metrics = Metrics(model.device)
+    # Bound now: a port that is taken stops the start, not the first OSC message.
     osc_listener = osc_socket(config.osc_host, config.osc_port) if config.osc_port is not None else None
     registry = StreamRegistry(engine, model, PromptCache(), session_model, peers, config, metrics)
     metrics.read_streams(lambda: list(registry))
-    sockets: set[PageSocket] = set()
-    # What every front end validates against, as the pages build their controls from it.
-    schema = params_json_schema(params_model_for(model), session_model)
+    return Parts(
+        model=model,
+        config=config,
+        engine=engine,
+        peers=peers,
+        metrics=metrics,
+        registry=registry,
+        scenes=scenes,
+        settings=settings,
+        schema=params_json_schema(params_model_for(model), session_model),
+        osc_listener=osc_listener,
+    )
 
-    stopping = asyncio.Event()
 
-    async def shutdown() -> None:
-        """Tell every client, end every stream, stop the engine: before the server closes the sockets. Idempotent."""
-        if stopping.is_set():
-            return
-        stopping.set()
-        await registry.end_all("shutting_down", SHUTDOWN_MESSAGE)
-        await asyncio.gather(*(s.end("shutting_down", SHUTDOWN_MESSAGE) for s in list(sockets)), return_exceptions=True)
-        # The engine finishes the frame it is on; joining it must not hold the event loop.
-        await asyncio.to_thread(engine.stop)
-
-    @asynccontextmanager
-    async def lifespan(app: Starlette):
-        engine.start()
-        osc = None
-        if osc_listener is not None:
-            osc, _ = await start_osc(registry, scenes, settings, metrics, osc_listener, config.osc_allow)
-        try:
-            yield
-        finally:
-            if osc is not None:
-                osc.close()
-            await shutdown()
-
-    def health_report() -> dict:
-        return {
-            "status": "ok",
-            "model": model.preset.name,
-            "model_description": model.preset.description,  # the page shows it (the offline toy says what it is)
-            "controlnet": list(model.control_kinds),
-            "styles": list(model.style_names),
-            "device": str(model.device),
-            "dtype": str(model.dtype).removeprefix("torch."),
-            "streams": len(registry),
-            "publishers": registry.publishers,
-            "viewers": sum(len(stream.viewers) for stream in registry),
-            "controllers": sum(1 for s in sockets if s.role == "control"),
-            "sockets": len(sockets),
-            "max_sessions": config.max_sessions,
-            # What a leak would show first: all return to zero when the last stream ends.
-            "engine_clients": engine.client_count,
-            "peer_connections": len(peers),
-            # Never zero (the server's own, this request's): back to its idle value when sessions end.
-            "tasks": len(asyncio.all_tasks()),
-        }
-
+def routes(parts: Parts) -> list[BaseRoute]:
     async def health(request: Request) -> JSONResponse:
-        return JSONResponse(health_report())
+        return JSONResponse(health_report(parts))
 
     async def params_schema(request: Request) -> JSONResponse:
-        return JSONResponse(schema)
+        return JSONResponse(parts.schema)
 
     async def metrics_exposition(request: Request) -> Response:
-        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+        return Response(parts.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     async def signaling(websocket: WebSocket) -> None:
-        await page_socket(websocket, registry, sockets)
+        await page_socket(websocket, parts.registry, parts.sockets)
 
-    app = Starlette(
-        routes=[
-            *overrides,
-            *page_routes(),
-            Route("/health", health),
-            Route("/params/schema", params_schema),
-            Route("/metrics", metrics_exposition),
-            WebSocketRoute("/ws", signaling),
-            *whip_routes(registry),
-            *whep_routes(registry),
-            *rest_routes(registry, scenes),
-        ],
-        middleware=[
-            # Outermost: a CORS preflight from an allowed origin is answered before anything asks for a token.
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(config.allow_origins),
-                allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
-                allow_headers=["Authorization", "Content-Type"],
-                expose_headers=["Location"],
-            ),
-            Middleware(
-                AccessGate,
-                token=config.token,
-                allow_origins=config.allow_origins,
-                allow_hosts=config.allow_hosts,
-                open_paths=OPEN_PATHS + (("/metrics",) if config.metrics_public else ()),
-            ),
-        ],
-        lifespan=lifespan,
+    return [
+        *page_routes(),
+        Route("/health", health),
+        Route("/params/schema", params_schema),
+        Route("/metrics", metrics_exposition),
+        WebSocketRoute("/ws", signaling),
+        *whip_routes(parts.registry),
+        *whep_routes(parts.registry),
+        *rest_routes(parts.registry, parts.scenes),
+    ]
+
+
+def middleware(config: ServerConfig) -> list[Middleware]:
+    return [
+        # Outermost: a CORS preflight from an allowed origin is answered before anything asks for a token.
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(config.allow_origins),
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["Location"],
+        ),
+        Middleware(
+            AccessGate,
+            token=config.token,
+            allow_origins=config.allow_origins,
+            allow_hosts=config.allow_hosts,
+            open_paths=OPEN_PATHS + (("/metrics",) if config.metrics_public else ()),
+        ),
+    ]
+
+
+@asynccontextmanager
+async def lifespan(parts: Parts, app: Starlette) -> AsyncIterator[None]:
+    parts.engine.start()
+    osc = None
+    if parts.osc_listener is not None:
+        osc, _ = await start_osc(
+            parts.registry, parts.scenes, parts.settings, parts.metrics, parts.osc_listener, parts.config.osc_allow
+        )
+    try:
+        yield
+    finally:
+        if osc is not None:
+            osc.close()
+        await shutdown(parts)
+
+
+async def shutdown(parts: Parts) -> None:
+    """Tell every client, end every stream, stop the engine: before the server closes the sockets. Idempotent."""
+    if parts.stopping.is_set():
+        return
+    parts.stopping.set()
+    await parts.registry.end_all("shutting_down", SHUTDOWN_MESSAGE)
+    await asyncio.gather(
+        *(s.end("shutting_down", SHUTDOWN_MESSAGE) for s in list(parts.sockets)), return_exceptions=True
     )
-    app.state.engine = engine
-    app.state.registry = registry
-    app.state.sockets = sockets
-    app.state.shutdown = shutdown
-    app.state.scenes = scenes
-    app.state.metrics = metrics
-    app.state.health_report = health_report
-    app.state.osc_port = osc_listener.getsockname()[1] if osc_listener is not None else None
-    return app
+    # The engine finishes the frame it is on; joining it must not hold the event loop.
+    await asyncio.to_thread(parts.engine.stop)
+
+
+def health_report(parts: Parts) -> dict:
+    model, registry, sockets = parts.model, parts.registry, parts.sockets
+    return {
+        "status": "ok",
+        "model": model.preset.name,
+        "model_description": model.preset.description,  # the page shows it (the offline toy says what it is)
+        "controlnet": list(model.control_kinds),
+        "styles": list(model.style_names),
+        "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "streams": len(registry),
+        "publishers": registry.publishers,
+        "viewers": sum(len(stream.viewers) for stream in registry),
+        "controllers": sum(1 for s in sockets if s.role == "control"),
+        "sockets": len(sockets),
+        # The same limit under both names: `max_sessions` as clients have read it, `max_streams` as the flag says.
+        "max_sessions": parts.config.max_sessions,
+        "max_streams": parts.config.max_sessions,
+        # What a leak would show first: all return to zero when the last stream ends.
+        "engine_clients": parts.engine.client_count,
+        "peer_connections": len(parts.peers),
+        # Never zero (the server's own, this request's): back to its idle value when sessions end.
+        "tasks": len(asyncio.all_tasks()),
+    }

@@ -7,16 +7,20 @@ from pydantic_core import PydanticCustomError
 
 from pipelines.params import Params, WholeNumber
 
-# The tiny model on a CPU makes about 2 frames/s at 512 px and 6-8 at 256 px; a GPU holds 512 at 30 fps.
-DEFAULT_MAX_RESOLUTION = {"cuda": 512, "cpu": 256}
-DEFAULT_TARGET_FPS = {"cuda": 30.0, "cpu": 8.0}
+# The device's defaults live with the settings: `--target-fps`'s help and range are declared there.
+from .config import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, MAX_TARGET_FPS, MIN_TARGET_FPS
+
+__all__ = ["DEFAULT_MAX_RESOLUTION", "DEFAULT_TARGET_FPS", "SessionParams", "session_params_model", "settings_model"]
 
 
 class SessionParams(Params):
     """How a stream is paced and sized; `session_params_model` sets the device's defaults."""
 
     target_fps: float = Field(
-        30.0, ge=1.0, le=60.0, description="frames per second to hold: the processing size adapts to it"
+        30.0,
+        ge=MIN_TARGET_FPS,
+        le=MAX_TARGET_FPS,
+        description="frames per second to hold: the processing size adapts to it",
     )
     max_resolution: WholeNumber = Field(
         512,
@@ -56,7 +60,12 @@ def session_params_model(default_max_resolution: int = 512, default_target_fps: 
     return create_model(
         "SessionParams",
         __base__=SessionParams,
-        target_fps=(float, Field(default_target_fps, ge=1.0, le=60.0, description=fields["target_fps"].description)),
+        target_fps=(
+            float,
+            Field(
+                default_target_fps, ge=MIN_TARGET_FPS, le=MAX_TARGET_FPS, description=fields["target_fps"].description
+            ),
+        ),
         max_resolution=(
             WholeNumber,
             Field(

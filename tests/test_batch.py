@@ -15,6 +15,7 @@ from pipelines.synthetic import moving_pattern
 from server import serve
 from server.app import create_app
 from server.bench.streams import SyntheticStream
+from server.config import settings_from_arguments
 from server.engine import Engine
 
 SIZE = (128, 64)
@@ -172,7 +173,7 @@ async def test_max_batch_one_runs_each_frame_on_its_own(tiny_canny):
 def test_serve_max_batch_reaches_the_engine_and_a_bad_value_is_refused(tiny):
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
-    app = create_app(tiny, serve.config_from_arguments(parser.parse_args(["--max-batch", "2"])))
+    app = create_app(tiny, settings_from_arguments(parser.parse_args(["--max-batch", "2"])).server_config())
     assert app.state.engine.max_batch == 2
     with pytest.raises(ValueError, match="--max-batch must be between 1 and 64, got 0"):
-        serve.config_from_arguments(parser.parse_args(["--max-batch", "0"]))
+        settings_from_arguments(parser.parse_args(["--max-batch", "0"])).server_config()

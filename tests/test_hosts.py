@@ -18,6 +18,7 @@ from server import serve
 from server.access import AccessGate, host_allowed, host_name
 from server.bench.loopback import socket_url
 from server.bench.rtc_clients import WhipPublisher, http
+from server.config import settings_from_arguments
 from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
@@ -102,20 +103,22 @@ def test_allow_host_star_turns_the_check_off_and_the_server_says_so():
     assert client.get("/", headers={"Host": REBIND}).text == "served"
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
-    config = serve.config_from_arguments(parser.parse_args(["--allow-host", "*"]))
+    config = settings_from_arguments(parser.parse_args(["--allow-host", "*"])).server_config()
     assert "Host check is off" in serve.any_host_warning(config)
-    assert serve.any_host_warning(serve.config_from_arguments(parser.parse_args([]))) is None
+    assert serve.any_host_warning(settings_from_arguments(parser.parse_args([])).server_config()) is None
 
 
 def test_allow_host_takes_names_and_the_listening_name_is_allowed():
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
-    config = serve.config_from_arguments(parser.parse_args(["--host", "box.lan", "--allow-host", "a.lan,.b.example"]))
+    config = settings_from_arguments(
+        parser.parse_args(["--host", "box.lan", "--allow-host", "a.lan,.b.example"])
+    ).server_config()
     assert set(config.allow_hosts) == {"a.lan", ".b.example", "box.lan"}
-    assert serve.config_from_arguments(parser.parse_args(["--host", "0.0.0.0"])).allow_hosts == ()
+    assert settings_from_arguments(parser.parse_args(["--host", "0.0.0.0"])).server_config().allow_hosts == ()
     for bad in ("http://a.lan", "a.lan:8000", "a lan"):
         with pytest.raises(ValueError, match="--allow-host"):
-            serve.config_from_arguments(parser.parse_args(["--allow-host", bad]))
+            settings_from_arguments(parser.parse_args(["--allow-host", bad])).server_config()
 
 
 async def raw_request(port: int, request: bytes) -> bytes:

@@ -7,16 +7,15 @@ still binds one port per replica on all interfaces (Serve's inter-deployment gRP
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import sys
 import time
 
+from ..config import ServeSettings
 from ..frontends.osc import osc_socket
 from ..scenes import check_scene_name, read_scenes
-from ..serve import config_from_arguments
 
 log = logging.getLogger("lcmlive")
 
@@ -26,10 +25,10 @@ GRACEFUL_SHUTDOWN_SECONDS = 10.0
 STOP_NOTICE_SECONDS = 5.0  # for the board to hear that the show stops
 
 
-def run(args: argparse.Namespace) -> int:
-    config = config_from_arguments(args)
+def run(settings: ServeSettings) -> int:
+    config = settings.server_config()
     # Bound first: a port that is taken stops the command before Ray starts.
-    osc_listener = osc_socket(args.osc_host, args.osc_port) if args.osc_port is not None else None
+    osc_listener = osc_socket(settings.osc_host, settings.osc_port) if settings.osc_port is not None else None
     if config.scenes_path is not None:
         # So does a scene file that is not a list of named scenes (the board reads it again); the replicas check
         # the params, against their model.
@@ -38,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
                 check_scene_name(scene.name)
             except ValueError as error:
                 raise ValueError(f"--scenes {config.scenes_path}: entry {position}: {error}") from None
-    local = args.ray_address is None
+    local = settings.ray_address is None
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if local:
         # Ray takes a non-loopback address as the node's unless told that this is a cluster of one machine.
@@ -56,17 +55,16 @@ def run(args: argparse.Namespace) -> int:
 
     if local:
         # Every replica gets one CPU: with fewer cores than replicas they share, rather than wait for a core.
-        ray.init(address="local", include_dashboard=False, num_cpus=max(os.cpu_count() or 1, args.replicas))
+        ray.init(address="local", include_dashboard=False, num_cpus=max(os.cpu_count() or 1, settings.replicas))
     else:
-        ray.init(address=args.ray_address)
-    gpus = _replica_gpus(args.device, ray.cluster_resources())
-    replica_args = argparse.Namespace(
-        **{
-            **vars(args),
+        ray.init(address=settings.ray_address)
+    gpus = _replica_gpus(settings.device, ray.cluster_resources())
+    replica_settings = settings.model_copy(
+        update={
             # Inside a replica Ray shows only its own GPU, as device "cuda"; with no GPU, the CPU.
             "device": "cuda" if gpus else "cpu",
             # A replica's OSC port hears only the relay, which sends from this node.
-            "osc_allow": [ray.util.get_node_ip_address()],
+            "osc_allow": (ray.util.get_node_ip_address(),),
         }
     )
     relay = None
@@ -74,10 +72,12 @@ def run(args: argparse.Namespace) -> int:
         serve.start(
             # One proxy, on the head node: one address for the show, and one router that places every stream.
             proxy_location=ProxyLocation.HeadOnly,
-            http_options=HTTPOptions(host=args.host, port=args.port, ssl_certfile=args.cert, ssl_keyfile=args.key),
+            http_options=HTTPOptions(
+                host=settings.host, port=settings.port, ssl_certfile=settings.cert, ssl_keyfile=settings.key
+            ),
         )
         replicas = Replica.options(
-            num_replicas=args.replicas,
+            num_replicas=settings.replicas,
             # Ray sets OMP_NUM_THREADS to num_cpus: one model thread per CPU replica.
             ray_actor_options={"num_cpus": 1, "num_gpus": gpus},
             # A page's socket is a request for its whole life; the app keeps its own limits on streams and sockets.
@@ -87,17 +87,14 @@ def run(args: argparse.Namespace) -> int:
             ),
             graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_SECONDS,
             logging_config=LoggingConfig(enable_access_log=False),
-        ).bind(replica_args, Board.bind(config.scenes_path))
-        log.info("starting %d replica(s) (%s each) ...", args.replicas, "one GPU" if gpus else "one CPU")
+        ).bind(replica_settings, Board.bind(config.scenes_path))
+        log.info("starting %d replica(s) (%s each) ...", settings.replicas, "one GPU" if gpus else "one CPU")
         serve.run(replicas, name=APP_NAME, route_prefix="/")
         if osc_listener is not None:
             board = serve.get_deployment_handle("Board", APP_NAME)
             relay = OscRelay(osc_listener, config.osc_allow, lambda: board.reports.remote().result())
             relay.start()
-        scheme = "https" if args.cert else "http"
-        shown_host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
-        query = f"?token={args.token}" if args.token else ""
-        print(f"\n  lcmlive is up: open {scheme}://{shown_host}:{args.port}/{query}\n", file=sys.stderr, flush=True)
+        print(f"\n  lcmlive is up: open {settings.page_url()}\n", file=sys.stderr, flush=True)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
         while True:
             time.sleep(3600)

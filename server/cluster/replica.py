@@ -8,7 +8,6 @@ its scenes on the board (board_scenes.py).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import dataclasses
 import logging
@@ -22,8 +21,9 @@ from ray.serve.handle import DeploymentHandle
 from starlette.applications import Starlette
 
 from ..app import create_app
+from ..config import ServeSettings
 from ..scenes import check_scenes
-from ..serve import config_from_arguments, load_served_model, prepare_media
+from ..startup import load_served_model, prepare_media
 from .board import REPORT_INTERVAL_SECONDS
 from .board_scenes import BoardScenes
 from .views import cluster_routes
@@ -34,16 +34,16 @@ log = logging.getLogger(__name__)
 @serve.deployment
 @serve.ingress()
 class Replica:
-    async def __init__(self, args: argparse.Namespace, board: DeploymentHandle) -> None:
+    async def __init__(self, settings: ServeSettings, board: DeploymentHandle) -> None:
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         self.id = serve.get_replica_context().replica_id.unique_id
         self._node = ray.util.get_node_ip_address()
         self._board = board
-        prepare_media(args)
+        prepare_media(settings)
         # On a CPU, Ray gives the actor OMP_NUM_THREADS = its num_cpus (launch.py): replicas sharing a machine do
         # not each take every core, as `reserve_a_core_for_media` would have a lone server do.
-        model = await asyncio.to_thread(load_served_model, args)
-        config = dataclasses.replace(config_from_arguments(args), replica=self.id)
+        model = await asyncio.to_thread(load_served_model, settings)
+        config = settings.server_config(replica=self.id)
         if config.osc_port is not None:
             # The show's OSC port is the relay's (osc_relay.py); this replica hears the relay on a port of its node.
             config = dataclasses.replace(config, osc_host=self._node, osc_port=0)

@@ -19,7 +19,16 @@ from starlette.routing import Route
 Reports = Callable[[], Awaitable[list[dict[str, Any]]]]
 
 # Counts that add up over replicas in the cluster's /health.
-SUMMED = ("streams", "publishers", "viewers", "controllers", "sockets", "max_sessions", "peer_connections")
+SUMMED = (
+    "streams",
+    "publishers",
+    "viewers",
+    "controllers",
+    "sockets",
+    "max_sessions",
+    "max_streams",
+    "peer_connections",
+)
 
 
 def cluster_routes(reports: Reports) -> list[Route]:

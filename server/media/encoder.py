@@ -13,9 +13,10 @@ import os
 import av
 from av import VideoFrame
 
+from ..config import DEFAULT_BITRATE_KBPS
+
 VIDEO_CLOCK_RATE = 90_000
 VIDEO_TIME_BASE = fractions.Fraction(1, VIDEO_CLOCK_RATE)
-DEFAULT_BITRATE_KBPS = 2500
 
 # What WebRTC calls each codec (the mimeType of the negotiated codec) and the FFmpeg encoder that makes it.
 ENCODERS = {"video/VP8": "libvpx", "video/H264": "libx264"}
