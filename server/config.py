@@ -301,7 +301,13 @@ def add_arguments(parser: argparse.ArgumentParser, names: Mapping[str, str] | No
     for name, field in ServeSettings.model_fields.items():
         flag = _flag(field)
         default = field.default
-        shown = "" if default in (None, False, ()) else f" (default {default})"
+        shown = (
+            ""
+            if default in (None, False, ())
+            else f" (default {default:g})"
+            if isinstance(default, float)
+            else f" (default {default})"
+        )
         described = (field.description or "").format_map(_Names(names or {})) + shown
         arguments: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": described}
         if field.annotation is bool:
