@@ -9,8 +9,11 @@ from collections.abc import Awaitable, Callable
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
+from pipelines import ParamsError
+
 from ..protocol import MAX_MESSAGE_BYTES
 from ..registry import OfferError, StreamError
+from ..scenes import SceneBookUnavailable
 
 SDP_TYPE = "application/sdp"
 
@@ -29,8 +32,9 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 
 def refusing_as_json(handler: Handler) -> Handler:
-    """`handler` with its refusals (HttpError, StreamError, and OfferError: the client's offer, a 400) answered as
-    JSON errors, and OPTIONS answered from the route's methods (WHIP and WHEP say that POST takes SDP)."""
+    """`handler` with its refusals answered as JSON, and OPTIONS answered from the route's methods (WHIP and WHEP
+    say that POST takes SDP). The refusals: HttpError and StreamError as they say; OfferError, the client's offer, a
+    400; ParamsError `422 {"errors": [...]}`; SceneBookUnavailable (the board under replicas, restarting) a 503."""
 
     @functools.wraps(handler)
     async def handle(request: Request) -> Response:
@@ -44,6 +48,10 @@ def refusing_as_json(handler: Handler) -> Handler:
             return error_response(error.status, error.code, error.message)
         except OfferError as error:
             return error_response(400, error.code, error.message)
+        except ParamsError as error:
+            return JSONResponse({"errors": error.as_list()}, status_code=422)
+        except SceneBookUnavailable as error:
+            return error_response(503, "scenes_unavailable", str(error))
 
     return handle
 
