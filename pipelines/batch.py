@@ -10,47 +10,26 @@ ControlNet images and scales. A single frame is a batch of one, through the same
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .components import ModelComponents
 from .conditioning import PromptEmbeds, sdxl_time_ids
+from .frame import FrameRequest
+from .noise import SeededNoise
 from .params import NO_STYLE
 from .temporal import carry_into_inputs, carry_into_outputs
-
-if TYPE_CHECKING:
-    from .stream import FrameInputs, SeededNoise, StreamPipeline
-
-
-@dataclass(frozen=True)
-class FrameRequest:
-    """One frame of a batch: its pipeline, its prepared host side, and the size its picture leaves at."""
-
-    pipeline: StreamPipeline
-    inputs: FrameInputs
-    output_size: tuple[int, int] | None = None
-
-    @classmethod
-    def of(
-        cls,
-        pipeline: StreamPipeline,
-        frame: Any,
-        size: tuple[int, int] | None = None,
-        output_size: tuple[int, int] | None = None,
-    ) -> FrameRequest:
-        """A request for `frame`, prepared now (its host side: checks, control images, noise)."""
-        return cls(pipeline, pipeline.prepare(frame, size), output_size)
 
 
 def batch_key(request: FrameRequest) -> Hashable:
     """Frames with equal keys can run as one batch."""
-    plan, inputs = request.inputs.plan, request.inputs
+    plan = request.plan
     return (
-        id(request.pipeline.components),
-        inputs.width,
-        inputs.height,
+        id(plan.components),
+        request.width,
+        request.height,
         plan.txt2img,
         len(plan.schedule.steps),
         tuple(plan.control_scales),
@@ -73,8 +52,8 @@ def stylise_batch(
             "these frames cannot share a batch: model, size, mode, steps, ControlNets, style or CFG differ"
         )
     if on_device is None:
-        device = requests[0].pipeline.components.device
-        on_device = [{name: t.to(device) for name, t in r.inputs.host_tensors.items()} for r in requests]
+        device = requests[0].plan.components.device
+        on_device = [{name: t.to(device) for name, t in r.host_tensors.items()} for r in requests]
     images = render_batch(requests, on_device)
     pictures = []
     for request, image in zip(requests, images, strict=True):
@@ -90,35 +69,34 @@ def stylise_batch(
 def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str, torch.Tensor]]) -> torch.Tensor:
     """The float pictures in [0, 1], B x 3 x H x W, before quantisation: the numbered steps of diffusers'
     pipelines."""
-    pipelines = [request.pipeline for request in requests]
-    plans = [request.inputs.plan for request in requests]
-    first, c = plans[0], pipelines[0].components
-    width, height = requests[0].inputs.width, requests[0].inputs.height
+    plans = [request.plan for request in requests]
+    first, c = plans[0], plans[0].components
+    width, height = requests[0].width, requests[0].height
     guided = first.classifier_free  # the UNet sees [negative..., positive...]: twice the frames
 
     # 1. Text conditioning, each frame at its own point of its prompt transition.
-    positives = [plan.prompt.at(request.inputs.prompt_progress) for plan, request in zip(plans, requests, strict=True)]
-    embeds = _concat(([plan.negative for plan in plans] if guided else []) + positives)
+    positives = [plan.prompt.at(request.prompt_progress) for plan, request in zip(plans, requests, strict=True)]
+    embeds = PromptEmbeds.cat(([plan.negative for plan in plans] if guided else []) + positives)
 
     # 2. The seeds' noise, and the starting latents: noise (txt2img), or the camera encoded and noised to t0.
-    members = list(zip(pipelines, plans, on_device, strict=True))
-    smoothed = any(request.inputs.smoothing is not None for request in requests)  # temporal.py
+    temporal = [request.temporal for request in requests]  # temporal.py: None where smoothing is off
+    smoothed = any(frame is not None for frame in temporal)
     if first.txt2img:
-        noise = [p._scaled(plan, tensors["noise"].unbind()) for p, plan, tensors in members]
+        noise = [plan.scaled(tensors["noise"].unbind()) for plan, tensors in zip(plans, on_device, strict=True)]
         latents = _cat([n.first for n in noise])
     else:
-        noise = [p._noise_for(plan, (height, width)) for p, plan, _ in members]
-        images = _cat([p._to_model_input(tensors["pixels"], width, height) for p, _, tensors in members])
+        noise = [plan.img2img_noise((height, width)) for plan in plans]
+        images = _cat([_model_input(c, tensors["pixels"], width, height) for tensors in on_device])
         clean = _encode(c, images, noise)
         if smoothed:
-            noise, clean = carry_into_inputs(requests, on_device, noise, clean)
+            noise, clean = carry_into_inputs(temporal, on_device, noise, clean)
         sqrt_alpha = _per_sample([plan.schedule.noise_sqrt_alpha for plan in plans])
         latents = sqrt_alpha * clean + _cat([n.start_term for n in noise])
 
     # 3. ControlNets: each frame's control images and scales (a batch only holds frames that run the same kinds).
     controls = []
     for kind in first.control_scales:
-        image = _cat([p._control_tensor(tensors[f"control_{kind}"]) for p, _, tensors in members])
+        image = _cat([_control_input(c, tensors[f"control_{kind}"]) for tensors in on_device])
         scales = _per_sample([plan.control_scale_tensors[kind] for plan in plans])
         controls.append((c.controlnets[kind], _twice(image) if guided else image, _twice(scales) if guided else scales))
 
@@ -158,7 +136,7 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
             latents = coefficient["sqrt_alpha_prev"] * denoised + _cat([n.step_terms[index] for n in noise])
 
     if smoothed:
-        denoised = carry_into_outputs(requests, denoised)
+        denoised = carry_into_outputs(temporal, denoised)
 
     # 6. Decode.
     decoded = _cat([c.vae.decode(chunk).sample for chunk in _vae_chunks(c, denoised / c.vae.config.scaling_factor)])
@@ -166,6 +144,24 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
 
 
 _COEFFICIENTS = ("sqrt_alpha", "sqrt_beta", "c_skip", "c_out", "sqrt_alpha_prev")
+
+
+def _model_input(c: ModelComponents, pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """A camera frame (uint8 H x W x 3 on the device) as the VAE takes it: 1 x 3 x height x width in [-1, 1]."""
+    # Channels-last, like the modules (see ModelComponents.to). Then the same float32 arithmetic as diffusers'
+    # VaeImageProcessor: x / 255, then 2x - 1.
+    image = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
+    if image.shape[-2:] != (height, width):
+        image = F.interpolate(image, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    image = image.contiguous(memory_format=torch.channels_last)
+    return (2.0 * image - 1.0).to(c.dtype)
+
+
+def _control_input(c: ModelComponents, control: torch.Tensor) -> torch.Tensor:
+    """A control image (uint8 on the device) in [0, 1], unnormalised, as diffusers' control image processor
+    leaves it."""
+    image = control.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
+    return image.to(c.dtype).contiguous(memory_format=torch.channels_last)
 
 
 def _vae_chunks(c, tensor: torch.Tensor) -> list[torch.Tensor]:
@@ -224,14 +220,10 @@ def _per_sample(values: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def _cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Frames' tensors along the batch; one frame's as it is."""
     return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))
 
 
 def _twice(tensor: torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance runs every frame twice: [negatives..., positives...], as diffusers batches it."""
     return torch.cat([tensor, tensor])
-
-
-def _concat(embeds: Sequence[PromptEmbeds]) -> PromptEmbeds:
-    pooled = None if embeds[0].pooled is None else _cat([e.pooled for e in embeds])
-    return PromptEmbeds(_cat([e.hidden for e in embeds]), pooled)

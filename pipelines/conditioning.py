@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -22,10 +23,13 @@ class PromptEmbeds:
         return PromptEmbeds(torch.zeros_like(self.hidden), pooled)
 
     @staticmethod
-    def batch(negative: PromptEmbeds, positive: PromptEmbeds) -> PromptEmbeds:
-        """[negative, positive] along the batch, the order of diffusers' classifier-free guidance."""
-        pooled = None if positive.pooled is None else torch.cat([negative.pooled, positive.pooled])
-        return PromptEmbeds(torch.cat([negative.hidden, positive.hidden]), pooled)
+    def cat(embeds: Sequence[PromptEmbeds]) -> PromptEmbeds:
+        """Several frames' embeddings along the batch, in order (under classifier-free guidance the negatives first,
+        as diffusers batches them)."""
+        if len(embeds) == 1:
+            return embeds[0]
+        pooled = None if embeds[0].pooled is None else torch.cat([e.pooled for e in embeds])
+        return PromptEmbeds(torch.cat([e.hidden for e in embeds]), pooled)
 
 
 @torch.inference_mode()

@@ -7,8 +7,9 @@ goes through the slot's pinned buffers — the camera frame, the Canny map, txt2
 memory waits for the device, and the host could not launch frame N+1 until frame N had finished.
 
 A submission is a batch: one or more prepared frames that share one call of the model (see batch.py), with one
-result per frame. On the CPU the same interface runs each batch when it is submitted, in the caller's thread, with
-no CUDA call.
+result per frame. Every batch, of one frame or more, runs through one function, `stylise` (batch.py's
+`stylise_batch` unless the executor is given another: a bench slows it down, a test makes it fail). On the CPU the
+same interface runs each batch when it is submitted, in the caller's thread, with no CUDA call.
 Decoding and encoding still overlap with the model: aiortc runs them in threads of its own. A model thread of the
 executor's own was tried and measured slower: with 2 OpenMP threads on 2 cores, a tiny-model frame took 200 ms
 from a second thread against 113 ms from the first (bench --double-buffer: 4.8 against 7.5 fps).
@@ -19,15 +20,20 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .batch import FrameRequest, stylise_batch
-from .stream import FrameInputs
+from .batch import stylise_batch
+from .frame import FrameRequest
 
 SLOTS = 2
+
+# A batch's device side: its frames' pictures (uint8 H x W x 3, on the device) from the frames and, on CUDA, their
+# host tensors already on the device (None: copied there by the function).
+Stylise = Callable[[Sequence[FrameRequest], Sequence[dict[str, torch.Tensor]] | None], list[torch.Tensor]]
 
 
 @dataclass
@@ -41,8 +47,8 @@ class FrameResult:
 
 
 @dataclass
-class Job:
-    """One batch in flight: what to run, and (once done) its results or its error."""
+class InFlightBatch:
+    """One submitted batch: what to run, and (once done) its results or its error."""
 
     ticket: int
     requests: list[FrameRequest]
@@ -59,10 +65,11 @@ class FrameExecutor:
     executor per device, driven from one thread (the engine's); any pipeline on that device may use it.
     """
 
-    def __init__(self, device: torch.device) -> None:
+    def __init__(self, device: torch.device, stylise: Stylise = stylise_batch) -> None:
         self.device = torch.device(device)
+        self.stylise = stylise
         self._next_ticket = 0
-        self._in_flight: deque[Job] = deque()
+        self._in_flight: deque[InFlightBatch] = deque()
         self._closed = False
         if self.device.type == "cuda":
             with torch.cuda.device(self.device):
@@ -101,7 +108,7 @@ class FrameExecutor:
             raise RuntimeError(f"{SLOTS} batches are in flight: collect the oldest result before submitting")
         if not requests:
             raise ValueError("a batch needs at least one frame")
-        job = Job(self._next_ticket, list(requests))
+        job = InFlightBatch(self._next_ticket, list(requests))
         self._next_ticket += 1
         self._in_flight.append(job)
         try:
@@ -134,15 +141,14 @@ class FrameExecutor:
 
     # CPU: each frame runs as it is submitted.
 
-    @staticmethod
-    def _run_on_cpu(job: Job) -> None:
+    def _run_on_cpu(self, job: InFlightBatch) -> None:
         start = time.perf_counter()
-        pictures = _stylise(job.requests, None)
+        pictures = self.stylise(job.requests, None)
         job.results = _results(job.requests, [p.numpy() for p in pictures], time.perf_counter() - start)
 
     # CUDA: upload, compute and download streams, ordered by events.
 
-    def _launch_on_cuda(self, job: Job) -> None:
+    def _launch_on_cuda(self, job: InFlightBatch) -> None:
         slot = self._slots[job.ticket % SLOTS]
         job.slot = slot
         upload, compute, download = self._upload_stream, self._compute_stream, self._download_stream
@@ -150,13 +156,13 @@ class FrameExecutor:
             # The slot's previous batch must be done reading its device buffers before they are overwritten.
             upload.wait_event(slot.computed)
             slot.upload_start.record(upload)
-            on_device = [slot.upload(index, request.inputs) for index, request in enumerate(job.requests)]
+            on_device = [slot.upload(index, request) for index, request in enumerate(job.requests)]
             slot.uploaded.record(upload)
         compute.wait_event(slot.uploaded)
         with torch.cuda.stream(compute):
             slot.compute_start.record(compute)
             try:
-                outputs = _stylise(job.requests, on_device)
+                outputs = self.stylise(job.requests, on_device)
             finally:
                 # Also after a failure: whatever was launched must finish before the slot's buffers are reused.
                 slot.computed.record(compute)
@@ -166,7 +172,7 @@ class FrameExecutor:
             slot.download(outputs, download)
             slot.downloaded.record(download)
 
-    def _collect_from_cuda(self, job: Job) -> None:
+    def _collect_from_cuda(self, job: InFlightBatch) -> None:
         slot = job.slot
         slot.downloaded.synchronize()  # this result's event only
         seconds = slot.compute_start.elapsed_time(slot.computed) / 1000
@@ -197,14 +203,14 @@ class _CudaSlot:
         self.download_start, self.downloaded = _timed_event(), _timed_event()
         self.computed.record(compute)  # a slot starts free: nothing is reading its buffers
 
-    def upload(self, index: int, inputs: FrameInputs) -> dict[str, torch.Tensor]:
+    def upload(self, index: int, request: FrameRequest) -> dict[str, torch.Tensor]:
         """Each of a frame's host tensors into its pinned buffer (a host copy), then to the device without
         blocking, on the current stream."""
         # The slot's last copies out of its pinned buffers are long done (its batch was collected) unless that
         # batch failed before anyone waited on it.
         self.uploaded.synchronize()
         on_device = {}
-        for name, tensor in inputs.host_tensors.items():
+        for name, tensor in request.host_tensors.items():
             pinned, device_buffer = self.inputs.get((index, name), (None, None))
             if pinned is None or pinned.shape != tensor.shape or pinned.dtype != tensor.dtype:
                 pinned = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
@@ -229,19 +235,10 @@ class _CudaSlot:
         return [pinned.numpy().copy() for pinned in self.pinned_out[:count]]
 
 
-def _stylise(requests: list[FrameRequest], on_device: list[dict[str, torch.Tensor]] | None) -> list[torch.Tensor]:
-    """A batch of one goes through its pipeline's own method, so that a wrapper of one pipeline (the adaptive
-    bench's slowdown, a test's failing pipeline) sees its frames; larger batches through batch.py."""
-    if len(requests) == 1:
-        request = requests[0]
-        return [request.pipeline.stylise_on_device(request.inputs, request.output_size, on_device and on_device[0])]
-    return stylise_batch(requests, on_device)
-
-
 def _results(requests: list[FrameRequest], pictures: list[np.ndarray], seconds: float) -> list[FrameResult]:
     """One result per frame; the batch's model time is shared out evenly."""
     share = seconds / len(requests)
-    return [FrameResult(p, share, r.inputs.control_image) for r, p in zip(requests, pictures, strict=True)]
+    return [FrameResult(p, share, r.control_image) for r, p in zip(requests, pictures, strict=True)]
 
 
 def _timed_event() -> torch.cuda.Event:

@@ -73,7 +73,7 @@ class ResolutionController:
         return 1.0 / self.target_fps
 
     def configure(self, target_fps: float, max_side: int, floor: int) -> None:
-        """New target, cap or floor from the viewer: go to the rung nearest the current size."""
+        """New target, cap or floor from the stream's params: go to the rung nearest the current size."""
         side = self.side
         self.target_fps = target_fps
         self.ladder = size_ladder(max_side, floor)

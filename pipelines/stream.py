@@ -1,5 +1,8 @@
 """The stream pipeline: one camera frame in, one stylised frame out, with all per-parameter work done up front.
 
+The stream's state lives here (params, prompt cache, temporal history); a frame leaves `prepare` as a FrameRequest
+(frame.py) for the device side (batch.py, executor.py), which never reaches back into it.
+
 It runs the same arithmetic as diffusers' pipelines — LatentConsistencyModelImg2ImgPipeline for an SD1.5 LCM UNet,
 StableDiffusion(XL)Img2ImgPipeline with LCMScheduler for LCM-LoRA, Turbo and SDXL, StableDiffusion(XL)Pipeline for
 text-to-image, and their ControlNet variants — minus everything that does not change between frames: prompt
@@ -12,27 +15,23 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from .batch import FrameRequest, render_batch, stylise_batch
+from .batch import render_batch, stylise_batch
 from .components import ModelComponents
-from .conditioning import PromptEmbeds
+from .frame import FramePlan, FrameRequest
 from .params import NO_STYLE, StreamParams, params_model_for
 from .presets import GuidanceKind
 from .prompt_cache import PromptCache
-from .schedule import Schedule, build_schedule, guidance_embedding
-from .temporal import LatentHistory, MotionTracker, Smoothing
+from .schedule import build_schedule, guidance_embedding
+from .temporal import LatentHistory, MotionTracker, SmoothedFrame, Smoothing
 from .transition import PromptTransition, blend
 
 SIZE_MULTIPLE = 64
-# txt2img: the noise glides from one seed to the next over this many frames, so the pictures morph, not flicker.
-TXT2IMG_MORPH_FRAMES = 24
 
 
 def processing_size(width: int, height: int, max_side: int | None = None) -> tuple[int, int]:
@@ -59,79 +58,10 @@ def check_frame(frame: Any) -> np.ndarray:
     return frame
 
 
-@dataclass(frozen=True)
-class SeededNoise:
-    """One seed's draws in diffusers' order for one latent size.
-
-    img2img: VAE posterior sample, add-noise, then one per non-final step. txt2img: the initial latents, then one
-    per non-final step. Step terms are pre-multiplied by sqrt(1 - alpha_prev).
-    """
-
-    first: torch.Tensor | None  # img2img: the posterior sample (None for a tiny VAE); txt2img: the latents
-    start_term: torch.Tensor | None  # img2img: sqrt(1 - alpha_t0) * noise, added to the scaled init latents
-    step_terms: tuple[torch.Tensor | None, ...]
-
-
-@dataclass
-class FramePlan:
-    """What one set of parameters needs per frame; immutable apart from the per-size caches it fills lazily."""
-
-    params: StreamParams
-    schedule: Schedule
-    prompt: PromptTransition  # the positive conditioning, possibly on its way from the last prompt
-    negative: PromptEmbeds | None  # under classifier-free guidance
-    classifier_free: bool
-    timestep_cond: torch.Tensor | None
-    # The ControlNet kinds that run, with their scales, in load order (MultiControlNet's); a kind at 0 is left out,
-    # so it costs no call at all.
-    control_scales: dict[str, float]
-    control_view: str | None  # the kind whose control image the page's second video shows (None: no image)
-    style: tuple[str, float] | None  # the style LoRA and its scale; None: the model alone (also at scale 0)
-    # On the device in the model's dtype, so that a batch stacks them without a copy from the host per frame.
-    guidance_tensor: torch.Tensor
-    control_scale_tensors: dict[str, torch.Tensor]
-    noise: dict[tuple[int, int], SeededNoise] = field(default_factory=dict)
-    time_ids: dict[tuple[int, int, int], torch.Tensor] = field(default_factory=dict)  # (width, height, batch)
-    draws: dict[tuple[int, tuple[int, int]], list[torch.Tensor]] = field(default_factory=dict)  # txt2img, host
-
-    @property
-    def txt2img(self) -> bool:
-        return self.params.mode == "txt2img"
-
-    def preprocessed_kinds(self, shown: bool) -> tuple[str, ...]:
-        """The kinds whose control image a frame needs: those that run, and the one on view if it is `shown`."""
-        on_view = [self.control_view] if shown and self.control_view else []
-        return tuple(dict.fromkeys([*self.control_scales, *on_view]))
-
-    @property
-    def batch(self) -> int:
-        return 2 if self.classifier_free else 1
-
-
-@dataclass(frozen=True)
-class FrameInputs:
-    """One frame's host side, made before any device work (see `StreamPipeline.prepare`).
-
-    `host_tensors` are what the device side reads: "pixels" (the camera frame, uint8 H x W x 3), "control_{kind}"
-    (each running ControlNet's control image, uint8 H x W x 3), "noise" (txt2img: this frame's draws, stacked). On
-    CUDA the double-buffered executor uploads them from pinned memory while the previous frame computes: a copy from
-    pageable memory would wait for the device, and the next frame could not be launched before the last one
-    finished.
-    """
-
-    plan: FramePlan
-    width: int
-    height: int
-    host_tensors: dict[str, torch.Tensor]
-    control_image: np.ndarray | None  # the control image on view (FramePlan.control_view), for display
-    prompt_progress: float = 1.0  # how far through the prompt transition this frame is (read off the clock)
-    smoothing: Smoothing | None = None  # temporal smoothing, when on (img2img): its motion is in host_tensors
-
-
 class StreamPipeline:
     """Turns uint8 RGB frames into stylised uint8 frames with one model, at a processing size of multiples of 64.
 
-    Several pipelines may share one `ModelComponents` and one `PromptCache` (one per viewer): each keeps its own
+    Several pipelines may share one `ModelComponents` and one `PromptCache` (one per stream): each keeps its own
     parameters, schedule and noise. `update` may be called from another thread; a frame in flight finishes with
     the plan it started with. `clock` times prompt transitions (tests pass a fake one).
     """
@@ -150,7 +80,7 @@ class StreamPipeline:
         self._update_lock = threading.Lock()
         self._tick = 0  # txt2img frames drawn so far: each one gets new noise
         self.motion = MotionTracker()  # temporal smoothing: the host side (prepare) ...
-        self.history = LatentHistory()  # ... and the device side (render_batch)
+        self.history = LatentHistory()  # ... and the device side, which each smoothed frame carries to render_batch
         self.smoothing_at: Callable[[float], Smoothing] = Smoothing.at  # the knob's techniques (a bench swaps them)
         # Whether anyone watches the control image: if not, a kind that is on view but does not run (scale 0) is
         # not preprocessed (a depth estimator run per frame for nobody). The server sets it per frame.
@@ -218,13 +148,20 @@ class StreamPipeline:
         output_size: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """Stylise one uint8 H x W x 3 frame; the result is uint8 at `output_size` (width, height), scaled on the
-        device, or at the processing `size` if none is given."""
-        return self.stylise_on_device(self.prepare(frame, size), output_size).cpu().numpy()
+        device, or at the processing `size` if none is given. A frame is a batch of one (see batch.py)."""
+        return stylise_batch([self.prepare(frame, size, output_size)])[0].cpu().numpy()
 
-    def prepare(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> FrameInputs:
-        """The host side of one frame: checks, the plan and processing size, the control images, txt2img's noise.
+    def prepare(
+        self,
+        frame: np.ndarray | None,
+        size: tuple[int, int] | None = None,
+        output_size: tuple[int, int] | None = None,
+    ) -> FrameRequest:
+        """The host side of one frame: checks, the plan and processing size, the control images, txt2img's noise,
+        the camera's motion; what comes out is ready for the device (batch.py, the executor).
 
-        `frame` may be None only in txt2img mode without ControlNet, and then `size` is required.
+        `frame` may be None only in txt2img mode without ControlNet, and then `size` is required. `output_size`
+        (width, height): the size the picture leaves at, scaled on the device; None: the processing size.
         """
         plan = self._plan  # one plan for the whole frame, whatever `update` does meanwhile
         if frame is None:
@@ -242,52 +179,28 @@ class StreamPipeline:
         for kind in plan.control_scales:
             host_tensors[f"control_{kind}"] = torch.from_numpy(control_images[kind])
         control_image = control_images.get(plan.control_view)
-        smoothing = None
+        temporal = None
         if plan.txt2img:
-            host_tensors["noise"] = torch.stack(self._txt2img_draws(plan, (height, width)))
+            host_tensors["noise"] = torch.stack(plan.txt2img_draws((height, width), self._tick))
+            self._tick += 1
             self.motion.reset()  # back in img2img, motion starts from that frame, not from one long gone
         else:
             host_tensors["pixels"] = torch.from_numpy(np.ascontiguousarray(frame))
             if plan.params.temporal_smoothing > 0:
-                smoothing = self.smoothing_at(plan.params.temporal_smoothing)
+                temporal = SmoothedFrame(self.smoothing_at(plan.params.temporal_smoothing), self.history)
                 factor = self.components.vae_scale_factor
                 host_tensors.update(self.motion.step(frame, (height // factor, width // factor)))
             else:
                 self.motion.reset()
         progress = plan.prompt.progress(self.clock())
-        return FrameInputs(plan, width, height, host_tensors, control_image, progress, smoothing)
-
-    def stylise_on_device(
-        self,
-        inputs: FrameInputs,
-        output_size: tuple[int, int] | None = None,
-        on_device: dict[str, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """The device side of one prepared frame: uint8 H x W x 3 at `output_size` (width, height), scaled on the
-        device, or at the processing size; it stays on the device for the caller to fetch.
-
-        `on_device`: `inputs.host_tensors` already on the device, as the double-buffered executor uploads them;
-        without it they are copied here. A frame is a batch of one (see batch.py).
-        """
-        request = FrameRequest(self, inputs, output_size)
-        return stylise_batch([request], None if on_device is None else [on_device])[0]
+        return FrameRequest(plan, width, height, host_tensors, control_image, output_size, progress, temporal)
 
     @torch.inference_mode()
     def render(self, frame: np.ndarray | None, size: tuple[int, int] | None = None) -> torch.Tensor:
         """The float image in [0, 1] (1 x 3 x H x W, on the device) before quantisation to uint8."""
-        inputs = self.prepare(frame, size)
+        request = self.prepare(frame, size)
         device = self.components.device
-        return render_batch([FrameRequest(self, inputs)], [{k: t.to(device) for k, t in inputs.host_tensors.items()}])
-
-    def _to_model_input(self, pixels: torch.Tensor, width: int, height: int) -> torch.Tensor:
-        c = self.components
-        # Channels-last, like the modules (see ModelComponents.to). Then the same float32 arithmetic as diffusers'
-        # VaeImageProcessor: x / 255, then 2x - 1.
-        image = pixels.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
-        if image.shape[-2:] != (height, width):
-            image = F.interpolate(image, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-        image = image.contiguous(memory_format=torch.channels_last)
-        return (2.0 * image - 1.0).to(c.dtype)
+        return render_batch([request], [{k: t.to(device) for k, t in request.host_tensors.items()}])
 
     def _control_images(self, plan: FramePlan, frame: np.ndarray, width: int, height: int) -> dict[str, np.ndarray]:
         """The control image of each kind the frame needs, at the processing size, uint8 H x W x 3."""
@@ -300,12 +213,6 @@ class StreamPipeline:
             frame = cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
         preprocessors = self.components.preprocessors
         return {kind: preprocessors[kind](frame, plan.params) for kind in kinds}
-
-    def _control_tensor(self, control: torch.Tensor) -> torch.Tensor:
-        """A control image (uint8 on the device) in [0, 1], unnormalised, as diffusers' control image processor
-        leaves it."""
-        image = control.permute(2, 0, 1).unsqueeze(0).to(torch.float32) / 255.0
-        return image.to(self.components.dtype).contiguous(memory_format=torch.channels_last)
 
     def _make_plan(self, params: StreamParams, previous: FramePlan | None = None) -> FramePlan:
         c = self.components
@@ -327,6 +234,7 @@ class StreamPipeline:
             timestep_cond = guidance_embedding(params.guidance_scale, dim, c.device, c.dtype)
         control_scales = control_scales_of(params, c.control_kinds)
         return FramePlan(
+            c,
             params,
             schedule,
             prompt,
@@ -355,80 +263,6 @@ class StreamPipeline:
         if (old.prompt, old.prompt_b, old.prompt_mix) == (params.prompt, params.prompt_b, params.prompt_mix):
             return previous.prompt
         return previous.prompt.towards(target, self.clock(), params.transition_s)
-
-    def _latent_shape(self, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
-        c = self.components
-        factor = c.vae_scale_factor
-        return (1, c.vae.config.latent_channels, image_size[0] // factor, image_size[1] // factor)
-
-    def _noise_for(self, plan: FramePlan, image_size: tuple[int, int]) -> SeededNoise:
-        """img2img: draw the seed's noise for this latent size once; later frames at the same size reuse it."""
-        noise = plan.noise.get(image_size)
-        if noise is None:
-            noise = self._draw_noise(plan, image_size, plan.params.seed)
-            plan.noise[image_size] = noise
-        return noise
-
-    def _txt2img_draws(self, plan: FramePlan, image_size: tuple[int, int]) -> list[torch.Tensor]:
-        """txt2img: new noise every frame, gliding (slerp) from seed + k to seed + k + 1 over the morph frames.
-
-        Frame 0 uses the seed's own draws, so it equals diffusers' text-to-image output for that seed. The draws
-        are cached per seed and blended on the host: no device synchronisation per frame.
-        """
-        segment, offset = divmod(self._tick, TXT2IMG_MORPH_FRAMES)
-        self._tick += 1
-        seeds = (plan.params.seed + segment, plan.params.seed + segment + 1)
-        for stale in [key for key in plan.draws if key[0] not in seeds or key[1] != image_size]:
-            del plan.draws[stale]
-        start = self._host_draws(plan, image_size, seeds[0])
-        if offset == 0:
-            return start
-        end = self._host_draws(plan, image_size, seeds[1])
-        t = offset / TXT2IMG_MORPH_FRAMES
-        return [slerp(a, b, t) for a, b in zip(start, end, strict=True)]
-
-    def _draw_noise(self, plan: FramePlan, image_size: tuple[int, int], seed: int) -> SeededNoise:
-        device = self.components.device
-        return self._scaled(plan, [draw.to(device) for draw in self._host_draws(plan, image_size, seed)])
-
-    def _host_draws(self, plan: FramePlan, image_size: tuple[int, int], seed: int) -> list[torch.Tensor]:
-        """The seed's draws on the host, in diffusers' order (cached for txt2img, which reuses them)."""
-        key = (seed, image_size)
-        draws = plan.draws.get(key)
-        if draws is None:
-            shape = self._latent_shape(image_size)
-            # A CPU generator, as diffusers' randn_tensor uses for a CPU generator on any device: same seed, same
-            # numbers on every machine.
-            generator = torch.Generator("cpu").manual_seed(seed)
-            # txt2img: initial latents; img2img: the VAE posterior sample (if it has one), then the add-noise.
-            first = 1 if plan.txt2img or self.components.vae_has_posterior else 0
-            count = first + (0 if plan.txt2img else 1) + sum(not step.is_last for step in plan.schedule.steps)
-            draws = [torch.randn(shape, generator=generator, dtype=self.components.dtype) for _ in range(count)]
-            if plan.txt2img:
-                plan.draws[key] = draws
-        return draws
-
-    def _scaled(self, plan: FramePlan, draws: Sequence[torch.Tensor]) -> SeededNoise:
-        """Draws (on the device) scaled by the schedule's coefficients."""
-        on_device = iter(draws)
-        first = next(on_device) if plan.txt2img or self.components.vae_has_posterior else None
-        # LCMScheduler.init_noise_sigma is 1: txt2img latents are the first draw itself.
-        start_term = None if plan.txt2img else plan.schedule.noise_sqrt_beta * next(on_device)
-        step_terms = tuple(
-            None if step.is_last else step.sqrt_beta_prev * next(on_device) for step in plan.schedule.steps
-        )
-        return SeededNoise(first, start_term, step_terms)
-
-
-def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation: keeps the norm of Gaussian noise, where a straight blend would shrink it."""
-    a32, b32 = a.float(), b.float()
-    cos = (a32 * b32).sum() / (a32.norm() * b32.norm())
-    angle = torch.arccos(cos.clamp(-1.0, 1.0))
-    if angle.abs() < 1e-4:
-        return ((1 - t) * a32 + t * b32).to(a.dtype)
-    sin = torch.sin(angle)
-    return ((torch.sin((1 - t) * angle) / sin) * a32 + (torch.sin(t * angle) / sin) * b32).to(a.dtype)
 
 
 def control_scales_of(params: StreamParams, kinds: tuple[str, ...]) -> dict[str, float]:

@@ -3,22 +3,19 @@ with the picture instead of staying on the screen, and the last output's latents
 this frame; a scene cut starts it all over.
 
 The host side (`MotionTracker`) runs in `StreamPipeline.prepare`, the device side (`LatentHistory`) in
-`render_batch`, in frame order: a stream's frames never run out of order on the device.
+`render_batch`, which reaches it through the frame (`SmoothedFrame`), in frame order: a stream's frames never run
+out of order on the device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-
-if TYPE_CHECKING:
-    from .batch import FrameRequest
 
 # The flow runs on grey pictures this many times the latent size (for a 256-pixel frame 128 pixels: DIS's ultrafast
 # preset takes about a millisecond there), and is averaged down to the latents.
@@ -49,6 +46,15 @@ class Smoothing:
 FEEDBACK_AT_FULL = 0.0
 # At 0.6 alone: warp error -48%, still-camera flicker -55%; at the default level 0.5 the blend is 0.3.
 OUTPUT_BLEND_AT_FULL = 0.6
+
+
+@dataclass(frozen=True)
+class SmoothedFrame:
+    """One frame's share of its stream's smoothing: what its level turns on, and the stream's history on the
+    device, which the frame reads and advances."""
+
+    smoothing: Smoothing
+    history: LatentHistory
 
 
 class MotionTracker:
@@ -144,16 +150,18 @@ class LatentHistory:
 
 
 def carry_into_inputs(
-    requests: Sequence[FrameRequest], on_device: Sequence[dict[str, torch.Tensor]], noise: list, clean: torch.Tensor
+    frames: Sequence[SmoothedFrame | None],
+    on_device: Sequence[dict[str, torch.Tensor]],
+    noise: list,
+    clean: torch.Tensor,
 ) -> tuple[list, torch.Tensor]:
     """For each frame with smoothing on: follow its motion, move its noise with the picture, and feed its last
-    output back into its clean input latents. Frames without smoothing pass unchanged."""
+    output back into its clean input latents. Frames without smoothing (None) pass unchanged."""
     noise, parts = list(noise), list(clean.split(1))
-    for index, (request, tensors) in enumerate(zip(requests, on_device, strict=True)):
-        smoothing = request.inputs.smoothing
-        if smoothing is None:
+    for index, (frame, tensors) in enumerate(zip(frames, on_device, strict=True)):
+        if frame is None:
             continue
-        history = request.pipeline.history
+        smoothing, history = frame.smoothing, frame.history
         history.advance(tensors, parts[index])
         if smoothing.moving_noise:
             noise[index] = replace(
@@ -168,15 +176,14 @@ def carry_into_inputs(
     return noise, torch.cat(parts)
 
 
-def carry_into_outputs(requests: Sequence[FrameRequest], denoised: torch.Tensor) -> torch.Tensor:
+def carry_into_outputs(frames: Sequence[SmoothedFrame | None], denoised: torch.Tensor) -> torch.Tensor:
     """For each frame with smoothing on: blend in its last output along the motion, and keep the result for the
     next frame (an average along the motion, fading by the blend each frame)."""
     parts = list(denoised.split(1))
-    for index, request in enumerate(requests):
-        smoothing = request.inputs.smoothing
-        if smoothing is None:
+    for index, frame in enumerate(frames):
+        if frame is None:
             continue
-        history = request.pipeline.history
+        smoothing, history = frame.smoothing, frame.history
         carried = history.carried() if smoothing.output_blend > 0 else None
         if carried is not None:
             parts[index] = _blend(parts[index], carried, smoothing.output_blend * history.confidence)

@@ -2,8 +2,10 @@
 can share a model call, and keeps the model busy.
 
 The asyncio loop never runs model work; this thread never awaits. Streams hand it frames through one-slot
-mailboxes and parameter changes through `call`, which it runs between batches. Batches go through a double-buffered
-executor: while the model runs one, this thread prepares the next and publishes the last.
+mailboxes and parameter changes through `call`, which it runs between batches. Each due stream's worker (a client
+of the engine) prepares its frame and hears of the result; the engine only groups, submits and collects. Batches go
+through a double-buffered executor: while the model runs one, this thread prepares the next and publishes the
+last.
 
 Fair by construction: each round takes every stream that is due now (never waiting for one that is not), groups
 their frames by what a shared call needs (see pipelines/batch.py), and runs the groups in a rotating order, so no
@@ -25,10 +27,10 @@ from typing import Any, Protocol
 import torch
 
 from pipelines import FrameExecutor
-from pipelines.batch import FrameRequest, batch_key
-from pipelines.executor import SLOTS
+from pipelines.batch import batch_key, stylise_batch
+from pipelines.executor import SLOTS, Stylise
 
-from .worker import FrameJob
+from .worker import StreamFrame
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +50,12 @@ def reserve_a_core_for_media(device: torch.device) -> int:
 
 
 class EngineClient(Protocol):
-    """What the engine needs from a session: whether it has work now, and the next frame's job."""
+    """What the engine needs from a stream's worker: whether it has work now, and its next frame, prepared."""
 
     def next_due(self, now: float) -> float | None:
-        """Monotonic time at which the session wants a frame processed; None when it has no frame waiting."""
+        """Monotonic time at which the stream wants a frame processed; None when it has no frame waiting."""
 
-    def prepare(self) -> FrameJob | None: ...
+    def prepare(self) -> StreamFrame | None: ...
 
 
 # Batches of 8 at 512 px stay far inside a GPU's memory next to an SD1.5 model; more streams make more batches.
@@ -61,18 +63,23 @@ DEFAULT_MAX_BATCH = 8
 
 
 class Engine:
-    """One thread per device, one model in memory, shared fairly by every session (round robin)."""
+    """One thread per device, one model in memory, shared fairly by every stream (round robin).
 
-    def __init__(self, device: torch.device, max_batch: int = DEFAULT_MAX_BATCH) -> None:
-        self.executor = FrameExecutor(device)
+    `stylise`: the device side of each batch (batch.py's; a bench slows it down, a test makes it fail).
+    """
+
+    def __init__(
+        self, device: torch.device, max_batch: int = DEFAULT_MAX_BATCH, stylise: Stylise = stylise_batch
+    ) -> None:
+        self.executor = FrameExecutor(device, stylise)
         self.max_batch = max_batch  # 1: every frame on its own (the way before batching, for comparison)
-        # How many frames to keep in flight. On CUDA two: the next frame uploads while this one computes. On a
+        # How many batches to keep in flight. On CUDA two: the next one uploads while this one computes. On a
         # CPU one: there the staged frame would wait a whole model time behind the running one and reach the
         # viewer that much older (bench --e2e: p50 latency 60 ms over the model instead of 17, for ~1% of time
         # saved on conversion); decoding and encoding already run in aiortc's own threads.
-        self.depth = SLOTS if torch.device(device).type == "cuda" else 1
-        # Model seconds of every frame of every session, summed: how busy the device is (read by the sessions'
-        # resolution controllers, so that several viewers share one budget instead of each assuming the device).
+        self.max_batches_in_flight = SLOTS if torch.device(device).type == "cuda" else 1
+        # Model seconds of every frame of every stream, summed: how busy the device is (read by the streams'
+        # resolution controllers, so that several streams share one budget instead of each assuming the device).
         self.busy_seconds = 0.0
         self._wake = threading.Condition()
         self._clients: list[EngineClient] = []
@@ -113,7 +120,7 @@ class Engine:
                 self._clients.remove(client)
 
     def notify(self) -> None:
-        """A session has a new frame."""
+        """A stream has a new frame."""
         with self._wake:
             self._wake.notify()
 
@@ -128,7 +135,7 @@ class Engine:
         return await future
 
     def _run(self) -> None:
-        in_flight: deque[tuple[int, list[FrameJob]]] = deque()
+        in_flight: deque[tuple[int, list[StreamFrame]]] = deque()
         while True:
             with self._wake:
                 # With batches in flight, never sleep: collect the oldest instead.
@@ -139,50 +146,44 @@ class Engine:
                 with self.executor.device_context():
                     self._run_command(*command)
             for batch in self._batches(clients):
-                if len(in_flight) >= self.depth:
+                if len(in_flight) >= self.max_batches_in_flight:
                     self._collect(*in_flight.popleft())
                 # submit keeps a batch's own failure for `result`; anything else is the engine's to survive.
-                ticket = self._guarded(self.executor.submit, [request for _, request in batch])
+                ticket = self._guarded(self.executor.submit, [frame.request for frame in batch])
                 if ticket is not None:
-                    in_flight.append((ticket, [job for job, _ in batch]))
+                    in_flight.append((ticket, batch))
             # Collect once the pipeline is full (the next batch is staged), or when nothing else is waiting.
-            if in_flight and (len(in_flight) >= self.depth or not clients):
+            if in_flight and (len(in_flight) >= self.max_batches_in_flight or not clients):
                 self._collect(*in_flight.popleft())
         while in_flight:
             self._collect(*in_flight.popleft())
 
-    def _batches(self, clients: list[EngineClient]) -> list[list[tuple[FrameJob, FrameRequest]]]:
+    def _batches(self, clients: list[EngineClient]) -> list[list[StreamFrame]]:
         """The due streams' frames, prepared and grouped into batches that can share a call, in stream order."""
-        groups: dict[object, list[tuple[FrameJob, FrameRequest]]] = {}
+        groups: dict[object, list[StreamFrame]] = {}
         for client in clients:
-            job = self._guarded(client.prepare)
-            if job is None:
-                continue
-            try:  # the host side: checks, the control images, txt2img's noise
-                request = FrameRequest(job.pipeline, job.pipeline.prepare(job.frame, job.size), job.output_size)
-            except Exception as error:  # this frame's own failure: its stream hears of it, the others go on
-                self._guarded(job.fail, error)
-                continue
-            groups.setdefault(batch_key(request), []).append((job, request))
+            frame = self._guarded(client.prepare)
+            if frame is not None:
+                groups.setdefault(batch_key(frame.request), []).append(frame)
         size = self.max_batch
         return [group[i : i + size] for group in groups.values() for i in range(0, len(group), size)]
 
-    def _collect(self, ticket: int, jobs: list[FrameJob]) -> None:
+    def _collect(self, ticket: int, frames: list[StreamFrame]) -> None:
         try:
             results = self.executor.result(ticket)
         except Exception as error:  # the batch's own failure, raised again here by the executor
-            for job in jobs:
-                self._guarded(job.fail, error)
+            for frame in frames:
+                self._guarded(frame.fail, error)
         else:
             self.busy_seconds += sum(result.model_seconds for result in results)
-            for job, result in zip(jobs, results, strict=True):
-                self._guarded(job.finish, result)
+            for frame, result in zip(frames, results, strict=True):
+                self._guarded(frame.finish, result)
 
     @staticmethod
     def _guarded(call: Callable[..., Any], *args: Any) -> Any:
         try:
             return call(*args)
-        except Exception:  # one session's failure must not stop the others' video
+        except Exception:  # one stream's failure must not stop the others' video
             log.exception("frame processing failed")
             return None
 

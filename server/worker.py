@@ -13,6 +13,7 @@ from av import VideoFrame
 
 from pipelines import ParamsError, StreamPipeline, processing_size
 from pipelines.executor import FrameResult
+from pipelines.frame import FrameRequest
 from pipelines.resolution import ResolutionController
 
 from .media.feed import Feed
@@ -22,19 +23,18 @@ from .stats import SessionStats
 
 
 @dataclass(frozen=True)
-class FrameJob:
-    """One frame for the engine's executor, and what to do with its result."""
+class StreamFrame:
+    """One frame of a stream for the engine: prepared for the device, and what the stream does with its result."""
 
-    pipeline: StreamPipeline
-    frame: np.ndarray | None
-    size: tuple[int, int]
-    output_size: tuple[int, int]
+    request: FrameRequest
     finish: Callable[[FrameResult], None]
     fail: Callable[[BaseException], None]
 
 
 @dataclass(frozen=True)
 class CameraFrame:
+    """A camera frame in the stream's mailbox, with when it came."""
+
     frame: VideoFrame
     arrival: float  # time.monotonic() when the pump received it
     queue_seconds: float  # how far behind real time it arrived (see pump_frames)
@@ -42,7 +42,7 @@ class CameraFrame:
 
 class StreamWorker:
     """Implements the engine's client interface for one stream. Only the engine thread calls `prepare`, the
-    jobs' callbacks and `update`; the pump calls `submit` from the event loop."""
+    frames' callbacks and `update`; the pump calls `submit` from the event loop."""
 
     def __init__(
         self,
@@ -96,8 +96,8 @@ class StreamWorker:
             return None
         return self._last_start + 1.0 / self.session_params.target_fps
 
-    def prepare(self) -> FrameJob | None:
-        """Take the newest camera frame and convert it for the model; None when there is nothing to run.
+    def prepare(self) -> StreamFrame | None:
+        """Take the newest camera frame and prepare it for the device; None when there is nothing to run.
 
         A frame the similarity skip answers with the last picture is published here and runs nothing.
         """
@@ -123,7 +123,7 @@ class StreamWorker:
         else:  # txt2img before any camera frame: a square picture
             frame_width = frame_height = self.session_params.max_resolution
         size = processing_size(frame_width, frame_height, self.controller.side)
-        # The viewer's picture keeps one size, whatever the processing size: OBS and the page never see it jump.
+        # The stream's picture keeps one size, whatever the processing size: OBS and the page never see it jump.
         output_size = processing_size(frame_width, frame_height, self.session_params.max_resolution)
         rgb = None
         if camera is not None and self.pipeline.needs_frame:
@@ -165,11 +165,16 @@ class StreamWorker:
             raise error
 
         self.pipeline.control_shown = self.control_output is not None and self.control_output.subscribed
-        return FrameJob(self.pipeline, rgb, size, output_size, finish, failed)
+        try:  # the host side: checks, the control images, txt2img's noise
+            request = self.pipeline.prepare(rgb, size, output_size)
+        except Exception as error:  # this frame's own failure (a bad frame, say): told as a failed batch is
+            failed(error)
+            return None
+        return StreamFrame(request, finish, failed)
 
     def _device_seconds_per_frame(self, model_seconds: float) -> float:
-        """What one of this viewer's frames costs the device: its own model time plus the other viewers' frames
-        since its last one. With one viewer that is the model time; with three, about three frames' worth — so
+        """What one of this stream's frames costs the device: its own model time plus the other streams' frames
+        since its last one. With one stream that is the model time; with three, about three frames' worth — so
         each controller sizes its frames for a third of the device, and all of them hold the target."""
         if self._device_busy is None:
             return model_seconds

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipelines import StreamPipeline, load_model
-from pipelines.batch import FrameRequest, batch_key, render_batch
+from pipelines.batch import batch_key, render_batch
 from pipelines.synthetic import moving_pattern
 from server import serve
 from server.app import create_app
@@ -34,10 +34,10 @@ def alone_and_batched(components, changes: list[dict], frames: list[np.ndarray |
         pipeline = StreamPipeline(components)
         pipeline.update(**change)
         pipelines.append(pipeline)
-    requests = [FrameRequest.of(p, frame, SIZE) for p, frame in zip(pipelines, frames, strict=True)]
+    requests = [p.prepare(frame, SIZE) for p, frame in zip(pipelines, frames, strict=True)]
     assert len({batch_key(request) for request in requests}) == 1
     device = components.device
-    on_device = [{k: t.to(device) for k, t in r.inputs.host_tensors.items()} for r in requests]
+    on_device = [{k: t.to(device) for k, t in r.host_tensors.items()} for r in requests]
     batched = render_batch(requests, on_device)
     # Prepared again for the single runs: txt2img draws new noise per frame, so each way gets its own pipelines.
     alone = []
@@ -108,13 +108,13 @@ def test_batch_on_sdxl_with_pooled_embeddings():
 def test_frames_that_cannot_share_a_call_get_different_keys(tiny_canny):
     pipeline = StreamPipeline(tiny_canny)
     frame = FRAMES[0]
-    key = batch_key(FrameRequest.of(pipeline, frame, SIZE))
-    assert key == batch_key(FrameRequest.of(pipeline, frame, SIZE))
-    assert key != batch_key(FrameRequest.of(pipeline, frame, (64, 64)))  # another size
+    key = batch_key(pipeline.prepare(frame, SIZE))
+    assert key == batch_key(pipeline.prepare(frame, SIZE))
+    assert key != batch_key(pipeline.prepare(frame, (64, 64)))  # another size
     pipeline.update(steps=4, strength=0.8)
-    assert key != batch_key(FrameRequest.of(pipeline, frame, SIZE))  # another number of steps
+    assert key != batch_key(pipeline.prepare(frame, SIZE))  # another number of steps
     other = StreamPipeline(load_model("tiny-lcm-lora", device="cpu"))
-    assert key != batch_key(FrameRequest.of(other, frame, SIZE))  # another model
+    assert key != batch_key(other.prepare(frame, SIZE))  # another model
 
 
 async def run_engine(engine: Engine, streams: list[SyntheticStream], seconds: float) -> None:

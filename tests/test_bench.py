@@ -16,10 +16,10 @@ import torch
 
 from pipelines import FrameExecutor, StreamPipeline, load_model
 from pipelines import executor as executor_module
-from pipelines.batch import FrameRequest
+from pipelines.batch import stylise_batch
 from pipelines.params import MODES
 from pipelines.synthetic import moving_pattern
-from server.bench.adaptive import SlowedPipeline
+from server.bench.adaptive import SlowedStylise
 from server.bench.pipeline import both_ways
 
 
@@ -84,20 +84,22 @@ def test_adaptive_slowdown_doubles_the_model_work_through_the_cpu_executor(tiny,
     pipe = StreamPipeline(tiny)
     # Frames independent of each other, so that a slowed frame can equal a plain one: no temporal history.
     pipe.update(temporal_smoothing=0.0)
-    slowed = SlowedPipeline(pipe, 2)
     executor = FrameExecutor(tiny.device)
+    slowed = SlowedStylise(executor.stylise, 2)
     unet_calls = []
     hook = tiny.unet.register_forward_pre_hook(lambda *_: unet_calls.append(1))
     try:
         frame = moving_pattern(128, 128, 0)
-        executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0]  # warm-up
+        executor.result(executor.submit([pipe.prepare(frame)]))[0]  # warm-up
         plain_seconds, slowed_seconds = [], []
         for _ in range(3):
             unet_calls.clear()
-            plain = executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0]
+            executor.stylise = stylise_batch
+            plain = executor.result(executor.submit([pipe.prepare(frame)]))[0]
             plain_calls = len(unet_calls)
             unet_calls.clear()
-            result = executor.result(executor.submit([FrameRequest.of(slowed, frame)]))[0]
+            executor.stylise = slowed
+            result = executor.result(executor.submit([pipe.prepare(frame)]))[0]
             assert len(unet_calls) == 2 * plain_calls
             assert np.array_equal(result.picture, plain.picture)
             plain_seconds.append(plain.model_seconds)

@@ -12,7 +12,7 @@ import torch
 from diffusers import LatentConsistencyModelImg2ImgPipeline
 
 from pipelines import FrameExecutor, StreamPipeline, load_model
-from pipelines.batch import FrameRequest
+from pipelines.batch import stylise_batch
 from pipelines.synthetic import moving_pattern
 
 pytestmark = pytest.mark.cuda
@@ -50,18 +50,14 @@ def busy_cycles(seconds: float) -> int:
 
 
 class BusyFirst:
-    """A pipeline whose frames first keep the stream they run on busy for `cycles`: a long frame N."""
+    """A device side whose batches first keep the stream they run on busy for `cycles`: a long frame N."""
 
-    def __init__(self, pipeline: StreamPipeline, cycles: int) -> None:
-        self._pipeline = pipeline
+    def __init__(self, cycles: int) -> None:
         self._cycles = cycles
 
-    def stylise_on_device(self, *args, **kwargs):
+    def __call__(self, requests, on_device):
         torch.cuda._sleep(self._cycles)
-        return self._pipeline.stylise_on_device(*args, **kwargs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._pipeline, name)
+        return stylise_batch(requests, on_device)
 
 
 @pytest.mark.parametrize("steps", [1, 4])
@@ -112,7 +108,7 @@ def test_double_buffering_overlaps_copies_with_compute_and_matches_the_plain_pat
     for frame in frames:
         if executor.in_flight == 2:
             results.append(executor.result(tickets[len(results)])[0].picture)
-        tickets.append(executor.submit([FrameRequest.of(pipe, frame)]))
+        tickets.append(executor.submit([pipe.prepare(frame)]))
     while len(results) < len(tickets):
         results.append(executor.result(tickets[len(results)])[0].picture)
     # Same numbers as one frame at a time (same kernels, same order per frame).
@@ -128,18 +124,20 @@ def test_double_buffering_overlaps_copies_with_compute_and_matches_the_plain_pat
 
 
 def test_the_adaptive_slowdown_shows_in_the_cuda_executors_device_time(sd15_arch):
-    from server.bench.adaptive import SlowedPipeline
+    from server.bench.adaptive import SlowedStylise
 
     pipe = StreamPipeline(sd15_arch)
     pipe.update(steps=2, strength=0.5)
-    slowed = SlowedPipeline(pipe, 2)
     executor = FrameExecutor(sd15_arch.device)
+    slowed = SlowedStylise(stylise_batch, 2)
     frame = moving_pattern(512, 512, 0)
-    executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0]  # warm-up
+    executor.result(executor.submit([pipe.prepare(frame)]))[0]  # warm-up
     plain_seconds, slowed_seconds = [], []
     for _ in range(5):
-        plain_seconds.append(executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0].model_seconds)
-        slowed_seconds.append(executor.result(executor.submit([FrameRequest.of(slowed, frame)]))[0].model_seconds)
+        executor.stylise = stylise_batch
+        plain_seconds.append(executor.result(executor.submit([pipe.prepare(frame)]))[0].model_seconds)
+        executor.stylise = slowed
+        slowed_seconds.append(executor.result(executor.submit([pipe.prepare(frame)]))[0].model_seconds)
     # Device time between the compute stream's events: a host sleep would leave it unchanged.
     ratio = statistics.median(slowed_seconds) / statistics.median(plain_seconds)
     assert 1.7 <= ratio <= 2.3, (plain_seconds, slowed_seconds)
@@ -152,10 +150,12 @@ def test_the_next_frame_is_launched_and_uploaded_while_the_device_computes(sd15_
     executor = FrameExecutor(sd15_arch_canny.device)
     frame = moving_pattern(512, 512, 0)
     for _ in range(2):  # warm-up: buffers, kernels, the noise of this size
-        executor.result(executor.submit([FrameRequest.of(pipe, frame)]))[0]
-    first = executor.submit(BusyFirst(pipe, busy_cycles(BUSY_S)), frame)
+        executor.result(executor.submit([pipe.prepare(frame)]))[0]
+    executor.stylise = BusyFirst(busy_cycles(BUSY_S))
+    first = executor.submit([pipe.prepare(frame)])
+    executor.stylise = stylise_batch
     start = time.perf_counter()
-    second = executor.submit([FrameRequest.of(pipe, frame)])
+    second = executor.submit([pipe.prepare(frame)])
     launch_seconds = time.perf_counter() - start
     executor.result(first)[0]
     executor.result(second)[0]
@@ -177,7 +177,7 @@ def test_staged_inputs_give_the_pictures_of_the_direct_path(sd15_arch_canny, mod
     for frame in frames:
         if executor.in_flight == 2:
             pictures.append(executor.result(tickets[len(pictures)])[0].picture)
-        tickets.append(executor.submit([FrameRequest.of(staged, frame, (512, 512))]))
+        tickets.append(executor.submit([staged.prepare(frame, (512, 512))]))
     while len(pictures) < len(tickets):
         pictures.append(executor.result(tickets[len(pictures)])[0].picture)
     for frame, picture in zip(frames, pictures, strict=True):

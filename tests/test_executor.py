@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pipelines import FrameExecutor, StreamPipeline, load_model
-from pipelines.batch import FrameRequest
+from pipelines.batch import stylise_batch
 from pipelines.control.canny import canny_map
 from pipelines.synthetic import moving_pattern
 
@@ -29,7 +29,7 @@ def test_results_come_back_in_order_identical_to_the_unbuffered_path(tiny, execu
     for frame in frames:
         if executor.in_flight == 2:
             results.append(executor.result(tickets[len(results)])[0])
-        tickets.append(executor.submit([FrameRequest.of(pipe, frame)]))
+        tickets.append(executor.submit([pipe.prepare(frame)]))
     while len(results) < len(tickets):
         results.append(executor.result(tickets[len(results)])[0])
     assert tickets == list(range(7))
@@ -48,8 +48,8 @@ def test_two_viewers_pipelines_share_one_executor(tiny, executor):
     changes = {"prompt": "a different prompt", "seed": 9}
     first, second = viewer(), viewer(**changes)
     frame = moving_pattern(64, 64, 1)
-    a = executor.submit([FrameRequest.of(first, frame)])
-    b = executor.submit([FrameRequest.of(second, frame)])
+    a = executor.submit([first.prepare(frame)])
+    b = executor.submit([second.prepare(frame)])
     # References from pipelines of their own: a pipeline keeps a temporal history, so a second call is a next frame.
     assert np.array_equal(executor.result(a)[0].picture, viewer()(frame))
     assert np.array_equal(executor.result(b)[0].picture, viewer(**changes)(frame))
@@ -58,17 +58,17 @@ def test_two_viewers_pipelines_share_one_executor(tiny, executor):
 def test_output_size_and_txt2img_go_through_too(tiny, executor):
     pipe = StreamPipeline(tiny)
     pipe.update(mode="txt2img")
-    ticket = executor.submit([FrameRequest.of(pipe, None, size=(64, 64), output_size=(128, 128))])
+    ticket = executor.submit([pipe.prepare(None, size=(64, 64), output_size=(128, 128))])
     assert executor.result(ticket)[0].picture.shape == (128, 128, 3)
 
 
 def test_out_of_order_collection_and_a_third_frame_in_flight_are_refused(tiny, executor):
     pipe = StreamPipeline(tiny)
     frame = moving_pattern(64, 64, 0)
-    first = executor.submit([FrameRequest.of(pipe, frame)])
-    second = executor.submit([FrameRequest.of(pipe, frame)])
+    first = executor.submit([pipe.prepare(frame)])
+    second = executor.submit([pipe.prepare(frame)])
     with pytest.raises(RuntimeError, match="in flight"):
-        executor.submit([FrameRequest.of(pipe, frame)])
+        executor.submit([pipe.prepare(frame)])
     with pytest.raises(ValueError, match="in order"):
         executor.result(second)[0]
     executor.result(first)[0]
@@ -77,25 +77,35 @@ def test_out_of_order_collection_and_a_third_frame_in_flight_are_refused(tiny, e
         executor.result(second)[0]  # each result exactly once
 
 
-class FailingPipeline(StreamPipeline):
-    """Its device side fails, as an allocation that does not fit would."""
+class FailingFirst:
+    """A device side whose first batch fails, as an allocation that does not fit would; the rest run."""
 
-    def stylise_on_device(self, *args, **kwargs):
-        raise RuntimeError("out of memory (a stand-in)")
+    def __init__(self) -> None:
+        self.batches = 0
+
+    def __call__(self, requests, on_device):
+        self.batches += 1
+        if self.batches == 1:
+            raise RuntimeError("out of memory (a stand-in)")
+        return stylise_batch(requests, on_device)
 
 
-def test_an_error_in_one_batch_reaches_its_collector_and_the_next_batch_runs(tiny, executor):
+def test_an_error_in_one_batch_reaches_its_collector_and_the_next_batch_runs(tiny):
     frame = moving_pattern(64, 64, 0)
-    bad = executor.submit([FrameRequest.of(FailingPipeline(tiny), frame)])
-    good = executor.submit([FrameRequest.of(StreamPipeline(tiny), frame)])
-    with pytest.raises(RuntimeError, match="out of memory"):
-        executor.result(bad)
-    assert executor.result(good)[0].picture.shape == (64, 64, 3)
+    executor = FrameExecutor(tiny.device, FailingFirst())
+    try:
+        bad = executor.submit([StreamPipeline(tiny).prepare(frame)])
+        good = executor.submit([StreamPipeline(tiny).prepare(frame)])
+        with pytest.raises(RuntimeError, match="out of memory"):
+            executor.result(bad)
+        assert executor.result(good)[0].picture.shape == (64, 64, 3)
+    finally:
+        executor.close()
 
 
 def test_a_bad_frame_is_refused_when_it_is_prepared(tiny):
     with pytest.raises(ValueError, match="H x W x 3"):
-        FrameRequest.of(StreamPipeline(tiny), np.zeros((64, 64), np.uint8))
+        StreamPipeline(tiny).prepare(np.zeros((64, 64), np.uint8))
 
 
 def test_cpu_executor_makes_no_cuda_call(tiny, monkeypatch):
@@ -106,7 +116,7 @@ def test_cpu_executor_makes_no_cuda_call(tiny, monkeypatch):
         monkeypatch.setattr(torch.cuda, name, refuse)
     executor = FrameExecutor(tiny.device)
     try:
-        ticket = executor.submit([FrameRequest.of(StreamPipeline(tiny), moving_pattern(64, 64, 0))])
+        ticket = executor.submit([StreamPipeline(tiny).prepare(moving_pattern(64, 64, 0))])
         assert executor.result(ticket)[0].picture.shape == (64, 64, 3)
     finally:
         executor.close()
@@ -139,7 +149,7 @@ def test_staged_noise_and_canny_maps_give_the_direct_pictures_without_cuda_calls
         # Three frames each: txt2img's noise glides from frame to frame, and each way must draw the same.
         for index in range(3):
             frame = moving_pattern(128, 64, index)
-            result = executor.result(executor.submit([FrameRequest.of(staged, frame, (128, 64), (128, 64))]))[0]
+            result = executor.result(executor.submit([staged.prepare(frame, (128, 64), (128, 64))]))[0]
             assert np.array_equal(result.picture, direct(frame, (128, 64), (128, 64)))
             if controlnet_scale:
                 assert np.array_equal(result.control_image, canny_map(frame, 100, 200))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipelines import StreamPipeline
-from pipelines.batch import FrameRequest, stylise_batch
+from pipelines.batch import stylise_batch
 from pipelines.temporal import LatentHistory, MotionTracker
 from server.bench.temporal_metrics import moving_clip, textured_picture
 
@@ -60,7 +60,7 @@ def test_two_streams_in_one_batch_keep_their_own_history(tiny):
     alone_b = outputs(pipeline_with(tiny, temporal_smoothing=1.0, seed=5), other_clip)
     a, b = pipeline_with(tiny, temporal_smoothing=1.0), pipeline_with(tiny, temporal_smoothing=1.0, seed=5)
     for index, (frame_a, frame_b) in enumerate(zip(CLIP, other_clip, strict=True)):
-        requests = [FrameRequest.of(a, np.ascontiguousarray(frame_a), SIZE), FrameRequest.of(b, frame_b, SIZE)]
+        requests = [a.prepare(np.ascontiguousarray(frame_a), SIZE), b.prepare(frame_b, SIZE)]
         batched = [picture.numpy() for picture in stylise_batch(requests)]
         assert np.abs(batched[0].astype(int) - alone_a[index]).max() <= 1
         assert np.abs(batched[1].astype(int) - alone_b[index]).max() <= 1

@@ -13,7 +13,7 @@ from server.engine import Engine
 from server.media.feed import Feed
 from server.session_params import session_params_model
 from server.stats import SessionStats
-from server.worker import FrameJob, StreamWorker
+from server.worker import StreamFrame, StreamWorker
 
 
 def make_worker(components) -> StreamWorker:
@@ -30,16 +30,17 @@ def camera_frame(width: int, height: int) -> VideoFrame:
 async def test_the_ladder_never_goes_above_the_camera(tiny):
     worker = make_worker(tiny)
     worker.submit(camera_frame(320, 240), time.monotonic(), 0.0)
-    job = worker.prepare()
+    request = worker.prepare().request
     assert worker.controller.ladder[0] == 320  # not 512: rungs above the camera would all give 320 x 256
-    assert job.size == job.output_size == (320, 256)
+    assert (request.width, request.height) == request.output_size == (320, 256)
 
 
 async def test_txt2img_before_any_camera_frame_draws_a_square_picture(tiny):
     worker = make_worker(tiny)
     worker.update({"mode": "txt2img", "max_resolution": 256})
-    job = worker.prepare()
-    assert job.frame is None and job.size == job.output_size == (256, 256)
+    request = worker.prepare().request
+    assert set(request.host_tensors) == {"noise"}  # no camera frame
+    assert (request.width, request.height) == request.output_size == (256, 256)
 
 
 async def test_a_prompt_change_keeps_what_the_controller_measured(tiny):
@@ -54,7 +55,7 @@ async def test_a_prompt_change_keeps_what_the_controller_measured(tiny):
 
 
 class FailingClient:
-    """Always has a frame; its pipeline fails on it."""
+    """Always has a frame; its pipeline refuses it."""
 
     def __init__(self, components) -> None:
         self.pipeline = StreamPipeline(components)
@@ -63,12 +64,17 @@ class FailingClient:
     def next_due(self, now: float) -> float:
         return now
 
-    def prepare(self) -> FrameJob:
+    def prepare(self) -> StreamFrame:
         bad_frame = moving_pattern(64, 64, 0)[:, :, :2]  # two channels: the pipeline refuses it
-        return FrameJob(self.pipeline, bad_frame, (64, 64), (64, 64), lambda result: None, self.failures.append)
+        try:
+            request = self.pipeline.prepare(bad_frame, (64, 64), (64, 64))
+        except ValueError as error:
+            self.failures.append(error)
+            raise
+        return StreamFrame(request, lambda result: None, self.failures.append)
 
 
-async def test_the_engine_survives_a_failing_session(tiny):
+async def test_the_engine_survives_a_failing_stream(tiny):
     engine = Engine(tiny.device)
     client = FailingClient(tiny)
     engine.start()
@@ -85,7 +91,7 @@ async def test_the_engine_survives_a_failing_session(tiny):
         engine.stop()
 
 
-async def test_viewers_share_the_device_budget(tiny):
+async def test_streams_share_the_device_budget(tiny):
     busy = [0.0]
     stats = SessionStats()
     worker = StreamWorker(
@@ -98,5 +104,5 @@ async def test_viewers_share_the_device_budget(tiny):
     )
     busy[0] += 0.05
     assert worker._device_seconds_per_frame(0.05) == 0.05  # the first frame: its own time
-    busy[0] += 0.05 + 0.05 + 0.05  # two other viewers' frames, then this one's
+    busy[0] += 0.05 + 0.05 + 0.05  # two other streams' frames, then this one's
     assert abs(worker._device_seconds_per_frame(0.05) - 0.15) < 1e-9

@@ -11,10 +11,15 @@ import asyncio
 import copy
 import statistics
 import time
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+
+import torch
 
 from pipelines import ModelComponents, load_model
+from pipelines.executor import Stylise
+from pipelines.frame import FrameRequest
 
 from ..engine import reserve_a_core_for_media
 from ..media.ice import restrict_ice_to_loopback
@@ -34,31 +39,35 @@ FIT_AT_MAX = 0.85
 FPS_WINDOW_S = 2.0
 
 
-class SlowedPipeline:
-    """A stream pipeline made `factor` times heavier: each frame's device side runs `factor` times (an integer).
+class SlowedStylise:
+    """A device side made `factor` times heavier: each batch runs `factor` times (an integer).
 
-    A stand-in for a heavier model or a busier device, injected half-way through the run. The extra work is the
-    same kernels again, on the stream the executor runs the frame on: a CUDA executor times frames with events on
-    its compute stream, which a host sleep never shows, and a fixed device sleep (torch.cuda._sleep) would need a
-    cycle count calibrated per clock and per size, where the rerun keeps the model's own cost-versus-size scaling.
+    A stand-in for a heavier model or a busier device, given to the engine's executor half-way through the run. The
+    extra work is the same kernels again, on the stream the executor runs the batch on: a CUDA executor times
+    batches with events on its compute stream, which a host sleep never shows, and a fixed device sleep
+    (torch.cuda._sleep) would need a cycle count calibrated per clock and per size, where the rerun keeps the
+    model's own cost-versus-size scaling.
     """
 
-    def __init__(self, pipeline, factor: int) -> None:
-        self._pipeline = pipeline
+    def __init__(self, stylise: Stylise, factor: int) -> None:
+        self._stylise = stylise
         self._factor = factor
 
-    def stylise_on_device(self, *args: Any, **kwargs: Any):
+    def __call__(
+        self, requests: Sequence[FrameRequest], on_device: Sequence[dict[str, torch.Tensor]] | None = None
+    ) -> list[torch.Tensor]:
         for _ in range(self._factor - 1):
-            # The reruns work on a copy of the stream's temporal history (their frame would otherwise count as
-            # the last one, and the real run would blend with itself).
-            history = self._pipeline.history
-            self._pipeline.history = copy.copy(history)
-            self._pipeline.stylise_on_device(*args, **kwargs)
-            self._pipeline.history = history
-        return self._pipeline.stylise_on_device(*args, **kwargs)
+            # The reruns work on copies of the streams' temporal history (their frame would otherwise count as the
+            # last one, and the real run would blend with itself).
+            self._stylise([_with_own_history(request) for request in requests], on_device)
+        return self._stylise(requests, on_device)
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._pipeline, name)
+
+def _with_own_history(request: FrameRequest) -> FrameRequest:
+    if request.temporal is None:
+        return request
+    temporal = replace(request.temporal, history=copy.copy(request.temporal.history))
+    return replace(request, temporal=temporal)
 
 
 async def adaptive_run(model: ModelComponents, args: argparse.Namespace) -> dict:
@@ -79,15 +88,15 @@ async def adaptive_run(model: ModelComponents, args: argparse.Namespace) -> dict
         target_fps = args.target_fps or round(FIT_AT_MAX / frame_seconds, 2)
         changes = {"min_resolution": min(FLOOR, args.size), "target_fps": target_fps}
         await server.app.state.engine.call(lambda: worker.update(changes))
+        executor = server.app.state.engine.executor
         start = time.monotonic()
         slowed_at = start + args.seconds / 2
         sides: list[tuple[float, int]] = []
         while time.monotonic() < start + args.seconds:
             now = time.monotonic()
-            if slowed_at <= now and not isinstance(worker.pipeline, SlowedPipeline):
-                await server.app.state.engine.call(
-                    lambda: setattr(worker, "pipeline", SlowedPipeline(worker.pipeline, SLOWDOWN))
-                )
+            if slowed_at <= now and not isinstance(executor.stylise, SlowedStylise):
+                slowed = SlowedStylise(executor.stylise, SLOWDOWN)
+                await server.app.state.engine.call(lambda slowed=slowed: setattr(executor, "stylise", slowed))
             sides.append((now, worker.controller.side))
             await asyncio.sleep(SAMPLE_EVERY_S)
         switches = worker.controller.switches

@@ -13,7 +13,6 @@ import numpy as np
 import PIL.Image
 
 from pipelines import FrameExecutor, GuidanceKind, ModelComponents, StreamPipeline, load_model
-from pipelines.batch import FrameRequest
 from pipelines.control import CONTROL_KINDS
 from pipelines.params import MODES, steps_that_run
 from pipelines.presets import ScheduleKind
@@ -273,7 +272,7 @@ def compare_double_buffering(components: ModelComponents, args: argparse.Namespa
             if executor.in_flight == 2:
                 executor.result(tickets[collected])[0]
                 collected += 1
-            tickets.append(executor.submit([FrameRequest.of(stream, frame)]))
+            tickets.append(executor.submit([stream.prepare(frame)]))
         for ticket in tickets[collected:]:
             executor.result(ticket)[0]
         double_buffered = len(frames) / (time.perf_counter() - start)

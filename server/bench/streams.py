@@ -20,7 +20,7 @@ from pipelines import ModelComponents, StreamPipeline, load_model
 from pipelines.synthetic import moving_pattern
 
 from ..engine import Engine, reserve_a_core_for_media
-from ..worker import FrameJob
+from ..worker import StreamFrame
 from .model_threads import ModelThreads, helper_pool_sizes, native_thread_ids
 
 WARMUP_SECONDS = 2.0
@@ -44,10 +44,10 @@ class SyntheticStream:
     def next_due(self, now: float) -> float | None:
         return None if self.stalled else self._last + self.interval
 
-    def prepare(self) -> FrameJob:
+    def prepare(self) -> StreamFrame:
         self._last = time.monotonic()
         frame = self._frames[len(self.finished) % len(self._frames)]
-        return FrameJob(self.pipeline, frame, self.size, self.size, self._finish, self._fail)
+        return StreamFrame(self.pipeline.prepare(frame, self.size, self.size), self._finish, self._fail)
 
     def _finish(self, result) -> None:
         self.finished.append(time.monotonic())
