@@ -116,10 +116,21 @@ class StreamPipeline:
     def update(self, **changes: Any) -> StreamParams:
         """Validate and apply parameter changes from the next frame on; a ParamsError leaves everything as it was."""
         with self._update_lock:
-            params = self._plan.params.replace(changes)
-            if params != self._plan.params:
-                self._plan = self._make_plan(params, previous=self._plan)
-            return params
+            return self._apply(self._plan.params.replace(changes))
+
+    def apply(self, validated: StreamParams) -> StreamParams:
+        """Apply params that a model built on `params_model` has validated (the server's settings of a stream,
+        which add its own fields), from the next frame on: checked once where they came in, not again here."""
+        if not isinstance(validated, self.params_model):
+            raise TypeError(f"params validated by {type(validated).__name__}, not by this model's params")
+        fields = {name: getattr(validated, name) for name in self.params_model.model_fields}
+        with self._update_lock:
+            return self._apply(self.params_model.model_construct(**fields))
+
+    def _apply(self, params: StreamParams) -> StreamParams:
+        if params != self._plan.params:
+            self._plan = self._make_plan(params, previous=self._plan)
+        return params
 
     def notes(self) -> list[str]:
         """Things a person should know about the current parameters with this model."""

@@ -225,10 +225,12 @@ class StreamWorker:
         current = {**self.pipeline.effective_params(), **self.session_params.as_dict()}
         if not isinstance(changes, dict):
             raise ParamsError([(None, "params must be a JSON object of name: value")])
+        # Validated once, whole, here: each half goes on as it is, without a second check.
         settings = self.settings_model.validated({**current, **changes})
-        self.pipeline.update(**{name: getattr(settings, name) for name in self.pipeline.params_model.model_fields})
+        self.pipeline.apply(settings)
         session_model = type(self.session_params)
-        session_params = session_model(**{name: getattr(settings, name) for name in session_model.model_fields})
+        fields = {name: getattr(settings, name) for name in session_model.model_fields}
+        session_params = session_model.model_construct(**fields)
         adaptation = ("target_fps", "max_resolution", "min_resolution")
         changed = any(getattr(session_params, n) != getattr(self.session_params, n) for n in adaptation)
         self.session_params = session_params

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pydantic import create_model
 
-from pipelines import PromptCache, StreamPipeline, processing_size
+from pipelines import PromptCache, StreamParams, StreamPipeline, processing_size
 from pipelines.synthetic import moving_pattern
 
 
@@ -184,3 +185,13 @@ def test_cpu_path_makes_no_cuda_call(tiny, frame, monkeypatch):
     pipe = StreamPipeline(tiny)
     pipe.update(prompt="a cuda-free prompt", seed=5)
     assert pipe(frame).shape == frame.shape
+
+
+def test_apply_takes_params_validated_by_a_model_built_on_the_pipelines_own(tiny):
+    pipe = StreamPipeline(tiny)
+    settings = create_model("Settings", __base__=pipe.params_model, target_fps=(float, 8.0))
+    applied = pipe.apply(settings.validated({**pipe.params.as_dict(), "steps": 3, "target_fps": 12.0}))
+    assert type(applied) is pipe.params_model and applied.steps == 3
+    assert pipe.params == applied and "target_fps" not in pipe.effective_params()
+    with pytest.raises(TypeError, match="not by this model"):
+        pipe.apply(StreamParams())
