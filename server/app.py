@@ -54,7 +54,7 @@ def create_app(
     overrides: Sequence[BaseRoute] = (),
     scene_book: Callable[[type[Params]], Scenes] | None = None,
 ) -> Starlette:
-    """The ASGI app serving one loaded model to up to `config.max_sessions` streams.
+    """The ASGI app serving one loaded model to up to `config.max_streams` streams.
 
     `overrides` come before the app's own routes (a Ray Serve replica's /health, /streams and /metrics of all
     replicas); `scene_book` makes the scenes from the settings model in place of the `--scenes` file's own book (a
@@ -214,8 +214,8 @@ def health_report(parts: Parts) -> dict:
         "controllers": sum(1 for s in sockets if s.role == "control"),
         "sockets": len(sockets),
         # The same limit under both names: `max_sessions` as clients have read it, `max_streams` as the flag says.
-        "max_sessions": parts.config.max_sessions,
-        "max_streams": parts.config.max_sessions,
+        "max_sessions": parts.config.max_streams,
+        "max_streams": parts.config.max_streams,
         # What a leak would show first: all return to zero when the last stream ends.
         "engine_clients": parts.engine.client_count,
         "peer_connections": len(parts.peers),

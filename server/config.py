@@ -212,7 +212,7 @@ class ServeSettings(BaseSettings):
             hosts = (*hosts, self.host)  # the name it was told to listen on is one it is reached by
         return ServerConfig(
             token=self.token,
-            max_sessions=self.max_streams,
+            max_streams=self.max_streams,
             max_viewers=self.max_viewers,
             max_controllers=self.max_controllers,
             target_fps=self.target_fps,
@@ -241,7 +241,7 @@ class ServerConfig:
     """The app's view of the settings: access, limits, timeouts and video; its defaults are the settings'."""
 
     token: str | None = None
-    max_sessions: int = _default("max_streams")  # streams at once (`--max-streams`)
+    max_streams: int = _default("max_streams")  # streams at once (`--max-streams`)
     max_viewers: int = _default("max_viewers")
     max_controllers: int = _default("max_controllers")
     target_fps: float | None = None  # each stream's starting target; None: by device

@@ -115,8 +115,8 @@ class StreamRegistry:
         check_stream_name(name)
         if name in self._streams or name in self._reserved:
             raise StreamError("stream_taken", f"stream {name!r} already has a publisher; choose another name")
-        if self.publishers >= self.config.max_sessions:
-            raise StreamError("server_full", f"the server is at its limit of {self.config.max_sessions} streams")
+        if self.publishers >= self.config.max_streams:
+            raise StreamError("server_full", f"the server is at its limit of {self.config.max_streams} streams")
         self._reserved[name] = object()
         return name
 

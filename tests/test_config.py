@@ -70,7 +70,7 @@ def test_every_existing_spelling_still_parses_and_repeatable_flags_repeat(tmp_pa
         "auto",
     )
     config = settings.server_config()
-    assert (config.token, config.max_sessions, config.bitrate_kbps, config.scenes_path) == (
+    assert (config.token, config.max_streams, config.bitrate_kbps, config.scenes_path) == (
         "secret",
         3,
         4000,

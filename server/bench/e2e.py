@@ -69,7 +69,7 @@ class BenchServer:
     """
 
     def __init__(self, model: ModelComponents) -> None:
-        self.app = create_app(model, ServerConfig(max_sessions=1))
+        self.app = create_app(model, ServerConfig(max_streams=1))
         self.port = free_port()
         self._server = uvicorn.Server(
             uvicorn.Config(

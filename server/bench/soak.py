@@ -543,8 +543,8 @@ async def run_soak(config: SoakConfig, log: Callable[[str], None] = lambda line:
 
 async def _run(config: SoakConfig, log: Callable[[str], None]) -> dict[str, Any]:
     health = await get_health(config)
-    config.concurrency = max(1, min(config.concurrency, health["max_sessions"] - 1 or 1))
-    if config.publishers > health["max_sessions"]:
+    config.concurrency = max(1, min(config.concurrency, health["max_streams"] - 1 or 1))
+    if config.publishers > health["max_streams"]:
         raise ValueError(f"--publishers {config.publishers} is over the server's --max-sessions")
     run_id = secrets.token_hex(2)
     monitor = Monitor(config)

@@ -81,7 +81,7 @@ def run(settings: ServeSettings) -> int:
             # Ray sets OMP_NUM_THREADS to num_cpus: one model thread per CPU replica.
             ray_actor_options={"num_cpus": 1, "num_gpus": gpus},
             # A page's socket is a request for its whole life; the app keeps its own limits on streams and sockets.
-            max_ongoing_requests=config.max_sessions * (1 + config.max_controllers) + 64,
+            max_ongoing_requests=config.max_streams * (1 + config.max_controllers) + 64,
             request_router_config=RequestRouterConfig(
                 request_router_class=StreamRouter, request_routing_stats_period_s=ROUTING_STATS_PERIOD_SECONDS
             ),
