@@ -71,8 +71,8 @@ async def test_streams_are_listed_read_changed_and_ended(server):
 
         status, ended = await rest(server, "DELETE", "/streams/stage")
         assert status == 200 and ended == {"ended": "stage"}
-        for _ in range(50):
-            if any(e["code"] == "stopped" for e in page.record.errors):
+        for _ in range(100):  # both sockets hear it, each in its own time
+            if all(any(e["code"] == "stopped" for e in c.record.errors) for c in (page, control)):
                 break
             await asyncio.sleep(0.1)
         assert any(e["code"] == "stopped" for e in control.record.errors)
