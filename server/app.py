@@ -37,9 +37,9 @@ from .frontends.whep import whep_routes
 from .frontends.whip import whip_routes
 from .media.peers import PeerConnections
 from .metrics import Metrics
+from .pacing import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, pacing_params_model, settings_model
 from .registry import StreamRegistry
 from .scenes import SceneBook, Scenes
-from .session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, session_params_model, settings_model
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +99,16 @@ def build_parts(
     engine = Engine(model.device, max_batch=config.max_batch)
     peers = PeerConnections()
     device = model.device.type
-    session_model = session_params_model(
+    pacing_model = pacing_params_model(
         DEFAULT_MAX_RESOLUTION.get(device, 512), config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0)
     )
-    settings = settings_model(params_model_for(model), session_model)
+    settings = settings_model(params_model_for(model), pacing_model)
     # A bad scene file is one clear ValueError, before serving.
     scenes = scene_book(settings) if scene_book is not None else SceneBook(settings, config.scenes_path)
     metrics = Metrics(model.device)
     # Bound now: a port that is taken stops the start, not the first OSC message.
     osc_listener = osc_socket(config.osc_host, config.osc_port) if config.osc_port is not None else None
-    registry = StreamRegistry(engine, model, PromptCache(), session_model, peers, config, metrics)
+    registry = StreamRegistry(engine, model, PromptCache(), pacing_model, peers, config, metrics)
     metrics.read_streams(lambda: list(registry))
     return Parts(
         model=model,
@@ -119,7 +119,7 @@ def build_parts(
         registry=registry,
         scenes=scenes,
         settings=settings,
-        schema=params_json_schema(params_model_for(model), session_model),
+        schema=params_json_schema(params_model_for(model), pacing_model),
         osc_listener=osc_listener,
     )
 

@@ -23,8 +23,8 @@ from .engine import Engine
 from .media.feed import Feed
 from .media.peers import OfferError, PeerConnections
 from .metrics import Metrics
-from .session_params import SessionParams
-from .stats import SessionStats
+from .pacing import PacingParams
+from .stats import StreamStats
 from .streams import Listener, Stream, Viewer
 from .worker import StreamWorker
 
@@ -70,7 +70,7 @@ class StreamRegistry:
         engine: Engine,
         model: ModelComponents,
         prompt_cache: PromptCache,
-        session_model: type[SessionParams],
+        pacing_model: type[PacingParams],
         peers: PeerConnections,
         config: ServerConfig,
         metrics: Metrics,
@@ -79,7 +79,7 @@ class StreamRegistry:
         self.metrics = metrics
         self.model = model
         self.prompt_cache = prompt_cache
-        self.session_model = session_model
+        self.pacing_model = pacing_model
         self.peers = peers
         self.config = config
         self._streams: dict[str, Stream] = {}
@@ -197,7 +197,7 @@ class StreamRegistry:
     async def _make_stream(self, name: str, source_kind: str, source: RTCPeerConnection) -> Stream:
         model, cache = self.model, self.prompt_cache
         pipeline = await self.engine.call(lambda: StreamPipeline(model, cache))
-        stats = SessionStats(metrics=self.metrics.for_stream(name))
+        stats = StreamStats(metrics=self.metrics.for_stream(name))
         bitrate = self.config.bitrate_kbps
         picture = Feed(f"{name}-picture", stats, bitrate)
         control = Feed(f"{name}-control", None, bitrate) if model.controlnets else None
@@ -206,7 +206,7 @@ class StreamRegistry:
             picture,
             stats,
             self.engine.notify,
-            self.session_model,
+            self.pacing_model,
             control,
             device_busy=lambda: self.engine.busy_seconds,
         )

@@ -15,7 +15,7 @@ RECENT_LATENCIES = 1000
 
 
 @dataclass
-class SessionStats:
+class StreamStats:
     """Monotonic counters and running sums; `snapshot` turns the last interval into rates and means."""
 
     frames_in: int = 0

@@ -76,8 +76,8 @@ class Stream:
         self.source = source
         self.worker = worker
         self.stats = worker.stats
-        self.picture = worker.output
-        self.control = worker.control_output
+        self.picture = worker.picture
+        self.control = worker.control
         self.viewers: dict[str, Viewer] = {}
         self.joining_viewers = 0  # admitted, their offers being answered: they count against --max-viewers
         self.listeners: set[Listener] = set()
@@ -261,7 +261,7 @@ class Stream:
         while True:
             await asyncio.sleep(STATS_INTERVAL_SECONDS)
             snapshot = self.stats.snapshot()
-            snapshot["target_fps"] = self.worker.session_params.target_fps
+            snapshot["target_fps"] = self.worker.pacing.target_fps
             snapshot["viewers"] = len(self.viewers)
             snapshot["encodes"] = self.picture.encodes  # one per output frame and codec, whatever the viewers
             snapshot["packets_dropped"] = self.picture.packets_dropped  # a viewer's sender fell a frame behind

@@ -18,8 +18,8 @@ from pipelines.resolution import ResolutionController
 
 from .media.feed import Feed
 from .media.mailbox import LatestSlot
-from .session_params import SessionParams, settings_model
-from .stats import SessionStats
+from .pacing import PacingParams, settings_model
+from .stats import StreamStats
 
 
 @dataclass(frozen=True)
@@ -47,24 +47,24 @@ class StreamWorker:
     def __init__(
         self,
         pipeline: StreamPipeline,
-        output: Feed,
-        stats: SessionStats,
+        picture: Feed,
+        stats: StreamStats,
         wake,
-        session_model: type[SessionParams],
-        control_output: Feed | None = None,
+        pacing_model: type[PacingParams],
+        control: Feed | None = None,
         device_busy: Callable[[], float] | None = None,
     ) -> None:
         self.pipeline = pipeline
-        self.output = output
+        self.picture = picture  # the stylised picture's feed: the publisher's return track, WHEP viewers, /view
         # The control image on view (the Canny map, the depth map), for those who asked for a second video track.
-        self.control_output = control_output
+        self.control = control
         self.stats = stats
-        self.session_params = session_model()
-        self.settings_model = settings_model(pipeline.params_model, session_model)
+        self.pacing = pacing_model()
+        self.settings_model = settings_model(pipeline.params_model, pacing_model)
         self.controller = ResolutionController(
-            self.session_params.target_fps,
-            max_side=self.session_params.max_resolution,
-            floor=self.session_params.min_resolution,
+            self.pacing.target_fps,
+            max_side=self.pacing.max_resolution,
+            floor=self.pacing.min_resolution,
         )
         self._camera_side = 0  # the camera's longest side, which caps the ladder
         self._device_busy = device_busy
@@ -94,7 +94,7 @@ class StreamWorker:
     def next_due(self, now: float) -> float | None:
         if not self.inbox.has_item() and not self._draws_without_camera:
             return None
-        return self._last_start + 1.0 / self.session_params.target_fps
+        return self._last_start + 1.0 / self.pacing.target_fps
 
     def prepare(self) -> StreamFrame | None:
         """Take the newest camera frame and prepare it for the device; None when there is nothing to run.
@@ -114,17 +114,17 @@ class StreamWorker:
         arrival = now if txt2img or camera is None else camera.arrival
         queue_seconds = camera.queue_seconds if camera is not None else 0.0
         if camera is not None and not txt2img and self._similar_to_last(camera.frame):
-            self.output.publish(VideoFrame.from_ndarray(self._last_result, format="rgb24"), arrival)
+            self.picture.publish(VideoFrame.from_ndarray(self._last_result, format="rgb24"), arrival)
             self.stats.add(frames_processed=1, skipped=1, queue_seconds=queue_seconds)
             return None
         if camera is not None:
             frame_width, frame_height = camera.frame.width, camera.frame.height
             self._fit_ladder_to_camera(max(frame_width, frame_height))
         else:  # txt2img before any camera frame: a square picture
-            frame_width = frame_height = self.session_params.max_resolution
+            frame_width = frame_height = self.pacing.max_resolution
         size = processing_size(frame_width, frame_height, self.controller.side)
         # The stream's picture keeps one size, whatever the processing size: OBS and the page never see it jump.
-        output_size = processing_size(frame_width, frame_height, self.session_params.max_resolution)
+        output_size = processing_size(frame_width, frame_height, self.pacing.max_resolution)
         rgb = None
         if camera is not None and self.pipeline.needs_frame:
             # libswscale converts and scales in one pass, on the engine thread (never on the event loop), while
@@ -135,14 +135,14 @@ class StreamWorker:
             model_seconds = result.model_seconds
             self.controller.observe(self._device_seconds_per_frame(model_seconds))
             self._last_result = result.picture
-            self.output.publish(VideoFrame.from_ndarray(result.picture, format="rgb24"), arrival)
-            control = result.control_image
-            if self.control_output is not None and control is not None and self.control_output.subscribed:
+            self.picture.publish(VideoFrame.from_ndarray(result.picture, format="rgb24"), arrival)
+            control_image = result.control_image
+            if self.control is not None and control_image is not None and self.control.subscribed:
                 # At the picture's size, so that the two line up and the control track keeps one size too.
-                control_frame = VideoFrame.from_ndarray(control, format="rgb24")
+                control_frame = VideoFrame.from_ndarray(control_image, format="rgb24")
                 if (control_frame.width, control_frame.height) != output_size:
                     control_frame = control_frame.reformat(width=output_size[0], height=output_size[1])
-                self.control_output.publish(control_frame, arrival)
+                self.control.publish(control_frame, arrival)
             self.stats.set(
                 width=size[0],
                 height=size[1],
@@ -164,7 +164,7 @@ class StreamWorker:
                 return
             raise error
 
-        self.pipeline.control_shown = self.control_output is not None and self.control_output.subscribed
+        self.pipeline.control_shown = self.control is not None and self.control.subscribed
         try:  # the host side: checks, the control images, txt2img's noise
             request = self.pipeline.prepare(rgb, size, output_size)
         except Exception as error:  # this frame's own failure (a bad frame, say): told as a failed batch is
@@ -181,7 +181,7 @@ class StreamWorker:
         now, busy = time.monotonic(), self._device_busy()
         mark, self._busy_mark = self._busy_mark, (now, busy)
         # After a pause (no camera, a slow client), the others' work in between says nothing about this frame.
-        if mark is None or now - mark[0] > 3 / self.session_params.target_fps:
+        if mark is None or now - mark[0] > 3 / self.pacing.target_fps:
             return model_seconds
         return max(model_seconds, busy - mark[1])
 
@@ -194,7 +194,7 @@ class StreamWorker:
         self._configure_controller()
 
     def _configure_controller(self) -> None:
-        params = self.session_params
+        params = self.pacing
         largest = params.max_resolution
         if self._camera_side:
             largest = min(largest, max(64, self._camera_side // 64 * 64))
@@ -205,7 +205,7 @@ class StreamWorker:
 
         The comparison is on a 32x32 grey thumbnail: deterministic, and cheap next to the model.
         """
-        threshold = self.session_params.similarity_skip
+        threshold = self.pacing.similarity_skip
         if threshold <= 0:
             self._last_thumbnail = None
             return False
@@ -222,24 +222,24 @@ class StreamWorker:
 
     def update(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Validate every change first; apply all or none (ParamsError). Returns the effective params and notes."""
-        current = {**self.pipeline.effective_params(), **self.session_params.as_dict()}
+        current = {**self.pipeline.effective_params(), **self.pacing.as_dict()}
         if not isinstance(changes, dict):
             raise ParamsError([(None, "params must be a JSON object of name: value")])
         # Validated once, whole, here: each half goes on as it is, without a second check.
         settings = self.settings_model.validated({**current, **changes})
         self.pipeline.apply(settings)
-        session_model = type(self.session_params)
-        fields = {name: getattr(settings, name) for name in session_model.model_fields}
-        session_params = session_model.model_construct(**fields)
+        pacing_model = type(self.pacing)
+        fields = {name: getattr(settings, name) for name in pacing_model.model_fields}
+        pacing = pacing_model.model_construct(**fields)
         adaptation = ("target_fps", "max_resolution", "min_resolution")
-        changed = any(getattr(session_params, n) != getattr(self.session_params, n) for n in adaptation)
-        self.session_params = session_params
+        changed = any(getattr(pacing, n) != getattr(self.pacing, n) for n in adaptation)
+        self.pacing = pacing
         if changed:  # a prompt change must not reset what the controller has measured
             self._configure_controller()
         return self.effective()
 
     def effective(self) -> dict[str, Any]:
         return {
-            "params": {**self.pipeline.effective_params(), **self.session_params.as_dict()},
+            "params": {**self.pipeline.effective_params(), **self.pacing.as_dict()},
             "notes": self.pipeline.notes(),
         }

@@ -15,8 +15,8 @@ from pipelines.executor import SLOTS
 from pipelines.synthetic import moving_pattern
 from server.engine import Engine
 from server.media.feed import Feed
-from server.session_params import session_params_model
-from server.stats import SessionStats
+from server.pacing import pacing_params_model
+from server.stats import StreamStats
 from server.worker import StreamWorker
 
 
@@ -39,11 +39,11 @@ class OutOfMemoryAbove:
         return stylise_batch(requests, on_device)
 
 
-async def run_camera(engine: Engine, components, target_fps: float) -> tuple[StreamWorker, SessionStats]:
+async def run_camera(engine: Engine, components, target_fps: float) -> tuple[StreamWorker, StreamStats]:
     """A 256-pixel camera at 100 fps into one stream until three frames came out after the first one."""
-    stats = SessionStats()
+    stats = StreamStats()
     pipeline = StreamPipeline(components)
-    worker = StreamWorker(pipeline, Feed("faulty", stats), stats, engine.notify, session_params_model(256, 8.0))
+    worker = StreamWorker(pipeline, Feed("faulty", stats), stats, engine.notify, pacing_params_model(256, 8.0))
     worker.update({"max_resolution": 256, "min_resolution": 64, "target_fps": target_fps})
     engine.start()
     engine.add(worker)

@@ -17,7 +17,7 @@ from aiortc import MediaStreamTrack
 from server.bench.loopback import ControlClient, LoopbackClient
 from server.bench.rtc_clients import WhepViewer, WhipPublisher, http
 from server.media.ice import restrict_ice_to_loopback
-from server.stats import SessionStats
+from server.stats import StreamStats
 
 from conftest import LiveServer
 
@@ -197,7 +197,7 @@ async def test_shutdown_never_blocks_the_event_loop(tiny):
 
 
 def test_stats_sizes_are_never_seen_half_written():
-    stats = SessionStats()
+    stats = StreamStats()
     stop = threading.Event()
 
     def write() -> None:

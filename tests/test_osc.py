@@ -24,8 +24,8 @@ from server.bench.loopback import ControlClient, LoopbackClient, free_port
 from server.frontends.osc import OncePerSender, OscControl
 from server.media.ice import restrict_ice_to_loopback
 from server.metrics import Metrics
+from server.pacing import pacing_params_model, settings_model
 from server.scenes import SceneBook
-from server.session_params import session_params_model, settings_model
 
 from conftest import LiveServer
 
@@ -224,7 +224,7 @@ async def test_no_datagram_stops_osc(osc_server):
 def test_beyond_localhost_only_listed_senders_are_heard(tiny):
     from pipelines.params import params_model_for
 
-    settings = settings_model(params_model_for(tiny), session_params_model())
+    settings = settings_model(params_model_for(tiny), pacing_params_model())
     control = OscControl(None, SceneBook(settings), settings, Metrics(tiny.device), frozenset({"10.0.0.7"}))
     message = b"/lcmlive/x/seed\x00,i\x00\x00\x00\x00\x00\x07"
     control.datagram_received(message, ("10.0.0.8", 9000))
@@ -234,7 +234,7 @@ def test_beyond_localhost_only_listed_senders_are_heard(tiny):
 
 
 def test_norm_maps_onto_each_params_range(tiny):
-    settings = settings_model(params_model_for(tiny), session_params_model())
+    settings = settings_model(params_model_for(tiny), pacing_params_model())
     control = OscControl(None, SceneBook(settings), settings, Metrics("cpu"), None)
     defaults = settings().as_dict()  # the toy's: 2 steps, img2img
     assert control._from_norm("guidance_scale", 0.5, defaults) == 10.0
@@ -255,7 +255,7 @@ def test_norm_maps_onto_each_params_range(tiny):
 
 
 def test_what_python_osc_cannot_parse_is_counted_and_logged_once_a_minute_per_sender(tiny, caplog):
-    settings = settings_model(params_model_for(tiny), session_params_model())
+    settings = settings_model(params_model_for(tiny), pacing_params_model())
     metrics = Metrics("cpu")
     control = OscControl(None, SceneBook(settings), settings, metrics, None)
     datagrams = hostile_datagrams("x")

@@ -12,13 +12,13 @@ from pydantic import ValidationError
 from pipelines import PRESETS, ParamsError, params_json_schema, params_model, params_model_for
 from pipelines.params import steps_that_run
 from pipelines.presets import ScheduleKind
-from server.session_params import session_params_model
+from server.pacing import pacing_params_model
 
 TINY = params_model(PRESETS["tiny"])  # SD1.5 LCM UNet: guidance through the w-embedding, steps up to 4
 LORA = params_model(PRESETS["lcm-lora-sd15"])  # classifier-free guidance: up to 2; int(steps x strength) steps
 CONTROLNET = params_model(PRESETS["tiny"], ("canny",))
 CANNY_SCALE = "controlnet_scale_canny must be"
-SESSION = session_params_model(256, 8.0)
+PACING = pacing_params_model(256, 8.0)
 
 
 def refusal(model, changes: dict) -> list[tuple[str | None, str]]:
@@ -55,11 +55,11 @@ def refusal(model, changes: dict) -> list[tuple[str | None, str]]:
         (CONTROLNET, {"controlnet_scale": 2.5}, "controlnet_scale_canny", f"{CANNY_SCALE} between 0.0 and 2.0"),
         (CONTROLNET, {"canny_high": 501}, "canny_high", "canny_high must be between 0 and 500"),
         (CONTROLNET, {"canny_low": 300, "canny_high": 200}, None, "canny_low (300) must not exceed canny_high (200)"),
-        (SESSION, {"target_fps": 0}, "target_fps", "target_fps must be between 1.0 and 60.0"),
-        (SESSION, {"max_resolution": 100}, "max_resolution", "max_resolution must be a multiple of 64, got 100"),
-        (SESSION, {"max_resolution": 2048}, "max_resolution", "max_resolution must be between 64 and 1024"),
-        (SESSION, {"min_resolution": 512}, None, "min_resolution (512) must not exceed max_resolution (256)"),
-        (SESSION, {"similarity_skip": 51}, "similarity_skip", "similarity_skip must be between 0.0 and 50.0"),
+        (PACING, {"target_fps": 0}, "target_fps", "target_fps must be between 1.0 and 60.0"),
+        (PACING, {"max_resolution": 100}, "max_resolution", "max_resolution must be a multiple of 64, got 100"),
+        (PACING, {"max_resolution": 2048}, "max_resolution", "max_resolution must be between 64 and 1024"),
+        (PACING, {"min_resolution": 512}, None, "min_resolution (512) must not exceed max_resolution (256)"),
+        (PACING, {"similarity_skip": 51}, "similarity_skip", "similarity_skip must be between 0.0 and 50.0"),
         (LORA, {"steps": 2, "strength": 0.2}, None, "runs no denoising step"),
         (TINY, {"steps": 4, "strength": 0.06}, None, "leaves fewer LCM timesteps than steps=4"),
     ],
@@ -80,7 +80,7 @@ def test_whole_floats_are_whole_numbers_and_defaults_come_from_the_preset():
     assert TINY().replace({"seed": 3.0, "steps": 4.0}).seed == 3
     assert TINY().guidance_scale == PRESETS["tiny"].default_guidance
     assert LORA().guidance_scale == PRESETS["lcm-lora-sd15"].default_guidance
-    assert SESSION().max_resolution == 256 and SESSION().target_fps == 8.0
+    assert PACING().max_resolution == 256 and PACING().target_fps == 8.0
     with pytest.raises(ValidationError, match="frozen"):
         TINY().seed = 4
 
@@ -104,19 +104,19 @@ def test_steps_that_run_follow_the_diffusers_pipelines(kind, steps, strength, ru
 
 
 def test_the_schema_carries_every_limit_of_the_models():
-    properties = params_json_schema(CONTROLNET, SESSION)["properties"]
+    properties = params_json_schema(CONTROLNET, PACING)["properties"]
     assert properties["steps"]["maximum"] == 4 and properties["steps"]["type"] == "integer"
     assert properties["max_resolution"]["multipleOf"] == 64 and properties["max_resolution"]["default"] == 256
     assert properties["mode"]["enum"] == ["img2img", "txt2img"]
     assert properties["prompt"]["maxLength"] == 2000
-    assert set(properties) == set(CONTROLNET.model_fields) | set(SESSION.model_fields)
+    assert set(properties) == set(CONTROLNET.model_fields) | set(PACING.model_fields)
     assert all(spec.get("description") for spec in properties.values())
 
 
 def test_the_served_schema_is_the_models_schema(live_server, tiny):
-    from server.session_params import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS
+    from server.pacing import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS
 
     with urllib.request.urlopen(f"{live_server.url}/params/schema", timeout=10) as response:
         served = json.loads(response.read())
-    session = session_params_model(DEFAULT_MAX_RESOLUTION["cpu"], DEFAULT_TARGET_FPS["cpu"])
-    assert served == json.loads(json.dumps(params_json_schema(params_model_for(tiny), session)))
+    pacing = pacing_params_model(DEFAULT_MAX_RESOLUTION["cpu"], DEFAULT_TARGET_FPS["cpu"])
+    assert served == json.loads(json.dumps(params_json_schema(params_model_for(tiny), pacing)))

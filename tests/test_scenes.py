@@ -12,12 +12,12 @@ from pipelines import PRESETS, params_model
 from server.bench.loopback import ControlClient, LoopbackClient
 from server.bench.rtc_clients import http
 from server.media.ice import restrict_ice_to_loopback
+from server.pacing import pacing_params_model, settings_model
 from server.scenes import MAX_FILE_BYTES, MAX_SCENES, SceneBook
-from server.session_params import session_params_model, settings_model
 
 from conftest import ROOT, LiveServer
 
-SETTINGS = settings_model(params_model(PRESETS["tiny"]), session_params_model())
+SETTINGS = settings_model(params_model(PRESETS["tiny"]), pacing_params_model())
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -11,15 +11,15 @@ from pipelines import StreamPipeline
 from pipelines.synthetic import moving_pattern
 from server.engine import Engine
 from server.media.feed import Feed
-from server.session_params import session_params_model
-from server.stats import SessionStats
+from server.pacing import pacing_params_model
+from server.stats import StreamStats
 from server.worker import StreamFrame, StreamWorker
 
 
 def make_worker(components) -> StreamWorker:
-    stats = SessionStats()
+    stats = StreamStats()
     return StreamWorker(
-        StreamPipeline(components), Feed("test", stats), stats, lambda: None, session_params_model(512, 8.0)
+        StreamPipeline(components), Feed("test", stats), stats, lambda: None, pacing_params_model(512, 8.0)
     )
 
 
@@ -93,13 +93,13 @@ async def test_the_engine_survives_a_failing_stream(tiny):
 
 async def test_streams_share_the_device_budget(tiny):
     busy = [0.0]
-    stats = SessionStats()
+    stats = StreamStats()
     worker = StreamWorker(
         StreamPipeline(tiny),
         Feed("test", stats),
         stats,
         lambda: None,
-        session_params_model(512, 8.0),
+        pacing_params_model(512, 8.0),
         device_busy=lambda: busy[0],
     )
     busy[0] += 0.05

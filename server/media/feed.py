@@ -20,14 +20,14 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from ..stats import SessionStats
+from ..stats import StreamStats
 from .encoder import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, VideoEncoder
 
 
 class Feed:
     """One output picture of a stream (the stylised video, or the control map) and the viewers that receive it."""
 
-    def __init__(self, name: str, stats: SessionStats | None = None, bitrate_kbps: int = 2500) -> None:
+    def __init__(self, name: str, stats: StreamStats | None = None, bitrate_kbps: int = 2500) -> None:
         self.name = name
         self._loop = asyncio.get_running_loop()
         self._stats = stats

@@ -1,4 +1,4 @@
-"""Per-stream parameters that belong to the server, not the model: pacing and the processing-size cap."""
+"""A stream's pacing params: those that belong to the server, not the model (target fps, processing sizes, skips)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pipelines.params import Params, WholeNumber
 # The device's defaults live with the settings: `--target-fps`'s help and range are declared there.
 from .config import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, MAX_TARGET_FPS, MIN_TARGET_FPS
 
-__all__ = ["DEFAULT_MAX_RESOLUTION", "DEFAULT_TARGET_FPS", "SessionParams", "session_params_model", "settings_model"]
+__all__ = ["DEFAULT_MAX_RESOLUTION", "DEFAULT_TARGET_FPS", "PacingParams", "pacing_params_model", "settings_model"]
 
 
-class SessionParams(Params):
-    """How a stream is paced and sized; `session_params_model` sets the device's defaults."""
+class PacingParams(Params):
+    """How a stream is paced and sized; `pacing_params_model` sets the device's defaults."""
 
     target_fps: float = Field(
         30.0,
@@ -44,7 +44,7 @@ class SessionParams(Params):
     )
 
     @model_validator(mode="after")
-    def _sizes_in_order(self) -> SessionParams:
+    def _sizes_in_order(self) -> PacingParams:
         if self.min_resolution > self.max_resolution:
             raise PydanticCustomError(
                 "resolution_order",
@@ -54,12 +54,12 @@ class SessionParams(Params):
         return self
 
 
-def session_params_model(default_max_resolution: int = 512, default_target_fps: float = 30.0) -> type[SessionParams]:
-    """SessionParams with a device's defaults (a CPU starts smaller and slower than a GPU)."""
-    fields = SessionParams.model_fields
+def pacing_params_model(default_max_resolution: int = 512, default_target_fps: float = 30.0) -> type[PacingParams]:
+    """PacingParams with a device's defaults (a CPU starts smaller and slower than a GPU)."""
+    fields = PacingParams.model_fields
     return create_model(
-        "SessionParams",
-        __base__=SessionParams,
+        "PacingParams",
+        __base__=PacingParams,
         target_fps=(
             float,
             Field(
@@ -79,7 +79,7 @@ def session_params_model(default_max_resolution: int = 512, default_target_fps: 
     )
 
 
-def settings_model(stream_model: type[Params], session_model: type[SessionParams]) -> type[Params]:
+def settings_model(params_model: type[Params], pacing_model: type[PacingParams]) -> type[Params]:
     """Every param of a stream, the pipeline's and the server's, in one model: a change is validated whole, rules
     across the two scopes included, before any of it is applied."""
-    return create_model("StreamSettings", __base__=(stream_model, session_model))
+    return create_model("StreamSettings", __base__=(params_model, pacing_model))
