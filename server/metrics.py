@@ -98,13 +98,21 @@ class _StreamCollector(Collector):
         side = GaugeMetricFamily(
             "lcmlive_processing_side_pixels", "Longest side of the processing size", labels=["stream"]
         )
+        sound_delay = GaugeMetricFamily(
+            "lcmlive_sound_delay_seconds",
+            "Seconds a stream's sound leaves after it came in (following the picture's latency)",
+            labels=["stream"],
+        )
         for stream in streams:
             stats = stream.stats
             for stage, field in FRAME_STAGES.items():
                 frames.add_metric([stream.name, stage], getattr(stats, field))
             side.add_metric([stream.name], max(stats.width, stats.height))
+            if stream.sound is not None and stream.sound.delay is not None:
+                sound_delay.add_metric([stream.name], stream.sound.delay)
         yield frames
         yield side
+        yield sound_delay
         if self._device.type == "cuda":
             yield GaugeMetricFamily(
                 "lcmlive_device_memory_bytes",

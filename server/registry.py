@@ -142,7 +142,8 @@ class StreamRegistry:
             await self.peers.close(pc)
             raise
         try:
-            outputs = stream.add_outputs(pc) if listener is not None else []
+            # Not its own sound back (feedback), until the page asks for it.
+            outputs = stream.add_outputs(pc, sound=False) if listener is not None else []
             answer = await self.peers.answer(pc)
             if self._ending:
                 raise StreamError("shutting_down", "the server is shutting down")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import statistics
 import threading
 import time
 from collections import deque
@@ -52,6 +54,13 @@ class StreamStats:
         self.recent_latencies.append((time.monotonic(), latency_seconds))
         if self.metrics is not None:
             self.metrics.latency_seconds.observe(latency_seconds)
+
+    def recent_latency(self, seconds: float = 1.0) -> float | None:
+        """The median latency of the frames sent in the last `seconds` (None if none was): the picture's current
+        latency, steady against one frame's wobble. Read on the event loop, where `sent` is called."""
+        since = time.monotonic() - seconds
+        recent = list(itertools.takewhile(lambda entry: entry[0] >= since, reversed(self.recent_latencies)))
+        return statistics.median(latency for _, latency in recent) if recent else None
 
     def set(self, **values: object) -> None:
         """Set fields (sizes, state) from the engine thread while the loop may be taking a snapshot."""

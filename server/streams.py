@@ -24,7 +24,8 @@ from .config import ServerConfig
 from .engine import Engine
 from .media.feed import PacketTrack
 from .media.peers import PeerConnections, negotiated_codec, offered_transceivers, request_keyframe
-from .media.pump import drain, pump_frames
+from .media.pump import drain, pump_frames, pump_sound
+from .media.sound import SoundFeed, SoundTrack
 from .metrics import Metrics
 from .worker import StreamWorker
 
@@ -51,7 +52,7 @@ class Viewer:
 
     id: str
     pc: RTCPeerConnection
-    tracks: list[PacketTrack]
+    tracks: list[PacketTrack | SoundTrack]
     created: float = field(default_factory=time.monotonic)
 
 
@@ -78,6 +79,9 @@ class Stream:
         self.stats = worker.stats
         self.picture = worker.picture
         self.control = worker.control
+        # The first audio m-line the source sends is the stream's sound, delayed by the picture's latency.
+        has_sound = bool(offered_transceivers(source, "audio", sends=True))
+        self.sound = SoundFeed(f"{name}-sound", self.stats.recent_latency) if has_sound else None
         self.viewers: dict[str, Viewer] = {}
         self.joining_viewers = 0  # admitted, their offers being answered: they count against --max-viewers
         self.listeners: set[Listener] = set()
@@ -96,13 +100,17 @@ class Stream:
     # ---- life ----
 
     def start(self) -> None:
-        """Pump the source's camera into the worker, drain its audio, and watch it; the engine starts serving."""
+        """Pump the source's camera into the worker and its sound into the stream's, drain any other audio, and
+        watch it; the engine starts serving."""
         camera = next(iter(offered_transceivers(self.source, "video", sends=True)), None)
         if camera is not None:
             self._spawn(pump_frames(camera.receiver.track, self.worker.submit), "pump")
             self._spawn(request_keyframe(camera.receiver), "keyframe")
-        for audio in offered_transceivers(self.source, "audio", sends=True):
-            self._spawn(drain(audio.receiver.track), "audio")
+        for index, audio in enumerate(offered_transceivers(self.source, "audio", sends=True)):
+            if index == 0 and self.sound is not None:
+                self._spawn(pump_sound(audio.receiver.track, self.sound.write), "sound")
+            else:
+                self._spawn(drain(audio.receiver.track), "audio")
         self._spawn(self._watch_source(), "watch")
         self._spawn(self._stats_loop(), "stats")
 
@@ -131,6 +139,8 @@ class Stream:
             await self.picture.close()
             if self.control is not None:
                 await self.control.close()
+            if self.sound is not None:
+                await self.sound.close()
             for viewer in list(self.viewers.values()):
                 await self.remove_viewer(viewer.id, "the stream ended")
             await self._peers.close(self.source)
@@ -186,21 +196,31 @@ class Stream:
 
     # ---- outputs ----
 
-    def add_outputs(self, pc: RTCPeerConnection) -> list[PacketTrack]:
-        """Tracks for the video m-lines of `pc` that receive: the first gets the picture, a second the control map.
+    def add_outputs(self, pc: RTCPeerConnection, sound: bool = True) -> list[PacketTrack | SoundTrack]:
+        """Tracks for the video m-lines of `pc` that receive: the first gets the picture, a second the control map;
+        and with `sound`, the stream's sound for its first audio m-line that receives (none if the stream has no
+        sound: that m-line is answered inactive).
 
         Call before the answer: addTrack fills the offered transceivers in order.
         """
         receiving = offered_transceivers(pc, "video", sends=False)
         feeds = [self.picture] + ([self.control] if self.control is not None else [])
-        tracks = []
+        tracks: list[PacketTrack | SoundTrack] = []
         for _, feed in zip(receiving, feeds, strict=False):
             track = feed.subscribe()
             pc.addTrack(track)
             tracks.append(track)
+        if sound and self.sound is not None:
+            for transceiver in offered_transceivers(pc, "audio", sends=False)[:1]:
+                # That transceiver, not addTrack's first audio one (it may be one the viewer only sends on); and
+                # sendonly: a viewer's own sound would queue unread in aiortc's receiver.
+                sound_track = self.sound.subscribe()
+                transceiver.sender.replaceTrack(sound_track)
+                transceiver.direction = "sendonly"
+                tracks.append(sound_track)
         return tracks
 
-    def bind_outputs(self, pc: RTCPeerConnection, tracks: list[PacketTrack]) -> None:
+    def bind_outputs(self, pc: RTCPeerConnection, tracks: list[PacketTrack | SoundTrack]) -> None:
         """After the answer: each track gets the codec its m-line negotiated, and the viewer's keyframe requests."""
         for transceiver in pc.getTransceivers():
             track = transceiver.sender.track
@@ -209,9 +229,10 @@ class Stream:
                 if codec is None:
                     track.stop()
                     continue
-                # aiortc's sender would set its own (unused) encoder's flag on a PLI/FIR; the feed's encoder must
-                # hear it instead.
-                transceiver.sender._send_keyframe = track.on_picture_loss
+                if isinstance(track, PacketTrack):
+                    # aiortc's sender would set its own (unused) encoder's flag on a PLI/FIR; the feed's encoder
+                    # must hear it instead.
+                    transceiver.sender._send_keyframe = track.on_picture_loss
                 track.bind(codec)
 
     def attach_viewer(self, viewer: Viewer) -> None:
@@ -265,6 +286,8 @@ class Stream:
             snapshot["viewers"] = len(self.viewers)
             snapshot["encodes"] = self.picture.encodes  # one per output frame and codec, whatever the viewers
             snapshot["packets_dropped"] = self.picture.packets_dropped  # a viewer's sender fell a frame behind
+            delay = self.sound.delay if self.sound is not None else None
+            snapshot["sound_delay_ms"] = round(delay * 1000, 1) if delay is not None else None
             self.last_stats = snapshot
             await self.broadcast({"type": "stats", "stream": self.name, "replica": self._config.replica, **snapshot})
 

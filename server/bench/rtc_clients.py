@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
 
 from .loopback import LoopbackRecord, SyntheticCamera, consume_frames, wait_for_frames
+from .tone import ToneTrack
 
 HTTP_TIMEOUT_SECONDS = 30
 
@@ -62,7 +65,9 @@ def prefer_codec(transceiver, mime_type: str) -> None:
 
 class WhipPublisher:
     """Publishes a synthetic camera to `POST /whip/{stream}` as OBS does: H.264 only plus Opus, sendonly, bundle,
-    no trickle. `async with WhipPublisher(url) as publisher:`; leaving the block sends DELETE."""
+    no trickle. `async with WhipPublisher(url) as publisher:`; leaving the block sends DELETE.
+
+    The sound is silence, or a sine of `tone_hz` (`audio=False`: no audio m-line)."""
 
     def __init__(
         self,
@@ -73,12 +78,14 @@ class WhipPublisher:
         codec: str = "video/H264",
         audio: bool = True,
         still: bool = False,
+        tone_hz: float | None = None,
     ) -> None:
         self.url = url
         self.token = token
         self.camera = SyntheticCamera(width, height, still)
         self.codec = codec
         self.audio = audio
+        self.tone_hz = tone_hz
         self.reply: HttpReply | None = None
         self.location: str | None = None
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -97,7 +104,8 @@ class WhipPublisher:
         """Send the offer; on 201 apply the answer. Returns the server's reply whatever it is."""
         prefer_codec(self.pc.addTransceiver(self.camera, direction="sendonly"), self.codec)
         if self.audio:
-            self.pc.addTransceiver(AudioStreamTrack(), direction="sendonly")
+            sound = ToneTrack(self.tone_hz) if self.tone_hz is not None else AudioStreamTrack()
+            self.pc.addTransceiver(sound, direction="sendonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self.reply = await post_sdp(self.url, self.pc.localDescription.sdp, self.token)
         if self.reply.status == 201:
@@ -117,14 +125,26 @@ class WhipPublisher:
 
 
 class WhepViewer:
-    """Watches a stream over `POST /whep/{stream}` and records what arrives. `async with WhepViewer(url) as v:`."""
+    """Watches a stream over `POST /whep/{stream}` and records what arrives. `async with WhepViewer(url) as v:`.
 
-    def __init__(self, url: str, token: str | None = None, codec: str | None = None, sample_every: int = 5) -> None:
+    With `audio`, the offer also receives sound; `sound` records each decoded audio frame as it arrives (arrival
+    time, samples x channels)."""
+
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        codec: str | None = None,
+        sample_every: int = 5,
+        audio: bool = False,
+    ) -> None:
         self.url = url
         self.token = token
         self.codec = codec
         self.sample_every = sample_every
+        self.audio = audio
         self.record = LoopbackRecord()
+        self.sound: list[tuple[float, np.ndarray]] = []
         self.reply: HttpReply | None = None
         self.location: str | None = None
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -144,11 +164,16 @@ class WhepViewer:
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
         if self.codec is not None:
             prefer_codec(transceiver, self.codec)
+        if self.audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
 
         @self.pc.on("track")
         def on_track(track) -> None:
-            consume = consume_frames(track, self.record, self.sample_every)
-            self._tasks.append(asyncio.create_task(consume, name="whep-consume"))
+            if track.kind == "audio":
+                consume = record_sound(track, self.sound)
+            else:
+                consume = consume_frames(track, self.record, self.sample_every)
+            self._tasks.append(asyncio.create_task(consume, name=f"whep-consume-{track.kind}"))
 
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self.reply = await post_sdp(self.url, self.pc.localDescription.sdp, self.token)
@@ -171,6 +196,16 @@ class WhepViewer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pc.close()
         return status
+
+
+async def record_sound(track, sound: list[tuple[float, np.ndarray]]) -> None:
+    """Receive an audio track until it ends: each decoded frame's arrival time and samples (samples x channels)."""
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        sound.append((time.monotonic(), frame.to_ndarray().reshape(-1, frame.layout.nb_channels)))
 
 
 async def run_clients(args) -> dict:

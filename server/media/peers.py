@@ -16,8 +16,9 @@ from .ice import end_consent_checks_of_closed_connections
 
 log = logging.getLogger(__name__)
 
-# What aiortc can decode and encode.
+# What aiortc can decode and encode, and what a stream's outputs send (its sound is Opus alone: sound.py).
 VIDEO_CODECS = ("video/VP8", "video/H264")
+OUTPUT_CODECS = {"video": VIDEO_CODECS, "audio": ("audio/opus",)}
 KEYFRAME_REQUEST_WAIT_SECONDS = 10.0
 
 
@@ -142,12 +143,14 @@ def _take_dtls_server_role(pc: RTCPeerConnection) -> None:
 
 
 def negotiated_codec(pc: RTCPeerConnection, transceiver: RTCRtpTransceiver) -> str | None:
-    """The video codec the answer chose for `transceiver` (what its sender will send), e.g. "video/VP8"."""
+    """The codec the answer chose for `transceiver` (what its sender will send), e.g. "video/VP8" or "audio/opus";
+    None if it is not one the stream's outputs send."""
     description = aiortc_sdp.SessionDescription.parse(pc.localDescription.sdp)
     for media in description.media:
         if media.rtp.muxId == transceiver.mid:
             codecs = [c.mimeType for c in media.rtp.codecs if c.mimeType.lower() != "video/rtx"]
-            return next((c for c in VIDEO_CODECS for n in codecs[:1] if n.lower() == c.lower()), None)
+            known = OUTPUT_CODECS.get(transceiver.kind, ())
+            return next((c for c in known for n in codecs[:1] if n.lower() == c.lower()), None)
     return None
 
 

@@ -1,4 +1,5 @@
-"""The inbound end of a stream: the pump that drains a publisher's camera track, and a drain for tracks unused."""
+"""The inbound end of a stream: the pumps that drain a publisher's camera and sound tracks, and a drain for tracks
+unused."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from collections.abc import Callable
 
 from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
-from av import VideoFrame
+from av import AudioFrame, VideoFrame
 
 
 async def pump_frames(track: MediaStreamTrack, submit: Callable[[VideoFrame, float, float], None]) -> None:
@@ -30,9 +31,20 @@ async def pump_frames(track: MediaStreamTrack, submit: Callable[[VideoFrame, flo
         submit(frame, arrival, lag - offset)
 
 
+async def pump_sound(track: MediaStreamTrack, submit: Callable[[AudioFrame, float], None]) -> None:
+    """Receive every decoded frame of the publisher's sound (aiortc decodes Opus to 20 ms of 48 kHz stereo) and
+    hand it on with its arrival time: all of it, in order, for the delay line."""
+    while True:
+        try:
+            frame = await track.recv()
+        except MediaStreamError:
+            return
+        submit(frame, time.monotonic())
+
+
 async def drain(track: MediaStreamTrack) -> None:
-    """Receive and forget: a publisher's audio is accepted (OBS always sends it) but not used, and an unread
-    aiortc track would queue its frames without bound."""
+    """Receive and forget: a publisher's second audio track is accepted but not used (a stream has one sound),
+    and an unread aiortc track would queue its frames without bound."""
     while True:
         try:
             await track.recv()
