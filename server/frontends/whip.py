@@ -2,7 +2,7 @@
 
 `POST /whip/{stream}` with an SDP offer → 201, the answer, and `Location: /whip/{stream}/{id}`; `DELETE` on that
 Location ends the stream. No trickle and no ICE restart: the offer carries its candidates and the answer all of
-ours, so PATCH is refused (405). Audio is accepted (OBS always sends Opus) and dropped unread.
+ours, so PATCH is refused (405). Audio (OBS always sends Opus) becomes the stream's sound, passed on to viewers.
 """
 
 from __future__ import annotations
