@@ -26,8 +26,15 @@ MAX_STRETCH = 1 / 16
 # pitch for 0.2 s; closing a share of the distance each packet, a 10-30 ms step glides by 2-6% at first and less
 # after (1/e of it left in 0.5 s).
 SETTLE_SECONDS = 0.5
-# Corrections start beyond 10 ms, well inside R37's -40/+60 ms, and go on until the delay is there.
-DEAD_BAND_SECONDS = 0.010
+# Corrections start beyond 20 ms and go on until the delay is there. The picture's latency (the median of a
+# second's frames) wanders 107-167 ms in steps of 20-50 ms every second or two (tiny at 256 px on the 2-core CPU,
+# one WHIP stream): a 10 ms band glided after every step, the pitch never still; at 20 ms the smaller steps are
+# left alone, inside R37's -40/+60 ms.
+DEAD_BAND_SECONDS = 0.020
+# The first latencies are the warm-up's: 213 ms when the first picture left, 152 ms a second later, 115 ms from
+# 2.5 s on (same run). Starting at once meant gliding for 3 s at the full stretch, a semitone sharp; the sound
+# starts this long after the first latency instead, nearer the steady one, and is silence until then.
+START_HOLD_SECONDS = 1.5
 # A delay that far off would take 16 s to stretch to (a source that restarted its clock): jump, fading in.
 JUMP_SECONDS = 1.0
 ANCHOR_SECONDS = 10.0
@@ -56,6 +63,7 @@ class DelayLine:
         jump_seconds: float = JUMP_SECONDS,
         anchor_seconds: float = ANCHOR_SECONDS,
         max_delay_seconds: float = MAX_DELAY_SECONDS,
+        start_hold_seconds: float = START_HOLD_SECONDS,
     ) -> None:
         if max_delay_seconds >= capacity_seconds:
             raise ValueError("max_delay_seconds must be shorter than the line's capacity")
@@ -64,6 +72,8 @@ class DelayLine:
         self.max_stretch = max_stretch
         self.settle_seconds = settle_seconds
         self.max_delay = max_delay_seconds
+        self.start_hold = start_hold_seconds
+        self._first_target_at: float | None = None
         self._ring = np.zeros((int(capacity_seconds * rate), channels), np.int16)
         self._dead_band = round(dead_band_seconds * rate)
         self._jump = round(jump_seconds * rate)
@@ -101,8 +111,11 @@ class DelayLine:
         """`count` samples to leave at `now`, delayed by `target` seconds (None: the last target kept)."""
         if target is not None:
             self.target = min(max(target, 0.0), self.max_delay)
-        if self.target is None or not self._lags:
-            return np.zeros((count, self.channels), np.int16)  # nothing to delay yet, or no delay known yet
+            if self._first_target_at is None:
+                self._first_target_at = now
+        held = self._first_target_at is None or now - self._first_target_at < self.start_hold
+        if held or not self._lags:
+            return np.zeros((count, self.channels), np.int16)  # no delay known yet, or a warm-up's, or no sound
         origin = self._lags[0][1]
         wanted = round((now - self.target - origin) * self.rate)
         starting = self.position is None or abs(wanted - self.position) > self._jump
