@@ -22,33 +22,27 @@ from av import VideoFrame
 
 from ..stats import StreamStats
 from .encoder import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, VideoEncoder
+from .fanout import FanOut
 
 
-class Feed:
+class Feed(FanOut["PacketTrack"]):
     """One output picture of a stream (the stylised video, or the control map) and the viewers that receive it."""
 
+    task_prefix = "feed"
+
     def __init__(self, name: str, stats: StreamStats | None = None, bitrate_kbps: int = 2500) -> None:
-        self.name = name
+        super().__init__(name)
         self._loop = asyncio.get_running_loop()
         self._stats = stats
         self._bitrate_kbps = bitrate_kbps
         self._pending: tuple[VideoFrame, float] | None = None
         self._fresh = asyncio.Event()
-        self._subscribers: set[PacketTrack] = set()
         self._encoders: dict[str, VideoEncoder] = {}
         self._keyframes_wanted: set[str] = set()
         self._start: float | None = None
         self._last_pts = -1
-        self._task: asyncio.Task | None = None
-        self._closed = False
         self.encodes = 0  # frames encoded, summed over codecs: one per frame per codec, whatever the viewers
         self.encode_seconds = 0.0
-        self.packets_dropped = 0  # over all subscribers, past ones too: packets a sender never took
-
-    @property
-    def subscribed(self) -> bool:
-        """Whether anyone receives this feed (read from the engine thread: a stale answer costs one frame)."""
-        return bool(self._subscribers)
 
     def publish(self, frame: VideoFrame, arrival: float) -> None:
         """From the engine thread: a finished picture and the arrival time of the camera frame it came from."""
@@ -57,32 +51,19 @@ class Feed:
 
     def subscribe(self) -> PacketTrack:
         """A track for one viewer's sender; it starts receiving once `PacketTrack.bind` names its codec."""
-        if self._closed:
-            raise RuntimeError(f"feed {self.name} is closed")
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name=f"feed-{self.name}")
+        self._check_open()
+        self._start_task()
         return PacketTrack(self)
 
     def request_keyframe(self, codec: str) -> None:
         self._keyframes_wanted.add(codec)
 
-    async def close(self) -> None:
-        """Stop encoding and end every subscriber's track. Idempotent."""
-        self._closed = True
-        for track in list(self._subscribers):
-            track.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
     def _add(self, track: PacketTrack) -> None:
-        self._subscribers.add(track)
+        super()._add(track)
         self.request_keyframe(track.codec)  # a new viewer can only start decoding at a keyframe
 
     def _remove(self, track: PacketTrack) -> None:
-        self._subscribers.discard(track)
+        super()._remove(track)
         if not any(t.codec == track.codec for t in self._subscribers):
             self._encoders.pop(track.codec, None)
 

@@ -17,7 +17,6 @@ track holds up to 200 ms of packets for its sender; older ones are dropped and c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fractions
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame
 
 from .delayline import CHANNELS, SAMPLE_RATE, DelayLine
+from .fanout import FanOut
 
 OPUS = "audio/opus"
 PACKET_SECONDS = 0.02
@@ -41,8 +41,10 @@ TRACK_QUEUE_PACKETS = 10
 CATCH_UP_SECONDS = 0.2
 
 
-class SoundFeed:
+class SoundFeed(FanOut["SoundTrack"]):
     """One stream's sound and the viewers that receive it."""
+
+    task_prefix = "sound"
 
     def __init__(
         self,
@@ -51,18 +53,14 @@ class SoundFeed:
         bitrate_kbps: int = DEFAULT_SOUND_BITRATE_KBPS,
     ) -> None:
         """`latency`: the picture's current latency in seconds, None while no picture leaves (the delay stays)."""
-        self.name = name
+        super().__init__(name)
         self.line = DelayLine()
         self._latency = latency
         self._bitrate = bitrate_kbps * 1000
         self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE)
         self._encoder: av.AudioCodecContext | None = None
-        self._subscribers: set[SoundTrack] = set()
         self._pts = 0  # of the next packet, on the 48 kHz clock from the clock's start
-        self._task: asyncio.Task | None = None
-        self._closed = False
         self.encodes = 0
-        self.packets_dropped = 0  # over all subscribers, past ones too: packets a sender never took
         self.packets_skipped = 0  # packets the clock was too late to make
 
     @property
@@ -76,29 +74,13 @@ class SoundFeed:
         for converted in self._resampler.resample(frame):
             self.line.write(converted.to_ndarray().reshape(-1, CHANNELS), arrival, media_time)
             media_time = None  # a resampler's second frame goes on from its first
-        self._start_clock()
+        self._start_task()
 
     def subscribe(self) -> SoundTrack:
         """A track for one viewer's sender; it starts receiving once `SoundTrack.bind` names its codec."""
-        if self._closed:
-            raise RuntimeError(f"sound {self.name} is closed")
-        self._start_clock()
+        self._check_open()
+        self._start_task()
         return SoundTrack(self)
-
-    async def close(self) -> None:
-        """Stop the clock and end every subscriber's track. Idempotent."""
-        self._closed = True
-        for track in list(self._subscribers):
-            track.stop()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    def _start_clock(self) -> None:
-        if self._task is None and not self._closed:
-            self._task = asyncio.create_task(self._run(), name=f"sound-{self.name}")
 
     async def _run(self) -> None:
         tick = time.monotonic()
@@ -138,12 +120,6 @@ class SoundFeed:
             self._encoder = encoder
         self.encodes += 1
         return list(self._encoder.encode(frame))
-
-    def _add(self, track: SoundTrack) -> None:
-        self._subscribers.add(track)
-
-    def _remove(self, track: SoundTrack) -> None:
-        self._subscribers.discard(track)
 
 
 class SoundTrack(MediaStreamTrack):
