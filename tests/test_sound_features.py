@@ -80,6 +80,39 @@ def test_click_track_tempo_and_beats_locked(bpm: float):
     assert max(errors) < 0.050, f"beats off by up to {max(errors) * 1000:.1f} ms"
 
 
+def snare(amplitude: float = 0.3) -> np.ndarray:
+    """A snare: noise and a 190 Hz tone decaying over 50 ms."""
+    t = np.arange(int(0.12 * RATE)) / RATE
+    noise = np.random.default_rng(5).standard_normal(len(t))
+    return amplitude * (0.6 * noise + np.sin(2 * np.pi * 190 * t)) * np.exp(-t / 0.05)
+
+
+@pytest.mark.parametrize("bpm", [128.0, 174.0])
+def test_drum_pattern_locks_to_the_beats(bpm: float):
+    """Kick on 1 and 3, snare on 2 and 4, hats on the eighths, under a swelling bass and a wavering tone: the beats
+    are found, not the off-beat hats; 174 BPM stays 174 once found though its half (87) is nearer the prior."""
+    period = 60.0 / bpm
+    beats = 0.3 + period * np.arange(200)
+    played = beats[beats < 12.0]
+    t = np.arange(12 * RATE) / RATE
+    music = (
+        placed(12.0, played[0::2], kick(0.6))
+        + placed(12.0, played[1::2], snare())
+        + placed(12.0, played + period / 2, hihat(0.2))
+        + placed(12.0, played, hihat(0.1))
+        + 0.05 * np.sin(2 * np.pi * 110 * t) * (1 + np.sin(2 * np.pi * t / (4 * period)))
+        + 0.03 * np.sin(2 * np.pi * 440 * t + 3 * np.sin(2 * np.pi * 0.3 * t))
+    )
+    features = SoundFeatures()
+    errors = []
+    for arrival in feed(features, music, jitter=0.02):
+        if arrival - START >= 8.0:
+            tempo = features.tempo
+            assert tempo is not None and abs(tempo.bpm - bpm) < 1.0, tempo
+            errors.append(np.min(np.abs(START + beats - tempo.next_beat(arrival))))
+    assert max(errors) < 0.050, f"beats off by up to {max(errors) * 1000:.1f} ms"
+
+
 def test_bars_land_on_every_fourth_beat():
     tempo = Tempo(bpm=120.0, beat_time=10.0, beat_index=2, confidence=1.0)
     assert tempo.phase_at(10.25) == pytest.approx(0.5)
