@@ -12,17 +12,20 @@ import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, create_model, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
 from .presets import GuidanceKind, ModelPreset, ScheduleKind
-from .validation import MAX_PROMPT_LENGTH, Params, WholeNumber, field_bounds
+from .validation import MAX_PROMPT_LENGTH, Params, ParamsError, WholeNumber, field_bounds
 
 if TYPE_CHECKING:
     from .components import ModelComponents
 
 MODES = ("img2img", "txt2img")
 NO_STYLE = "none"  # the `style` of the model alone (a LoRA file called none.* gets another name)
+# What a modulation may follow: a stream's sound features (server/media/sound_features.py makes them), each 0-1.
+MODULATION_SOURCES = ("level", "low", "mid", "high", "onset", "beat")
+MAX_MODULATIONS = 8
 
 
 class StreamParams(Params):
@@ -32,6 +35,9 @@ class StreamParams(Params):
     # The loaded model's rule that a frame runs at least one step, as (schedule kind, origin_steps); `params_model`
     # sets it, and `valid_range` reads it so that a fader's floor is the rule's own. None: no such rule.
     step_rule: ClassVar[tuple[ScheduleKind, int] | None] = None
+    # Numbers with a range that a frame does not read as it runs, so a modulation of them would show nothing:
+    # transition_s only times the next prompt change.
+    not_modulated: ClassVar[frozenset[str]] = frozenset({"transition_s"})
 
     prompt: str = Field(
         "an oil painting, vivid colors, thick brush strokes",
@@ -69,6 +75,24 @@ class StreamParams(Params):
         "img2img",
         description="img2img restyles the camera; txt2img ignores it and draws new pictures at the target rate",
     )
+
+    @classmethod
+    def validated(cls, values: dict[str, Any]) -> Params:
+        """As `Params.validated`, with a modulation's problems told by its place in the list
+        (`modulations[1].amount`): the generic words know only top-level params."""
+        if not isinstance(values, dict) or "modulations" not in cls.model_fields:
+            return super().validated(values)
+        try:
+            return cls.model_validate(values)
+        except ValidationError as error:
+            details = error.errors()
+        entry_model = cls.model_fields["modulations"].annotation.__args__[0]
+        problems = [_modulation_problem(entry_model, d) for d in details if d["loc"][:1] == ("modulations",)]
+        try:  # the other params' problems in the usual words (no rule of theirs reads modulations)
+            super().validated({**values, "modulations": []})
+        except ParamsError as error:
+            problems = error.errors + problems
+        raise ParamsError(problems)
 
 
 def steps_that_run(kind: ScheduleKind, steps: int, strength: float | None, origin_steps: int) -> int:
@@ -162,7 +186,7 @@ def params_model(
         **style_fields,
     )
     model.step_rule = (preset.schedule, origin_steps)
-    return model
+    return with_modulations(model)
 
 
 def _single_scale_alias(scale_param: str) -> Callable[[type, Any], Any]:
@@ -225,3 +249,84 @@ def valid_range(model: type[BaseModel], name: str, values: dict[str, Any]) -> tu
     lower, upper, whole = bounds
     kind, origin_steps = rule
     return max(lower, lowest_strength(kind, values["steps"], origin_steps)), upper, whole
+
+
+def modulatable_params(model: type[BaseModel]) -> tuple[str, ...]:
+    """The params a modulation may move: numbers with a range that a frame reads as it runs. Whole numbers (steps,
+    seed) are left out: each value is another plan (another schedule, other noise), not a shade of the picture."""
+    excluded = getattr(model, "not_modulated", frozenset())
+    return tuple(
+        name
+        for name in model.model_fields
+        if name not in excluded and (bounds := numeric_range(model, name)) is not None and not bounds[2]
+    )
+
+
+def modulation_model(params: Sequence[str]) -> type[Params]:
+    """One entry of `modulations` for a model whose modulatable params are `params`."""
+    return create_model(
+        "Modulation",
+        __base__=Params,
+        param=(Literal[tuple(params)], Field(description="the param to move (a number with a range)")),
+        source=(Literal[MODULATION_SOURCES], Field(description="the sound feature that moves it (0-1)")),
+        amount=(
+            float,
+            Field(
+                ge=-1.0, le=1.0, description="how far a full source moves it, as a share of its range (below 0: down)"
+            ),
+        ),
+        smooth_ms=(
+            float,
+            Field(100.0, ge=0.0, le=2000.0, description="time constant of the source's smoothing (one-pole low-pass)"),
+        ),
+    )
+
+
+def with_modulations(model: type[StreamParams]) -> type[StreamParams]:
+    """`model` with its `modulations` param: the entries' `param` is one of the model's own modulatable params."""
+    entry = modulation_model(modulatable_params(model))
+    # Entries on one param add up; the same param and source twice is allowed too: with two smooth_ms it is a fast
+    # hit on a slow swell.
+    field = Field(
+        default_factory=list,
+        max_length=MAX_MODULATIONS,
+        description=f"up to {MAX_MODULATIONS} links from the sound to params: each frame runs with the param at "
+        "base + amount x range x smoothed source, kept in the range valid at that moment; entries on one param add up",
+        # Inline, not a $ref: the served schema is the params' properties alone (params_json_schema), without $defs.
+        json_schema_extra=lambda schema: schema.update(items=entry.model_json_schema()),
+    )
+    return create_model(model.__name__, __base__=model, modulations=(list[entry], field))
+
+
+def _modulation_problem(entry_model: type[BaseModel], detail: Any) -> tuple[str, str]:
+    """One pydantic error inside `modulations` in words that name the entry and its key."""
+    kind, location, value = detail["type"], detail["loc"][1:], detail.get("input")
+    keys = ", ".join(entry_model.model_fields)
+    if not location:
+        if kind == "too_long":
+            return "modulations", f"modulations has {len(value)} entries; the limit is {MAX_MODULATIONS}"
+        return "modulations", f"modulations must be a list of {{{keys}}} objects, got {_json_kind(value)}"
+    where = f"modulations[{location[0]}]"
+    if len(location) == 1:
+        return "modulations", f"{where} must be an object {{{keys}}}, got {_json_kind(value)}"
+    key = str(location[1])
+    if kind == "extra_forbidden":
+        return "modulations", f"{where}: unknown key {key}; known: {keys}"
+    if kind == "missing":
+        return "modulations", f"{where}.{key} is missing"
+    if kind == "literal_error" and key == "param":
+        allowed = ", ".join(entry_model.model_fields["param"].annotation.__args__)
+        return "modulations", f"{where}.param: {value!r} cannot be modulated; modulatable: {allowed}"
+    if kind == "literal_error":
+        return "modulations", f"{where}.source must be one of {', '.join(MODULATION_SOURCES)}; got {value!r}"
+    lower, upper, _ = field_bounds(entry_model, key)
+    if kind in ("greater_than_equal", "less_than_equal"):
+        return "modulations", f"{where}.{key} must be between {lower:g} and {upper:g}, got {value}"
+    if entry_model.model_fields[key].annotation is float:
+        return "modulations", f"{where}.{key} must be a number between {lower:g} and {upper:g}, got {_json_kind(value)}"
+    return "modulations", f"{where}.{key} must be a string, got {_json_kind(value)}"
+
+
+def _json_kind(value: Any) -> str:
+    names = {bool: "a boolean", type(None): "null", str: "a string", tuple: "a tuple", dict: "an object"}
+    return names.get(type(value), repr(value))

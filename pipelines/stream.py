@@ -12,10 +12,12 @@ computed when the parameters (or the processing size) change.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -23,15 +25,20 @@ import torch
 
 from .batch import render_batch, stylise_batch
 from .components import ModelComponents
+from .conditioning import PromptEmbeds
 from .frame import FramePlan, FrameRequest
+from .noise import SeededNoise
 from .params import NO_STYLE, StreamParams, params_model_for
 from .presets import GuidanceKind
 from .prompt_cache import PromptCache
-from .schedule import build_schedule, guidance_embedding
+from .schedule import Schedule, build_schedule, guidance_embedding
 from .temporal import LatentHistory, MotionTracker, SmoothedFrame, Smoothing
 from .transition import PromptTransition, blend
 
 SIZE_MULTIPLE = 64
+# Plans of modulated values kept per stream (see `_modulated_plan`), and schedules of modulated strengths with
+# their scaled noise: a sound moves a value back and forth over a few dozen grid steps, so most frames find theirs.
+MODULATED_PLANS = 64
 
 
 def processing_size(width: int, height: int, max_side: int | None = None) -> tuple[int, int]:
@@ -86,6 +93,13 @@ class StreamPipeline:
         # not preprocessed (a depth estimator run per frame for nobody). The server sets it per frame.
         self.control_shown = True
         self._plan = self._make_plan(params or self.params_model())
+        # Modulated frames' plans, which belong to one base plan (dropped when it changes): by their values, and
+        # (schedule, noise per size) by their strength.
+        self._modulated_of: FramePlan | None = None
+        self._modulated_plans: OrderedDict[tuple, FramePlan] = OrderedDict()
+        self._modulated_schedules: OrderedDict[float, tuple[Schedule, dict[tuple[int, int], SeededNoise]]] = (
+            OrderedDict()
+        )
 
     @property
     def params(self) -> StreamParams:
@@ -167,14 +181,19 @@ class StreamPipeline:
         frame: np.ndarray | None,
         size: tuple[int, int] | None = None,
         output_size: tuple[int, int] | None = None,
+        modulated: Mapping[str, float] | None = None,
     ) -> FrameRequest:
         """The host side of one frame: checks, the plan and processing size, the control images, txt2img's noise,
         the camera's motion; what comes out is ready for the device (batch.py, the executor).
 
         `frame` may be None only in txt2img mode without ControlNet, and then `size` is required. `output_size`
         (width, height): the size the picture leaves at, scaled on the device; None: the processing size.
+        `modulated`: values of numeric params for this frame alone (modulation.py's), already in their valid
+        ranges; the params stay as they were set.
         """
         plan = self._plan  # one plan for the whole frame, whatever `update` does meanwhile
+        if modulated:
+            plan = self._modulated_plan(plan, modulated)
         if frame is None:
             if not plan.txt2img or plan.control_scales:
                 raise ValueError("this mode needs a camera frame")
@@ -225,14 +244,54 @@ class StreamPipeline:
         preprocessors = self.components.preprocessors
         return {kind: preprocessors[kind](frame, plan.params) for kind in kinds}
 
-    def _make_plan(self, params: StreamParams, previous: FramePlan | None = None) -> FramePlan:
+    def _modulated_plan(self, base: FramePlan, values: Mapping[str, float]) -> FramePlan:
+        """The plan of `base`'s params with `values`, for one frame. Built once per set of values and kept: a frame
+        that finds its plan costs a dictionary look-up. What the values leave alone is `base`'s own (the prompt
+        embeddings from the cache, the noise of an unchanged schedule); a new strength builds its schedule and
+        scales its noise once."""
+        params = base.params
+        if all(getattr(params, name) == value for name, value in values.items()):
+            return base
+        if self._modulated_of is not base:
+            self._modulated_of = base
+            self._modulated_plans.clear()
+            self._modulated_schedules.clear()
+        key = tuple(sorted(values.items()))
+        plan = _cached(self._modulated_plans, key)
+        if plan is None:
+            params = params.model_construct(**{**dict(params), **values})  # valid: the modulator kept the ranges
+            schedule_and_noise = None
+            if params.strength != base.params.strength and not base.txt2img:
+                schedule_and_noise = _cached(self._modulated_schedules, params.strength)
+                if schedule_and_noise is None:
+                    schedule_and_noise = (self._schedule(params), {})
+                    _keep(self._modulated_schedules, params.strength, schedule_and_noise)
+            plan = self._make_plan(params, base, frame_of=schedule_and_noise or (base.schedule, base.noise))
+            _keep(self._modulated_plans, key, plan)
+        return plan
+
+    def _schedule(self, params: StreamParams) -> Schedule:
         c = self.components
         strength = None if params.mode == "txt2img" else params.strength
-        schedule = build_schedule(
-            c.scheduler, c.preset.schedule, params.steps, strength, device=c.device, dtype=c.dtype
-        )
+        return build_schedule(c.scheduler, c.preset.schedule, params.steps, strength, device=c.device, dtype=c.dtype)
+
+    def _make_plan(
+        self,
+        params: StreamParams,
+        previous: FramePlan | None = None,
+        frame_of: tuple[Schedule, dict[tuple[int, int], SeededNoise]] | None = None,
+    ) -> FramePlan:
+        """The plan of `params`, following on `previous`. `frame_of`: a modulated frame's (schedule, noise cache);
+        its prompt moves with `previous`'s transition (only its blend is its own) instead of starting one."""
+        c = self.components
+        schedule, noise = frame_of if frame_of is not None else (self._schedule(params), {})
         classifier_free = c.preset.guidance is GuidanceKind.CLASSIFIER_FREE and params.guidance_scale > 1
-        prompt = self._prompt_transition(params, previous)
+        if frame_of is not None and previous is not None:
+            prompt = previous.prompt
+            if params.prompt_mix != previous.params.prompt_mix:
+                prompt = dataclasses.replace(prompt, target=self._blended_prompt(params))
+        else:
+            prompt = self._prompt_transition(params, previous)
         negative = None
         if classifier_free:
             if c.is_sdxl and not params.negative_prompt:
@@ -259,15 +318,21 @@ class StreamPipeline:
             control_scale_tensors={
                 kind: torch.tensor(scale, device=c.device, dtype=c.dtype) for kind, scale in control_scales.items()
             },
+            noise=noise,
         )
 
-    def _prompt_transition(self, params: StreamParams, previous: FramePlan | None) -> PromptTransition:
-        """The prompt conditioning of new params: the blend of prompt and prompt_b, reached over transition_s from
-        what the last plan shows now; a change that leaves the blend alone keeps a running transition as it is."""
+    def _blended_prompt(self, params: StreamParams) -> PromptEmbeds:
+        """The blend of prompt and prompt_b at prompt_mix, from the prompt cache."""
         c = self.components
         target = self.prompt_cache.get(c, params.prompt)
         if params.prompt_mix > 0:
             target = blend(target, self.prompt_cache.get(c, params.prompt_b), params.prompt_mix)
+        return target
+
+    def _prompt_transition(self, params: StreamParams, previous: FramePlan | None) -> PromptTransition:
+        """The prompt conditioning of new params: the blend of prompt and prompt_b, reached over transition_s from
+        what the last plan shows now; a change that leaves the blend alone keeps a running transition as it is."""
+        target = self._blended_prompt(params)
         if previous is None:
             return PromptTransition(target)
         old = previous.params
@@ -295,3 +360,17 @@ def style_of(params: StreamParams) -> tuple[str, float] | None:
     """The style a frame runs with, or None for the model alone (no styles loaded, `none`, or scale 0)."""
     style, scale = getattr(params, "style", NO_STYLE), getattr(params, "style_scale", 0.0)
     return None if style == NO_STYLE or scale == 0 else (style, scale)
+
+
+def _cached(cache: OrderedDict, key: Any) -> Any:
+    """`cache[key]` marked as the latest used, or None."""
+    value = cache.get(key)
+    if value is not None:
+        cache.move_to_end(key)
+    return value
+
+
+def _keep(cache: OrderedDict, key: Any, value: Any) -> None:
+    cache[key] = value
+    while len(cache) > MODULATED_PLANS:
+        cache.popitem(last=False)

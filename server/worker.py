@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ from av import VideoFrame
 from pipelines import ParamsError, StreamPipeline, processing_size
 from pipelines.executor import FrameResult
 from pipelines.frame import FrameRequest
+from pipelines.modulation import Modulator
 from pipelines.resolution import ResolutionController
 
 from .media.feed import Feed
@@ -77,6 +78,12 @@ class StreamWorker:
         self._last_start = float("-inf")
         # txt2img with ControlNet keeps drawing from the last camera frame when no newer one has come.
         self._last_camera: CameraFrame | None = None
+        # The stream's sound features (source: 0-1 or None), read once per frame for the params' modulations;
+        # None: no sound, every source reads 0 and the params run as set.
+        self.sound_levels: Callable[[], Mapping[str, float | None]] | None = None
+        self.modulator = Modulator()
+        # The modulated params' values the last frame ran with (the stats show them beside the params as set).
+        self.modulated: dict[str, float] = {}
 
     def submit(self, frame: VideoFrame, arrival: float, queue_seconds: float) -> None:
         dropped_before = self.inbox.dropped
@@ -113,7 +120,11 @@ class StreamWorker:
         txt2img = self.pipeline.params.mode == "txt2img"
         arrival = now if txt2img or camera is None else camera.arrival
         queue_seconds = camera.queue_seconds if camera is not None else 0.0
-        if camera is not None and not txt2img and self._similar_to_last(camera.frame):
+        levels = self.sound_levels() if self.sound_levels is not None else None
+        modulated = self.modulator.values(self.pipeline.params, levels, now)
+        # A still camera under a moving modulation is not the same picture: the skip holds only for both still.
+        similar = camera is not None and not txt2img and self._similar_to_last(camera.frame)
+        if similar and modulated == self.modulated:
             self.picture.publish(VideoFrame.from_ndarray(self._last_result, format="rgb24"), arrival)
             self.stats.add(frames_processed=1, skipped=1, queue_seconds=queue_seconds)
             return None
@@ -166,10 +177,11 @@ class StreamWorker:
 
         self.pipeline.control_shown = self.control is not None and self.control.subscribed
         try:  # the host side: checks, the control images, txt2img's noise
-            request = self.pipeline.prepare(rgb, size, output_size)
+            request = self.pipeline.prepare(rgb, size, output_size, modulated)
         except Exception as error:  # this frame's own failure (a bad frame, say): told as a failed batch is
             failed(error)
             return None
+        self.modulated = modulated
         return StreamFrame(request, finish, failed)
 
     def _device_seconds_per_frame(self, model_seconds: float) -> float:

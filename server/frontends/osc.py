@@ -3,7 +3,8 @@
 Addresses: `/lcmlive/{stream}/{param} value`, `/lcmlive/{stream}/{param}/norm 0..1` (mapped onto the param's
 range that is valid with the stream's other params when it applies: strength/norm 0 is the lowest strength that runs
 at the stream's steps), `/lcmlive/{stream}/scene N` (a scene's name or 1-based position); `*` as the stream
-addresses every stream.
+addresses every stream. A param whose value is a list (`modulations`) takes it as one JSON string, OSC having no
+lists of objects.
 
 A fader sends hundreds of messages a second. They are coalesced: the latest value per address wins, and each
 stream gets at most one params change in flight (applied by the engine between frames), so a flood never slows
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import socket
 import time
@@ -43,6 +45,7 @@ LOG_INTERVAL_SECONDS = 60.0  # a sender's problems are logged at most this often
 # beyond this many lines a minute.
 MAX_LOGGED_SENDERS = 256
 MAX_LOGGED_CHARS = 200  # a hostile address or value is quoted in the log, cut to this
+JSON_PARAMS = frozenset({"modulations"})  # params whose value is a list: one JSON string over OSC
 
 
 class OncePerSender:
@@ -170,6 +173,16 @@ class OscControl(asyncio.DatagramProtocol):
                 self._reject(sender, address, problem)
                 return
             change = OscChange(stream, param, value, sender, norm=True)
+        elif param in JSON_PARAMS:
+            try:
+                parsed = json.loads(value) if isinstance(value, str) else None
+            except (ValueError, RecursionError) as error:  # not JSON; or lists nested past the parser's depth
+                self._reject(sender, address, f"{param} takes one JSON string: {error}")
+                return
+            if not isinstance(parsed, list):
+                self._reject(sender, address, f"{param} takes one JSON string of a list, got {value!r}")
+                return
+            change = OscChange(stream, param, parsed, sender)
         else:
             change = OscChange(stream, param, value, sender)
         if address in self._pending:
