@@ -1,10 +1,18 @@
-// The studio page (/): publishes the camera as a named stream (/?stream=NAME, else the server names it), shows
-// the stylised video with its stats and the stream's addresses, and steers it with controls from the schema and
-// the show's scenes.
+// The studio page (/): publishes the camera (and with Sound on the microphone) as a named stream (/?stream=NAME,
+// else the server names it), shows the stylised video with its stats and the stream's addresses (and with Hear on
+// plays its sound), and steers it with controls from the schema and the show's scenes.
 
 import { healthReport, serverIsHealthy, token } from "./lib/access.js";
 import { Retry } from "./lib/backoff.js";
-import { cameraErrorMessage, cameraIdOf, listCameras, openCamera, stopTracks } from "./lib/camera.js";
+import {
+  cameraErrorMessage,
+  cameraIdOf,
+  listDevices,
+  microphoneIdOf,
+  openCamera,
+  openMicrophone,
+  stopTracks,
+} from "./lib/camera.js";
 import { loadParamSchema, ParamControls } from "./lib/controls.js";
 import { FrameCounter } from "./lib/frames.js";
 import { enableCopyButtons, showStreamLinks } from "./lib/links.js";
@@ -37,6 +45,9 @@ const ui = {
   start: byId("start"),
   stop: byId("stop"),
   camera: byId("camera"),
+  sound: byId("sound"),
+  microphone: byId("microphone"),
+  hear: byId("hear"),
   status: byId("status"),
   inputVideo: byId("input-video"),
   outputVideo: byId("output-video"),
@@ -54,7 +65,11 @@ const ui = {
 const app = {
   wantRunning: false,
   cameraStream: null,
+  microphoneStream: null, // null when the run has no sound
+  microphones: 0, // how many the browser lists: the picker shows from two
   session: null,
+  // What the session receives: the stylised picture and, when the stream has sound, that sound (delayed with it).
+  output: { picture: null, sound: null },
   // The name asked for in the URL, else the one the server gave the first session: later sessions (reconnects,
   // Stop then Start) ask for it again, so the addresses shared with OBS or a projector stay good.
   streamName: new URLSearchParams(location.search).get("stream") || null,
@@ -90,6 +105,17 @@ function byId(id) {
 function updateButtons() {
   ui.start.disabled = app.wantRunning;
   ui.stop.disabled = !app.wantRunning;
+  // The offer carries the microphone or not: the choice is made before Start and holds until Stop.
+  ui.sound.disabled = app.wantRunning;
+  updateSoundControls();
+}
+
+function updateSoundControls() {
+  ui.microphone.hidden = !(ui.sound.checked && app.microphones > 1);
+  ui.hear.disabled = !ui.sound.checked;
+  if (!ui.sound.checked) ui.hear.checked = false;
+  // Unmuting needs no new offer: a session with sound always receives it back, and Hear only plays it.
+  ui.outputVideo.muted = !ui.hear.checked;
 }
 
 // ---- parameter controls ----
@@ -147,17 +173,30 @@ function showCamera(stream) {
   });
 }
 
+function showMicrophone(stream) {
+  app.microphoneStream = stream;
+  stream?.getAudioTracks()[0].addEventListener("ended", () => {
+    if (app.microphoneStream !== stream) return;
+    banner.show("microphone", "The microphone stopped (unplugged or taken by another application).");
+  });
+}
+
 function releaseCamera() {
   stopTracks(app.cameraStream);
+  stopTracks(app.microphoneStream);
   app.cameraStream = null;
+  app.microphoneStream = null;
   ui.inputVideo.srcObject = null;
 }
 
-async function refreshCameraList() {
+async function refreshDeviceLists() {
   try {
-    await listCameras(ui.camera, cameraIdOf(app.cameraStream) ?? ui.camera.value);
+    await listDevices(ui.camera, "videoinput", cameraIdOf(app.cameraStream) ?? ui.camera.value);
+    const microphone = microphoneIdOf(app.microphoneStream) ?? ui.microphone.value;
+    app.microphones = await listDevices(ui.microphone, "audioinput", microphone);
+    updateSoundControls();
   } catch (err) {
-    banner.show("camera", `Could not list cameras: ${err.message}`);
+    banner.show("camera", `Could not list cameras and microphones: ${err.message}`);
   }
 }
 
@@ -181,6 +220,25 @@ async function switchCamera() {
   }
 }
 
+// Like the camera: the next Start uses the choice, and a running stream with sound swaps the track on its sender.
+async function switchMicrophone() {
+  if (!app.microphoneStream) return;
+  let stream = null;
+  try {
+    stream = await openMicrophone(ui.microphone.value);
+    if (!app.microphoneStream) throw new DOMException("stopped while switching", "AbortError");
+    await app.session?.replaceMicrophone(stream.getAudioTracks()[0]);
+    stopTracks(app.microphoneStream);
+    showMicrophone(stream);
+  } catch (err) {
+    stopTracks(stream);
+    if (app.microphoneStream) {
+      banner.show("microphone", cameraErrorMessage(err, "microphone"));
+      ui.microphone.value = microphoneIdOf(app.microphoneStream) ?? "";
+    }
+  }
+}
+
 // ---- the publishing session ----
 
 function openSession() {
@@ -188,6 +246,7 @@ function openSession() {
   const session = new PublishSession({
     stream: app.streamName,
     cameraTrack: app.cameraStream.getVideoTracks()[0],
+    microphoneTrack: app.microphoneStream?.getAudioTracks()[0] ?? null,
     withControlMap: app.controlnet,
     params: () => controls.values(),
     handlers: {
@@ -195,11 +254,10 @@ function openSession() {
       params: (message) => current(session) && showParams(message),
       stats: (message) => current(session) && stats.show(message),
       error: ({ code = "error", message }) => current(session) && banner.show(code, errorText(code, message)),
-      // A stream of its own per track: the server sends both tracks in one MediaStream, and a <video> given
-      // that stream would play its first video track in both places.
-      picture: (track) => {
-        if (current(session)) ui.outputVideo.srcObject = new MediaStream([track]);
-      },
+      // A stream of its own per video track: the server sends all tracks in one MediaStream, and a <video>
+      // given that stream would play its first video track in both places.
+      picture: (track) => current(session) && showOutput({ picture: track }),
+      sound: (track) => current(session) && showOutput({ sound: track }),
       controlMap: (track) => {
         if (current(session)) ui.controlVideo.srcObject = new MediaStream([track]);
       },
@@ -227,8 +285,16 @@ function markLive() {
   scenes.attach(app.streamName);
 }
 
+// The picture with its sound on one element, so that they play in step (muted unless Hear is on).
+function showOutput(tracks) {
+  app.output = { ...app.output, ...tracks };
+  const { picture, sound } = app.output;
+  ui.outputVideo.srcObject = new MediaStream([picture, sound].filter(Boolean));
+}
+
 // The session is gone: its pictures, its stats, and the stream that scenes went to.
 function clearOutput() {
+  app.output = { picture: null, sound: null };
   ui.outputVideo.srcObject = null;
   ui.controlVideo.srcObject = null;
   stats.clear();
@@ -278,11 +344,12 @@ async function start() {
   updateButtons();
   status.set("connecting");
   if (!controls.built) await loadControls();
+  const sound = ui.sound.checked;
   let stream;
   try {
-    stream = await openCamera(ui.camera.value);
+    stream = await openCamera(ui.camera.value, { sound, microphoneId: ui.microphone.value });
   } catch (err) {
-    banner.show("camera", cameraErrorMessage(err));
+    banner.show("camera", cameraErrorMessage(err, sound ? "camera and microphone" : "camera"));
     endRun("error");
     return;
   }
@@ -290,8 +357,10 @@ async function start() {
     stopTracks(stream);
     return;
   }
-  showCamera(stream);
-  refreshCameraList();
+  // Apart, so that either can be swapped (and its old track stopped) without the other.
+  showCamera(new MediaStream(stream.getVideoTracks()));
+  showMicrophone(sound ? new MediaStream(stream.getAudioTracks()) : null);
+  refreshDeviceLists();
   openSession();
 }
 
@@ -342,6 +411,12 @@ function exposeTestHook() {
       lastParams: controls.lastParams,
       lastError: banner.last,
       outputFrames: outputFrames.count,
+      sound: {
+        microphone: app.microphoneStream?.getAudioTracks()[0]?.label ?? null,
+        received: app.output.sound !== null,
+        muted: ui.outputVideo.muted,
+        microphones: app.microphones,
+      },
       scenes: scenes.names,
     }),
     start,
@@ -364,18 +439,21 @@ function init() {
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", stop);
   ui.camera.addEventListener("change", switchCamera);
+  ui.microphone.addEventListener("change", switchMicrophone);
+  ui.sound.addEventListener("change", updateSoundControls);
+  ui.hear.addEventListener("change", updateSoundControls);
   ui.fullscreen.addEventListener("click", toggleFullscreen);
   ui.showControl.addEventListener("change", updateControlPane);
   ui.outputVideo.addEventListener("dblclick", toggleFullscreen);
   document.addEventListener("fullscreenchange", updateFullscreenButton);
-  navigator.mediaDevices?.addEventListener("devicechange", refreshCameraList);
+  navigator.mediaDevices?.addEventListener("devicechange", refreshDeviceLists);
   enableCopyButtons(ui.streamPanel);
   // A name from the URL is known before the first session: its addresses can be shared before Start.
   if (app.streamName) showStream({ name: app.streamName });
   status.set("idle");
   updateButtons();
   exposeTestHook();
-  refreshCameraList();
+  refreshDeviceLists();
   loadControls();
   showModelNote();
 }

@@ -142,8 +142,9 @@ class StreamRegistry:
             await self.peers.close(pc)
             raise
         try:
-            # Not its own sound back (feedback), until the page asks for it.
-            outputs = stream.add_outputs(pc, sound=False) if listener is not None else []
+            # The page gets its own sound back only on an audio m-line it offers to receive (its Sound switch adds
+            # one; Hear plays it): its default offer has none, so nothing comes back to feed back.
+            outputs = stream.add_outputs(pc) if listener is not None else []
             answer = await self.peers.answer(pc)
             if self._ending:
                 raise StreamError("shutting_down", "the server is shutting down")

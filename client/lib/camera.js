@@ -1,31 +1,47 @@
-// The camera: opening one, naming what went wrong, and the list of cameras to choose from.
+// The camera and, with Sound on, the microphone: opening them, naming what went wrong, and the lists of devices
+// to choose from.
 
-function cameraConstraints(deviceId) {
-  const video = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } };
-  if (deviceId) video.deviceId = { exact: deviceId };
-  return { audio: false, video };
+const VIDEO = { width: { ideal: 640 }, height: { ideal: 480 }, frameRate: { ideal: 30 } };
+// The stream's sound is the show's (music, a room, a voice) and its level drives the picture: a call's processing
+// would gate quiet passages, ride the level and smear music. Without an echo canceller, Hear needs headphones.
+const AUDIO = { echoCancellation: false, noiseSuppression: false, autoGainControl: false };
+
+function withDevice(constraints, deviceId) {
+  return deviceId ? { ...constraints, deviceId: { exact: deviceId } } : constraints;
 }
 
-export async function openCamera(deviceId) {
+function getUserMedia(constraints) {
   if (!navigator.mediaDevices?.getUserMedia) {
     throw new Error("this page needs https (or localhost) for camera access");
   }
-  return navigator.mediaDevices.getUserMedia(cameraConstraints(deviceId));
+  return navigator.mediaDevices.getUserMedia(constraints);
 }
 
-export function cameraErrorMessage(err) {
+// One request for both, so that a browser asks for camera and microphone in one prompt.
+export async function openCamera(cameraId, { sound = false, microphoneId = "" } = {}) {
+  return getUserMedia({ video: withDevice(VIDEO, cameraId), audio: sound ? withDevice(AUDIO, microphoneId) : false });
+}
+
+export async function openMicrophone(microphoneId) {
+  return getUserMedia({ video: false, audio: withDevice(AUDIO, microphoneId) });
+}
+
+// `what`: the devices asked for, as the message names them ("camera", "microphone", "camera and microphone").
+export function cameraErrorMessage(err, what = "camera") {
   switch (err.name) {
     case "NotAllowedError":
     case "SecurityError":
-      return "Camera permission was denied. Allow the camera for this page, then press Start again.";
+      return what === "camera"
+        ? "Camera permission was denied. Allow the camera for this page, then press Start again."
+        : `Permission for the ${what} was denied. Allow it for this page (or turn Sound off), then press Start again.`;
     case "NotFoundError":
     case "OverconstrainedError":
-      return "No camera found (or the chosen camera is gone).";
+      return `No ${what} found (or the chosen one is gone).`;
     case "NotReadableError":
     case "AbortError":
-      return "The camera could not be opened; another application may be using it.";
+      return `The ${what} could not be opened; another application may be using it.`;
     default:
-      return `Could not open the camera: ${err.message}`;
+      return `Could not open the ${what}: ${err.message}`;
   }
 }
 
@@ -37,15 +53,21 @@ export function cameraIdOf(stream) {
   return stream?.getVideoTracks()[0]?.getSettings().deviceId;
 }
 
-// Fill `select` with the cameras, keeping `wantedId` chosen when it is still there. Labels (and in Firefox real
-// ids) only appear once camera permission is granted, so pages call this again after it.
-export async function listCameras(select, wantedId) {
-  if (!navigator.mediaDevices?.enumerateDevices) return;
-  const devices = await navigator.mediaDevices.enumerateDevices();
-  const cameras = devices.filter((device) => device.kind === "videoinput");
-  select.replaceChildren(
-    ...cameras.map((camera, index) => new Option(camera.label || `Camera ${index + 1}`, camera.deviceId)),
-  );
-  if (cameras.some((camera) => camera.deviceId === wantedId)) select.value = wantedId;
-  select.disabled = cameras.length === 0;
+export function microphoneIdOf(stream) {
+  return stream?.getAudioTracks()[0]?.getSettings().deviceId;
+}
+
+const DEVICE_WORDS = { videoinput: "Camera", audioinput: "Microphone" };
+
+// Fill `select` with the devices of `kind` ("videoinput", "audioinput"), keeping `wantedId` chosen when it is
+// still there; returns how many there are. Labels (and in Firefox real ids) only appear once permission is
+// granted, so pages call this again after it.
+export async function listDevices(select, kind, wantedId) {
+  if (!navigator.mediaDevices?.enumerateDevices) return 0;
+  const devices = (await navigator.mediaDevices.enumerateDevices()).filter((device) => device.kind === kind);
+  const label = (device, index) => device.label || `${DEVICE_WORDS[kind]} ${index + 1}`;
+  select.replaceChildren(...devices.map((device, index) => new Option(label(device, index), device.deviceId)));
+  if (devices.some((device) => device.deviceId === wantedId)) select.value = wantedId;
+  select.disabled = devices.length === 0;
+  return devices.length;
 }

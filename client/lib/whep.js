@@ -1,6 +1,8 @@
 // Watching a stream over WHEP (RFC 9725 egress): a recvonly offer POSTed to /whep/NAME, the answer applied, and
 // the viewer resource DELETEd on leaving. WhepPlayer keeps a picture on a <video> for as long as it runs: the
-// stream may not exist yet, may end, or may stall, and each time it tries again with a capped backoff.
+// stream may not exist yet, may end, or may stall, and each time it tries again with a capped backoff. With
+// `sound` it also asks for the stream's sound (an audio m-line, recvonly), which plays on the same element, in
+// step with the picture; a stream without sound answers that m-line inactive, and the picture plays alone.
 
 import { authHeaders } from "./access.js";
 import { Retry } from "./backoff.js";
@@ -28,7 +30,7 @@ class WhepError extends Error {
 
 // One viewer: its peer connection and, once the server created it, its resource URL.
 class WhepSession {
-  constructor(stream, { onTrack, onLost }) {
+  constructor(stream, { sound, onTrack, onLost }) {
     this.stream = stream;
     this.location = null;
     this.closed = false;
@@ -37,10 +39,12 @@ class WhepSession {
     this.decoded = 0;
     this.pc = new RTCPeerConnection();
     this.pc.addTransceiver("video", { direction: "recvonly" });
+    if (sound) this.pc.addTransceiver("audio", { direction: "recvonly" });
     // The server closes a viewer's connection when its stream ends. Chromium shows that at once only as the
     // DTLS transport closing; the connection state follows when ICE consent runs out, seconds later.
     this.pc.addEventListener("track", (event) => {
       onTrack(event.track);
+      if (event.track.kind !== "video") return; // the picture decides whether the stream is there
       event.track.addEventListener("ended", () => onLost("the video track ended"));
       const dtls = event.receiver.transport;
       dtls?.addEventListener("statechange", () => {
@@ -118,10 +122,11 @@ async function refusal(response) {
 }
 
 export class WhepPlayer {
-  // `onChange()` is called whenever `playing` or `lastError` changes.
-  constructor({ stream, video, onChange = () => {} }) {
+  // `onChange()` is called whenever `playing` or `lastError` changes. `sound`: ask for the stream's sound too.
+  constructor({ stream, video, sound = false, onChange = () => {} }) {
     this.stream = stream;
     this.video = video;
+    this.sound = sound;
     this.onChange = onChange;
     this.session = null;
     this.running = false;
@@ -151,9 +156,13 @@ export class WhepPlayer {
   async connect() {
     if (!this.running || this.session !== null) return;
     this.attempts += 1;
+    const tracks = [];
     const session = new WhepSession(this.stream, {
+      sound: this.sound,
+      // One element plays the picture and its sound, so that they stay in step.
       onTrack: (track) => {
-        if (session === this.session) this.video.srcObject = new MediaStream([track]);
+        tracks.push(track);
+        if (session === this.session) this.video.srcObject = new MediaStream(tracks);
       },
       onLost: (reason) => this.lost(session, "stream_lost", `lost the stream: ${reason}`),
     });
