@@ -268,6 +268,11 @@ class StreamPipeline:
                     _keep(self._modulated_schedules, params.strength, schedule_and_noise)
             plan = self._make_plan(params, base, frame_of=schedule_and_noise or (base.schedule, base.noise))
             _keep(self._modulated_plans, key, plan)
+            device = self.components.device
+            if device.type == "cuda" and torch.cuda.current_stream(device) == torch.cuda.default_stream(device):
+                # Its tensors (the prompt's blend, say) were launched on the default stream and are read on the
+                # executor's compute stream, which does not wait for it: they must be done before the frame goes.
+                torch.cuda.current_stream(device).synchronize()
         return plan
 
     def _schedule(self, params: StreamParams) -> Schedule:
