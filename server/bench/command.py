@@ -1,4 +1,4 @@
-"""`lcmlive bench`: its flags, and which benchmark they pick (pipeline, --e2e, --adaptive, --toy, --styles, ...)."""
+"""`lcmlive bench`: its flags, and which benchmark they pick (pipeline, --e2e, --adaptive, --av, --toy, ...)."""
 
 from __future__ import annotations
 
@@ -43,12 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--viewers", help="WHIP in, WHEP out: server CPU per frame outside the model for these viewer counts (1,4)"
     )
     parser.add_argument(
+        "--av",
+        action="store_true",
+        help="WHIP in, WHEP out: sound-minus-picture offset and latency per flash+beep, model 2x slower half-way",
+    )
+    parser.add_argument(
         "--toy", action="store_true", help="the toy model's numbers: VAE PSNR, follows the camera, prompt, motion"
     )
     parser.add_argument(
         "--seconds",
         type=float,
-        help="measured seconds: --e2e 15, --adaptive 40, --viewers 15 per count, --streams 30 per count (default)",
+        help="measured seconds: --e2e 15, --adaptive 40, --av 30, --viewers 15 a count, --streams 30 a count (default)",
     )
     parser.add_argument(
         "--target-fps", type=float, help="--adaptive: the target (default: what the largest size just holds)"
@@ -57,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    through_webrtc = args.e2e or args.adaptive or bool(args.viewers)
+    through_webrtc = args.e2e or args.adaptive or args.av or bool(args.viewers)
     engine_only = bool(args.streams) or args.temporal or args.styles
     args.size = args.size or (256 if through_webrtc or engine_only else 512)
     args.steps = args.steps or (2 if through_webrtc or engine_only else 4)
@@ -76,6 +81,11 @@ def main(args: argparse.Namespace) -> int:
 
         args.seconds = args.seconds or 40.0
         result = adaptive.main(args)
+    elif args.av:
+        from . import av
+
+        args.seconds = args.seconds or 30.0
+        result = av.main(args)
     elif args.streams:
         from . import streams
 

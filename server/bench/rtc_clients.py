@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpSender, RTCSessionDescription
-from aiortc.mediastreams import AudioStreamTrack, MediaStreamError
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, MediaStreamTrack
 
 from .loopback import LoopbackRecord, SyntheticCamera, consume_frames, wait_for_frames
 from .tone import ToneTrack
@@ -67,7 +67,8 @@ class WhipPublisher:
     """Publishes a synthetic camera to `POST /whip/{stream}` as OBS does: H.264 only plus Opus, sendonly, bundle,
     no trickle. `async with WhipPublisher(url) as publisher:`; leaving the block sends DELETE.
 
-    The sound is silence, or a sine of `tone_hz` (`audio=False`: no audio m-line)."""
+    The sound is silence, or a sine of `tone_hz` (`audio=False`: no audio m-line). `camera` and `sound` replace
+    the synthetic camera and the sound with tracks of the caller's (`lcmlive bench --av`'s flashing card and beep)."""
 
     def __init__(
         self,
@@ -79,10 +80,13 @@ class WhipPublisher:
         audio: bool = True,
         still: bool = False,
         tone_hz: float | None = None,
+        camera: MediaStreamTrack | None = None,
+        sound: MediaStreamTrack | None = None,
     ) -> None:
         self.url = url
         self.token = token
-        self.camera = SyntheticCamera(width, height, still)
+        self.camera = camera if camera is not None else SyntheticCamera(width, height, still)
+        self.sound = sound
         self.codec = codec
         self.audio = audio
         self.tone_hz = tone_hz
@@ -104,7 +108,9 @@ class WhipPublisher:
         """Send the offer; on 201 apply the answer. Returns the server's reply whatever it is."""
         prefer_codec(self.pc.addTransceiver(self.camera, direction="sendonly"), self.codec)
         if self.audio:
-            sound = ToneTrack(self.tone_hz) if self.tone_hz is not None else AudioStreamTrack()
+            sound = self.sound
+            if sound is None:
+                sound = ToneTrack(self.tone_hz) if self.tone_hz is not None else AudioStreamTrack()
             self.pc.addTransceiver(sound, direction="sendonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         self.reply = await post_sdp(self.url, self.pc.localDescription.sdp, self.token)
