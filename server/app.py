@@ -30,6 +30,7 @@ from .access import AccessGate
 from .config import ServerConfig
 from .engine import Engine
 from .frontends.osc import osc_socket, start_osc
+from .frontends.osc_send import SoundSender
 from .frontends.pages import page_routes
 from .frontends.rest import rest_routes
 from .frontends.websocket import PageSocket, page_socket
@@ -177,9 +178,15 @@ async def lifespan(parts: Parts, app: Starlette) -> AsyncIterator[None]:
         osc, _ = await start_osc(
             parts.registry, parts.scenes, parts.settings, parts.metrics, parts.osc_listener, parts.config.osc_allow
         )
+    sound_sender = None
+    if parts.config.osc_send:
+        sound_sender = SoundSender(parts.registry, parts.config.osc_send)
+        await sound_sender.start()
     try:
         yield
     finally:
+        if sound_sender is not None:
+            sound_sender.close()
         if osc is not None:
             osc.close()
         await shutdown(parts)

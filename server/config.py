@@ -130,6 +130,11 @@ class ServeSettings(BaseSettings):
     osc_allow: Annotated[Names, Flag(metavar="ADDRESS", repeatable=True)] = Field(
         (), description="an IP address whose OSC messages are heard when --osc-host is not localhost; repeatable"
     )
+    osc_send: Annotated[Names, Flag(metavar="HOST:PORT", repeatable=True)] = Field(
+        (),
+        description="send each stream's sound features (level, bands, onset, bpm, beat) as OSC to HOST:PORT, "
+        "50 times a second; repeatable",
+    )
     metrics_public: bool = Field(False, description="serve /metrics without the token (a trusted scraper network)")
     replicas: Annotated[int | None, Flag(metavar="N")] = Field(
         None,
@@ -155,13 +160,20 @@ class ServeSettings(BaseSettings):
         # value's error can say which of them it came from.
         return (init_settings,)
 
-    @field_validator("controlnet", "allow_origin", "allow_host", "osc_allow", mode="before")
+    @field_validator("controlnet", "allow_origin", "allow_host", "osc_allow", "osc_send", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         values = [value] if isinstance(value, str) else value
         if not isinstance(values, (list, tuple)) or not all(isinstance(v, str) for v in values):
             return value  # pydantic says what is wrong with it
         return tuple(part.strip() for v in values for part in v.split(",") if part.strip())
+
+    @field_validator("osc_send")
+    @classmethod
+    def _osc_targets(cls, targets: tuple[str, ...]) -> tuple[str, ...]:
+        for target in targets:
+            parse_host_port(target)  # its ValueError says what is wrong
+        return targets
 
     @field_validator("controlnet")
     @classmethod
@@ -228,8 +240,19 @@ class ServeSettings(BaseSettings):
             osc_port=self.osc_port,
             osc_host=self.osc_host,
             osc_allow=self.osc_allow,
+            osc_send=tuple(parse_host_port(target) for target in self.osc_send),
             replica=replica,
         )
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (`[v6]:PORT` for an IPv6 address) as (host, port); ValueError that says what is wrong."""
+    host, _, port = text.strip().rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"an OSC address to send to is HOST:PORT with a port 1-65535, not {text!r}")
+    return host, int(port)
 
 
 def _default(name: str) -> Any:
@@ -257,6 +280,7 @@ class ServerConfig:
     osc_port: int | None = None  # OSC control over UDP; off unless given
     osc_host: str = _default("osc_host")
     osc_allow: tuple[str, ...] = ()  # senders heard when OSC listens beyond localhost
+    osc_send: tuple[tuple[str, int], ...] = ()  # (host, port) that get every stream's sound features as OSC
     replica: str | None = None  # this server's Ray Serve replica id (`--replicas`), named in stats and /streams
 
 

@@ -103,8 +103,28 @@ class _StreamCollector(Collector):
             "Seconds a stream's sound leaves after it came in (following the picture's latency)",
             labels=["stream"],
         )
+        recent_latency = GaugeMetricFamily(
+            "lcmlive_recent_latency_seconds",
+            "A stream's picture latency now (median of the last second's frames): what its sound is delayed by",
+            labels=["stream"],
+        )
+        sound = GaugeMetricFamily(
+            "lcmlive_sound", "A stream's sound features, each 0-1 (beat: its phase)", labels=["stream", "feature"]
+        )
+        bpm = GaugeMetricFamily("lcmlive_sound_bpm", "A stream's tempo, once it is confident", labels=["stream"])
         for stream in streams:
             stats = stream.stats
+            latency = stats.recent_latency()
+            if latency is not None:
+                recent_latency.add_metric([stream.name], latency)
+            if stream.sound is not None:
+                for feature, value in stream.sound.features.snapshot().items():
+                    if value is None:
+                        continue
+                    if feature == "bpm":
+                        bpm.add_metric([stream.name], value)
+                    else:
+                        sound.add_metric([stream.name, feature], value)
             for stage, field in FRAME_STAGES.items():
                 frames.add_metric([stream.name, stage], getattr(stats, field))
             side.add_metric([stream.name], max(stats.width, stats.height))
@@ -113,6 +133,9 @@ class _StreamCollector(Collector):
         yield frames
         yield side
         yield sound_delay
+        yield recent_latency
+        yield sound
+        yield bpm
         if self._device.type == "cuda":
             yield GaugeMetricFamily(
                 "lcmlive_device_memory_bytes",

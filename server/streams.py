@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 STATS_INTERVAL_SECONDS = 1.0
 TASK_CANCEL_TIMEOUT_SECONDS = 3.0
 WATCH_INTERVAL_SECONDS = 0.5
+BEATS_PER_BAR = 4  # no downbeat is detected: a bar starts at a beat the tempo tracker counted as a multiple of 4
+RECALL_AT = ("now", "beat", "bar")
 
 
 class Listener(Protocol):
@@ -175,6 +177,22 @@ class Stream:
         await self.broadcast({"type": "params", **effective})
         return effective
 
+    def sound_state(self) -> dict[str, Any] | None:
+        """The sound's delay, features and losses now; None when the stream has no sound."""
+        return self.sound.state() if self.sound is not None else None
+
+    def time_to(self, at: str) -> tuple[float, str | None]:
+        """Seconds from now to the stream's next beat (`at="beat"`) or bar of 4 beats (`"bar"`) on the sound's
+        clock, which the camera frames share; (0, why) when it has no tempo now, (0, None) for `"now"`."""
+        if at == "now":
+            return 0.0, None
+        tempo = self.sound.features.tempo if self.sound is not None else None
+        if tempo is None:
+            why = "no tempo yet" if self.sound is not None else "the stream has no sound"
+            return 0.0, f"{why}: applied now, not at the next {at}"
+        now = time.monotonic()
+        return max(0.0, tempo.next_beat(now, BEATS_PER_BAR if at == "bar" else 1) - now), None
+
     async def broadcast(self, message: dict[str, Any]) -> None:
         listeners = list(self.listeners)
         if listeners:
@@ -286,8 +304,9 @@ class Stream:
             snapshot["viewers"] = len(self.viewers)
             snapshot["encodes"] = self.picture.encodes  # one per output frame and codec, whatever the viewers
             snapshot["packets_dropped"] = self.picture.packets_dropped  # a viewer's sender fell a frame behind
-            delay = self.sound.delay if self.sound is not None else None
-            snapshot["sound_delay_ms"] = round(delay * 1000, 1) if delay is not None else None
+            sound = self.sound_state()
+            snapshot["sound"] = sound
+            snapshot["sound_delay_ms"] = sound["delay_ms"] if sound is not None else None
             self.last_stats = snapshot
             await self.broadcast({"type": "stats", "stream": self.name, "replica": self._config.replica, **snapshot})
 

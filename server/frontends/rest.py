@@ -6,6 +6,7 @@ the stream; a refused change is `422 {"errors": [{"param": ..., "message": ...}]
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from starlette.requests import Request
@@ -15,8 +16,9 @@ from starlette.routing import Route
 from pipelines import ParamsError
 
 from ..protocol import ProtocolError, parse_json
-from ..registry import StreamRegistry
+from ..registry import StreamError, StreamRegistry
 from ..scenes import Scenes
+from ..streams import RECALL_AT
 from .http_sdp import HttpError, read_body, refusing_as_json
 
 
@@ -28,7 +30,8 @@ def rest_routes(registry: StreamRegistry, scenes: Scenes) -> list[Route]:
     async def one_stream(request: Request) -> Response:
         stream = registry.get(request.path_params["stream"])
         if request.method == "GET":
-            return JSONResponse({**stream.summary(), **stream.effective(), "stats": stream.last_stats})
+            summary = {**stream.summary(), **stream.effective(), "sound": stream.sound_state()}
+            return JSONResponse({**summary, "stats": stream.last_stats})
         if request.method == "DELETE":
             await stream.end("stopped", "stopped over REST")
             return JSONResponse({"ended": stream.name})
@@ -52,11 +55,21 @@ def rest_routes(registry: StreamRegistry, scenes: Scenes) -> list[Route]:
             except (ValueError, OSError) as error:  # a bad name, a cap, the file: nothing changed
                 raise HttpError(422, "bad_scene", str(error)) from None
             return JSONResponse(saved.as_dict())
+        at = body.get("at", "now")
+        if at not in RECALL_AT:
+            raise HttpError(422, "bad_at", f'"at" is one of {", ".join(RECALL_AT)}, not {at!r}')
         try:
             chosen = await scenes.find(name)
         except KeyError as error:
             raise HttpError(404, "no_such_scene", str(error.args[0])) from None
-        return JSONResponse(await stream.set_params(chosen.params, front_end="rest"))
+        stream.check(chosen.params)  # refused now, not after waiting for the beat
+        wait, note = stream.time_to(at)
+        if wait:
+            await asyncio.sleep(wait)
+            if stream.ended.is_set():
+                raise StreamError("no_such_stream", f"stream {stream.name} ended before the {at}")
+        effective = await stream.set_params(chosen.params, front_end="rest")
+        return JSONResponse({**effective, "recall": {"at": at, "waited_ms": round(wait * 1000, 1), "note": note}})
 
     return [
         Route("/streams", list_streams),

@@ -21,6 +21,7 @@ import fractions
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import av
 from aiortc import MediaStreamTrack
@@ -29,6 +30,7 @@ from av import AudioFrame
 
 from .delayline import CHANNELS, SAMPLE_RATE, DelayLine
 from .fanout import FanOut
+from .sound_features import SoundFeatures
 
 OPUS = "audio/opus"
 PACKET_SECONDS = 0.02
@@ -55,6 +57,7 @@ class SoundFeed(FanOut["SoundTrack"]):
         """`latency`: the picture's current latency in seconds, None while no picture leaves (the delay stays)."""
         super().__init__(name)
         self.line = DelayLine()
+        self.features = SoundFeatures()  # of the sound as it comes in: a frame made now goes with the sound of now
         self._latency = latency
         self._bitrate = bitrate_kbps * 1000
         self._resampler = av.AudioResampler(format="s16", layout="stereo", rate=SAMPLE_RATE)
@@ -68,11 +71,24 @@ class SoundFeed(FanOut["SoundTrack"]):
         """Seconds the sound now leaves after it came in (None before the picture's first latency)."""
         return self.line.delay
 
+    def state(self) -> dict[str, Any]:
+        """The sound now, for stats and REST: its delay, its features, and what was lost on the way out."""
+        delay = self.line.delay
+        return {
+            "delay_ms": round(delay * 1000, 1) if delay is not None else None,
+            **self.features.snapshot(),
+            "packets_dropped": self.packets_dropped,
+            "packets_skipped": self.packets_skipped,
+            "underrun_ms": round(self.line.underruns / SAMPLE_RATE * 1000, 1),
+        }
+
     def write(self, frame: AudioFrame, arrival: float) -> None:
         """From the pump: a decoded frame of the publisher's sound and when it arrived."""
         media_time = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else None
         for converted in self._resampler.resample(frame):
-            self.line.write(converted.to_ndarray().reshape(-1, CHANNELS), arrival, media_time)
+            samples = converted.to_ndarray().reshape(-1, CHANNELS)
+            self.line.write(samples, arrival, media_time)
+            self.features.write(samples, arrival, media_time)
             media_time = None  # a resampler's second frame goes on from its first
         self._start_task()
 
@@ -94,6 +110,7 @@ class SoundFeed(FanOut["SoundTrack"]):
                 self._pts += skipped * PACKET_SAMPLES
                 tick += skipped * PACKET_SECONDS
             self._send(tick)
+            self.features.advance(tick)  # no sound coming in (a publisher muted): the features fall to silence
             tick += PACKET_SECONDS
 
     def _send(self, now: float) -> None:
