@@ -84,6 +84,8 @@ class Stream:
         # The first audio m-line the source sends is the stream's sound, delayed by the picture's latency.
         has_sound = bool(offered_transceivers(source, "audio", sends=True))
         self.sound = SoundFeed(f"{name}-sound", self.stats.recent_latency) if has_sound else None
+        if self.sound is not None:  # the params' modulations read the sound's features once a frame
+            worker.sound_levels = self.sound.features.snapshot
         self.viewers: dict[str, Viewer] = {}
         self.joining_viewers = 0  # admitted, their offers being answered: they count against --max-viewers
         self.listeners: set[Listener] = set()
