@@ -306,6 +306,8 @@ class Stream:
             snapshot["viewers"] = len(self.viewers)
             snapshot["encodes"] = self.picture.encodes  # one per output frame and codec, whatever the viewers
             snapshot["packets_dropped"] = self.picture.packets_dropped  # a viewer's sender fell a frame behind
+            # The values the last frame ran with where the params' modulations moved them (the params keep the base).
+            snapshot["modulated"] = self.worker.modulated
             sound = self.sound_state()
             snapshot["sound"] = sound
             snapshot["sound_delay_ms"] = sound["delay_ms"] if sound is not None else None
