@@ -236,7 +236,9 @@ class Stream:
                 # sendonly: a viewer's own sound would queue unread in aiortc's receiver.
                 sound_track = self.sound.subscribe()
                 transceiver.sender.replaceTrack(sound_track)
-                transceiver.direction = "sendonly"
+                microphone = offered_transceivers(self.source, "audio", sends=True)[:1]
+                if transceiver not in microphone:  # a publisher's one sendrecv m-line keeps bringing its sound
+                    transceiver.direction = "sendonly"
                 tracks.append(sound_track)
         return tracks
 

@@ -9,7 +9,14 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCRtpTransceiver, RTCSessionDescription
+from aiortc import (
+    RTCBundlePolicy,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpReceiver,
+    RTCRtpTransceiver,
+    RTCSessionDescription,
+)
 from aiortc import sdp as aiortc_sdp
 
 from .ice import end_consent_checks_of_closed_connections
@@ -29,6 +36,12 @@ class OfferError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+def all_bundled(description: aiortc_sdp.SessionDescription) -> bool:
+    """Whether one BUNDLE group of the offer names every m-line."""
+    mids = {media.rtp.muxId for media in description.media}
+    return any(group.semantic == "BUNDLE" and mids <= set(group.items) for group in description.group)
 
 
 def check_offer(sdp: str, sends_video: bool) -> aiortc_sdp.SessionDescription:
@@ -94,9 +107,13 @@ class PeerConnections:
 
     async def accept(self, sdp: str, sends_video: bool) -> RTCPeerConnection:
         """A new peer connection with `sdp` as its remote offer; OfferError if the offer will not do."""
-        check_offer(sdp, sends_video)
+        description = check_offer(sdp, sends_video)
         # No STUN/TURN: aiortc's default asks a public STUN server, which a LAN or localhost setup never needs.
-        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        # Max-bundle when the offer bundles every m-line (browsers and OBS do): under aiortc's "balanced", a second
+        # m-line of a kind (the studio's microphone, then its sound back) was answered on a transport of its own,
+        # c=0.0.0.0 port 9, before BUNDLE moved the first one, and its sender never started.
+        policy = RTCBundlePolicy.MAX_BUNDLE if all_bundled(description) else RTCBundlePolicy.BALANCED
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[], bundlePolicy=policy))
         self._open.add(pc)
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
