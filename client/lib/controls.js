@@ -1,6 +1,7 @@
 // Parameter controls built from the server's JSON schema (/params/schema), and the server's params echo.
 
 import { authHeaders } from "./access.js";
+import { isModulationsSchema, modulationsWidget } from "./modulations.js";
 
 const TEXT_DEBOUNCE_MS = 400;
 const SLIDER_DEBOUNCE_MS = 150;
@@ -114,6 +115,7 @@ function listItem(text) {
 }
 
 function widgetForSchema(schema) {
+  if (isModulationsSchema(schema)) return modulationsWidget(schema);
   if (Array.isArray(schema.enum)) return selectWidget(schema.enum);
   if (schema.type === "boolean") return checkboxWidget();
   if (schema.type === "number" || schema.type === "integer") {

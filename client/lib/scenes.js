@@ -154,7 +154,8 @@ function isTypingTarget(element) {
 
 // Every param the scene holds has the value the stream runs with.
 function matches(sceneParams, params) {
-  return Object.entries(sceneParams).every(([name, value]) => params[name] === value);
+  // By value: a scene's modulations are a list, never the same object as the stream's.
+  return Object.entries(sceneParams).every(([name, value]) => JSON.stringify(params[name]) === JSON.stringify(value));
 }
 
 // The route's JSON answer; a SceneError with the server's code and words when it refuses.

@@ -6,6 +6,7 @@ const STAT_LABELS = {
   fps_out: "fps out",
   model_ms: "model ms",
   latency_ms: "latency ms",
+  sound_delay_ms: "sound delay ms",
   size: "size",
   viewers: "viewers",
   dropped: "dropped",
@@ -33,7 +34,7 @@ function statRows(message) {
   const { width, height, ...fields } = message;
   if (width !== undefined || height !== undefined) fields.size = `${width ?? "?"}×${height ?? "?"}`;
   return Object.keys(STAT_LABELS)
-    .filter((name) => name in fields)
+    .filter((name) => fields[name] != null) // a stream without sound has no sound delay
     .map((name) => [STAT_LABELS[name], formatStat(fields[name])]);
 }
 
