@@ -1,10 +1,4 @@
-"""`lcmlive bench --av`: sound against picture at a WHEP viewer, a flash and a beep sent together through the server.
-
-The server runs here (BenchServer); the WHIP publisher and the WHEP viewer run in a process of their own (`python
--m server.bench.av WHIP WHEP`), as real ones would, and print what they sent and saw. Per flash: the sound's
-latency minus the picture's (positive: sound late), and the picture's glass-to-glass latency; half-way through
-the model is made 2x slower (SlowedStylise), and the flashes from 2 s after that are reported apart.
-"""
+"""`lcmlive bench --av`: sound against picture at a WHEP viewer, from a flash and a beep sent together over WHIP."""
 
 from __future__ import annotations
 
@@ -36,7 +30,9 @@ STREAM = "av"
 # flash's picture came 1.4-1.9 s after it, and the next flash's, 2 s later, could not be told from it.
 CAMERA_RATES = (30.0, 15.0, 10.0, 5.0, 2.5)
 # The server decodes, converts and encodes beside the model, and the clients' process shares the CPU: with the
-# model's time alone x 1.5 to spare, the run at 2.5 fps here (model 150 ms alone) dropped TODO camera frames.
+# model's time alone x 1.5 to spare, 256 px chose 2.5 fps here (model 150 ms alone, 175 ms a frame in the server,
+# 337 ms slowed) and no camera frame was dropped; while other work took the machine (load 7 on 2 cores) the slowed
+# model took 595 ms and 14 were.
 HEADROOM = 1.5
 CALIBRATION_FRAMES = 6
 # After the last flash: time for its picture and sound to arrive (latency was under 1 s in every run).
@@ -46,7 +42,9 @@ EARLY_LIMIT_MS, LATE_LIMIT_MS = -40.0, 60.0  # EBU R37
 AUDIO_PREFETCH = 4  # aiortc's audio receiver: JitterBuffer(capacity=16, prefetch=4)
 ENVELOPE_SAMPLES = 48  # 1 ms blocks of the received sound
 QUIET_BEFORE_ONSET_SECONDS = 0.1
-MIN_FLASH_CONTRAST = 40.0  # mean luma, 0-255: the stylised bright card against the dark one (measured: TODO)
+# Mean luma, 0-255, of the stylised bright card over the dark one: 31 against 150 at 256 px, 38 against 154 at 64 px
+# (tiny, strength 0.5, 2 steps; checked as PNGs: the card's frame and its inside keep their levels).
+MIN_FLASH_CONTRAST = 40.0
 SAMPLE_EVERY_SECONDS = 0.25
 
 
@@ -62,14 +60,15 @@ async def run_clients(whip: str, whep: str, size: int, fps: float, seconds: floa
         await clock.wait_until(seconds)
     received = [arrival for arrival, _ in viewer.record.samples]
     lit, dark, bright = bright_frames([luma(picture) for _, picture in viewer.record.samples])
-    turns = [k for k in np.flatnonzero(lit[1:] & ~lit[:-1]) + 1]
+    turns = list(np.flatnonzero(lit[1:] & ~lit[:-1]) + 1)
     onsets, jitter = sound_onsets(viewer.sound)
     return {
         "start": clock.start,
         "video_sent": clock.video_sent,
         "audio_sent": clock.audio_sent,
         # aiortc's video receiver passes a frame on when the next one's first packet comes: frame k's packets had
-        # all come when frame k - 1 was returned (2 ms before it, measured: 2.4 ms p50, 6 ms p95 after).
+        # all come when frame k - 1 was returned (measured on its packets: frame k - 1 returned 2.4 ms p50, 6 ms
+        # p95 after frame k's first packet came, and 2.1 ms p50 after its last).
         "picture_edges": [received[k - 1] for k in turns],
         "picture_edges_decoded": [received[k] for k in turns],
         "sound_onsets": [wire for wire, _ in onsets],
@@ -126,7 +125,7 @@ def sound_onsets(frames: list[tuple[float, np.ndarray]]) -> tuple[list[tuple[flo
     for block in np.flatnonzero(loud):
         sample = block * ENVELOPE_SAMPLES
         frame = int(np.searchsorted(starts, sample, side="right")) - 1
-        if frame >= AUDIO_PREFETCH and not loud[block - quiet_blocks : block].any():
+        if frame >= AUDIO_PREFETCH and not loud[max(0, block - quiet_blocks) : block].any():
             into = (sample - starts[frame]) / SAMPLE_RATE
             onsets.append((float(returned[frame - AUDIO_PREFETCH] + into), float(returned[frame] + into)))
     lags = returned - starts[:-1] / SAMPLE_RATE
@@ -197,6 +196,13 @@ async def av_run(
         if clients.returncode != 0:
             raise RuntimeError(f"the bench's WHIP/WHEP clients failed (exit {clients.returncode})")
         counts_at_end = frame_counts(stream.stats)
+        sound = stream.sound
+        if sound is None:
+            raise RuntimeError("the server kept no sound for the stream")
+        # Where the sound could lose a beep: packets the server's clock was too late to make, samples read before
+        # they came, delays too far off to stretch to.
+        glitches = {"packets_skipped": sound.packets_skipped, "underruns": sound.line.underruns}
+        glitches |= {"jumps": sound.line.jumps, "packets_dropped": sound.packets_dropped}
     sent = json.loads(output.decode().strip().splitlines()[-1])
     return {
         **sent,
@@ -205,6 +211,7 @@ async def av_run(
         "trace": trace,
         "counts_at_slowdown": counts_at_slowdown,
         "counts_at_end": counts_at_end,
+        "sound_glitches": glitches,
         "server_latencies": list(stream.stats.recent_latencies),
     }
 
@@ -292,6 +299,10 @@ def phase_summary(run: dict) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
+    """Serve here (BenchServer); publish and watch from a process of their own (`python -m server.bench.av WHIP
+    WHEP`), as real clients would. Per flash: the sound's latency less the picture's (positive: sound late) and the
+    picture's glass-to-glass latency; half-way the model turns 2x slower (SlowedStylise), and the flashes from 2 s
+    after that are reported apart."""
     flashes = max(2, round(args.seconds / FLASH_PERIOD_SECONDS))
     # Half-way, between two flashes: the one after it falls in the 2 s R37 allows to settle, the rest count.
     slowed_media = FIRST_FLASH_SECONDS + FLASH_PERIOD_SECONDS * (flashes // 2) - FLASH_PERIOD_SECONDS / 2
@@ -327,6 +338,7 @@ def main(args: argparse.Namespace) -> dict:
         "camera_fps": fps,
         "model_threads": threads,
         "slowdown": SLOWDOWN,
+        "measured_at": "the viewer's socket (aiortc's receive holds taken out); *_decoded: returned by recv()",
         "flashes": len(per_flash),
         "flashes_seen": sum(flash["av_offset_ms"] is not None for flash in per_flash),
         "av_offset_ms_p5": percentile(before, 5),
@@ -346,6 +358,9 @@ def main(args: argparse.Namespace) -> dict:
         "within_r37": all(o is not None and EARLY_LIMIT_MS <= o <= LATE_LIMIT_MS for o in counted),
         **phase_summary(run),
         "sound_arrival_jitter_ms": run["sound_arrival_jitter_ms"],
+        "sound_glitches": run["sound_glitches"],
+        "picture_turns_seen": len(run["picture_edges"]),
+        "sound_onsets_heard": len(run["sound_onsets"]),
         "dark_luma": run["dark_luma"],
         "bright_luma": run["bright_luma"],
         "per_flash": per_flash,
@@ -372,6 +387,10 @@ def main(args: argparse.Namespace) -> dict:
     )
     print(f"  within EBU R37 (-40/+60 ms) throughout: {result['within_r37']}")
     print(f"  sound arrival jitter at the viewer (ms): {result['sound_arrival_jitter_ms']}")
+    print(
+        f"  seen {result['picture_turns_seen']} turns to bright, heard {result['sound_onsets_heard']} onsets; "
+        f"the server's sound: {result['sound_glitches']}"
+    )
     print(
         f"  server: latency p50 {result['server_latency_ms_p50']} / {result['server_latency_ms_p50_slowed']} ms "
         f"slowed, sound delay less it {result['sound_delay_minus_server_latency_ms_p50']} / "

@@ -1,5 +1,4 @@
-"""A dark card that flashes bright with a beep at the same media time every 2 s: `lcmlive bench --av`'s camera and
-microphone, both paced by one clock."""
+"""`bench --av`'s camera and microphone on one clock: a dark card that flashes bright with a beep every 2 s."""
 
 from __future__ import annotations
 
