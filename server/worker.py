@@ -84,6 +84,9 @@ class StreamWorker:
         self.modulator = Modulator()
         # The modulated params' values the last frame ran with (the stats show them beside the params as set).
         self.modulated: dict[str, float] = {}
+        # Told of each frame sent to the model (arrival, processing size, modulated values, sound features): a
+        # recording's frame lines. Called on the engine thread; it must only queue.
+        self.on_frame: Callable[[float, tuple[int, int], dict[str, float], Mapping | None], None] | None = None
 
     def submit(self, frame: VideoFrame, arrival: float, queue_seconds: float) -> None:
         dropped_before = self.inbox.dropped
@@ -182,6 +185,8 @@ class StreamWorker:
             failed(error)
             return None
         self.modulated = modulated
+        if self.on_frame is not None:
+            self.on_frame(arrival, size, modulated, levels)
         return StreamFrame(request, finish, failed)
 
     def _device_seconds_per_frame(self, model_seconds: float) -> float:
