@@ -26,9 +26,9 @@ from .tone import SAMPLE_RATE
 STREAM = "av"
 # The camera's rates to choose from (each puts a frame on every flash): the highest the model keeps up with after
 # the 2x slowdown too, so that every camera frame is processed and a flash's first frame is the one shown. Not
-# below 2.5 fps: at 1 fps the server's and the viewer's receivers each hold a frame 1 s (see `sound_onsets`), a
+# below 2 fps: at 1 fps the server's and the viewer's receivers each hold a frame 1 s (see `run_clients`), a
 # flash's picture came 1.4-1.9 s after it, and the next flash's, 2 s later, could not be told from it.
-CAMERA_RATES = (30.0, 15.0, 10.0, 5.0, 2.5)
+CAMERA_RATES = (30.0, 15.0, 10.0, 5.0, 2.5, 2.0)
 # The server decodes, converts and encodes beside the model, and the clients' process shares the CPU: with the
 # model's time alone x 1.5 to spare, 256 px chose 2.5 fps here (model 150 ms alone, 175 ms a frame in the server,
 # 337 ms slowed) and no camera frame was dropped; while other work took the machine (load 7 on 2 cores) the slowed
