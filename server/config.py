@@ -145,6 +145,15 @@ class ServeSettings(BaseSettings):
     ray_address: str | None = Field(
         None, description="with --replicas: join this Ray cluster (default: start one on this machine, loopback)"
     )
+    record_dir: Annotated[Path, Flag(metavar="DIR")] = Field(
+        Path("recordings"),
+        description="recordings go here (POST /streams/NAME/recording), one folder each",
+    )
+    record_min_free: Annotated[float, Flag(metavar="GB")] = Field(
+        2.0,
+        ge=0,
+        description="GB of free disk below which a recording does not start, and a running one stops",
+    )
     bitrate: int = Field(
         DEFAULT_BITRATE_KBPS,
         ge=100,
@@ -241,6 +250,8 @@ class ServeSettings(BaseSettings):
             osc_host=self.osc_host,
             osc_allow=self.osc_allow,
             osc_send=tuple(parse_host_port(target) for target in self.osc_send),
+            record_dir=self.record_dir,
+            record_min_free_bytes=round(self.record_min_free * 1e9),
             replica=replica,
         )
 
@@ -281,6 +292,8 @@ class ServerConfig:
     osc_host: str = _default("osc_host")
     osc_allow: tuple[str, ...] = ()  # senders heard when OSC listens beyond localhost
     osc_send: tuple[tuple[str, int], ...] = ()  # (host, port) that get every stream's sound features as OSC
+    record_dir: Path = _default("record_dir")  # recordings' folders go here
+    record_min_free_bytes: int = round(_default("record_min_free") * 1e9)  # a recording needs this much free disk
     replica: str | None = None  # this server's Ray Serve replica id (`--replicas`), named in stats and /streams
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import secrets
+from importlib.metadata import version
 from typing import Any
 
 from aiortc import RTCPeerConnection
@@ -24,6 +25,7 @@ from .media.feed import Feed
 from .media.peers import OfferError, PeerConnections
 from .metrics import Metrics
 from .pacing import PacingParams
+from .recording import RecordingError
 from .stats import StreamStats
 from .streams import Listener, Stream, Viewer
 from .worker import StreamWorker
@@ -40,6 +42,7 @@ class StreamError(Exception):
         "bad_stream_name": 400,
         "no_such_stream": 404,
         "stream_taken": 409,
+        **RecordingError.STATUS,
         "server_full": 503,
         "viewers_full": 503,
         "controllers_full": 503,
@@ -195,6 +198,35 @@ class StreamRegistry:
             raise StreamError("controllers_full", f"stream {name!r} has its limit of {limit} controllers")
         stream.listeners.add(listener)
         return stream
+
+    async def start_recording(self, name: str) -> dict[str, Any]:
+        """Record the stream `name` under `--record-dir`: its id, folder and start. StreamError: no such stream,
+        one runs already (409), free space under `--record-min-free` (507), the folder cannot be made."""
+        stream = self.get(name)
+        model = self.model
+        header = {
+            "version": version("lcmlive"),
+            "model": model.preset.name,
+            "preset": model.preset.description,
+            "device": str(model.device),
+            "dtype": str(model.dtype).removeprefix("torch."),
+            "controlnet": list(model.control_kinds),
+            "styles": list(model.style_names),
+        }
+        try:
+            recording = await stream.start_recording(self.config.record_dir, self.config.record_min_free_bytes, header)
+        except RecordingError as error:
+            raise StreamError(error.code, error.message) from None
+        state = recording.state()
+        return {"id": state["id"], "dir": state["dir"], "started": state["started"]}
+
+    async def stop_recording(self, name: str) -> dict[str, Any]:
+        """Stop the stream's recording: its summary. StreamError: no such stream, or none runs (404)."""
+        stream = self.get(name)
+        try:
+            return await stream.stop_recording()
+        except RecordingError as error:
+            raise StreamError(error.code, error.message) from None
 
     async def _make_stream(self, name: str, source_kind: str, source: RTCPeerConnection) -> Stream:
         model, cache = self.model, self.prompt_cache

@@ -14,9 +14,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from aiortc import RTCPeerConnection
+from av import AudioFrame, VideoFrame
 
 from pipelines import ParamsError
 
@@ -27,6 +29,7 @@ from .media.peers import PeerConnections, negotiated_codec, offered_transceivers
 from .media.pump import drain, pump_frames, pump_sound
 from .media.sound import SoundFeed, SoundTrack
 from .metrics import Metrics
+from .recording import Recording, RecordingError
 from .worker import StreamWorker
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,7 @@ class Stream:
         self.joining_viewers = 0  # admitted, their offers being answered: they count against --max-viewers
         self.listeners: set[Listener] = set()
         self.last_stats: dict[str, Any] = {}  # the latest once-a-second snapshot, for REST and dashboards
+        self.recording: Recording | None = None
         self.ended = asyncio.Event()
         self.end_code = ""
         self.end_reason = ""
@@ -108,11 +112,11 @@ class Stream:
         watch it; the engine starts serving."""
         camera = next(iter(offered_transceivers(self.source, "video", sends=True)), None)
         if camera is not None:
-            self._spawn(pump_frames(camera.receiver.track, self.worker.submit), "pump")
+            self._spawn(pump_frames(camera.receiver.track, self._camera_frame), "pump")
             self._spawn(request_keyframe(camera.receiver), "keyframe")
         for index, audio in enumerate(offered_transceivers(self.source, "audio", sends=True)):
             if index == 0 and self.sound is not None:
-                self._spawn(pump_sound(audio.receiver.track, self.sound.write), "sound")
+                self._spawn(pump_sound(audio.receiver.track, self._sound_frame), "sound")
             else:
                 self._spawn(drain(audio.receiver.track), "audio")
         self._spawn(self._watch_source(), "watch")
@@ -133,6 +137,8 @@ class Stream:
         self.end_code, self.end_reason = code, reason
         log.info("stream %s ended: %s", self.name, reason)
         self._engine.remove(self.worker)
+        if self.recording is not None:  # before the picture and the sound close: the files end with them
+            await self.recording.stop("shutting_down" if code == "shutting_down" else f"stream_ended:{code}")
         current = asyncio.current_task()
         tasks = [task for task in self._tasks if task is not current]
         for task in tasks:
@@ -164,20 +170,75 @@ class Stream:
         current = self.effective()["params"]
         self.worker.settings_model.validated({**current, **changes})
 
-    async def set_params(self, changes: dict[str, Any], front_end: str, messages: int = 1) -> dict[str, Any]:
+    async def set_params(
+        self, changes: dict[str, Any], front_end: str, messages: int = 1, scene: str | None = None
+    ) -> dict[str, Any]:
         """Validate and apply on the engine thread (all or nothing: ParamsError), then echo to every listener.
 
         `front_end` names who asked (websocket, rest, osc) and `messages` how many messages the change carries,
-        for the metrics."""
+        for the metrics; `scene`, the scene recalled, for a recording's events."""
         worker = self.worker
+
+        def apply() -> tuple[dict[str, Any], float]:
+            # When the engine applied it: the first camera frame that arrives after this runs with it.
+            return worker.update(changes), time.monotonic()
+
         try:
-            effective = await self._engine.call(lambda: worker.update(changes))
+            effective, applied = await self._engine.call(apply)
         except ParamsError:
             self._metrics.control_message(front_end, "rejected", messages)
             raise
         self._metrics.control_message(front_end, "applied", messages)
+        if self.recording is not None:
+            self.recording.params(effective["params"], front_end, applied, scene)
         await self.broadcast({"type": "params", **effective})
         return effective
+
+    # ---- recording ----
+
+    async def start_recording(self, root: Path, min_free_bytes: int, header: dict[str, Any]) -> Recording:
+        """Record the stream under `root` from now (RecordingError: one runs already, too little disk); `header`
+        says the model and the server, the stream and its params are added."""
+        if self.recording is not None:
+            raise RecordingError("recording_running", f"stream {self.name} is recording already ({self.recording.id})")
+        header = {**header, "stream": self.name, "params": self.effective()["params"]}
+        recording = Recording(root, header, self.picture, self.sound, min_free_bytes, self._recording_ended)
+        self.recording = recording  # before the first await: a second start is refused, not raced
+        try:
+            await recording.start()
+        except BaseException:
+            self.recording = None
+            raise
+        self.worker.on_frame = recording.frame
+        await self.broadcast({"type": "recording", "recording": recording.state()})
+        return recording
+
+    async def stop_recording(self) -> dict[str, Any]:
+        """Stop the running recording; its summary. RecordingError when none runs."""
+        if self.recording is None:
+            raise RecordingError("no_recording", f"stream {self.name} is not recording")
+        return await self.recording.stop("stopped")
+
+    def recording_state(self) -> dict[str, Any] | None:
+        return self.recording.state() if self.recording is not None else None
+
+    async def _recording_ended(self, recording: Recording, summary: dict[str, Any]) -> None:
+        """However it ended (asked, the stream's end, the disk guard): unhook it and tell the stream's sockets."""
+        if self.recording is recording:
+            self.recording = None
+            self.worker.on_frame = None
+        await self.broadcast({"type": "recording", "recording": None, "ended": summary})
+
+    def _camera_frame(self, frame: VideoFrame, arrival: float, queue_seconds: float) -> None:
+        self.worker.submit(frame, arrival, queue_seconds)
+        if self.recording is not None:
+            self.recording.camera(frame, arrival)
+
+    def _sound_frame(self, frame: AudioFrame, arrival: float) -> None:
+        assert self.sound is not None  # pumped only when the stream has sound
+        self.sound.write(frame, arrival)
+        if self.recording is not None:
+            self.recording.sound(frame, arrival)
 
     def sound_state(self) -> dict[str, Any] | None:
         """The sound's delay, features and losses now; None when the stream has no sound."""
@@ -310,6 +371,7 @@ class Stream:
             snapshot["packets_dropped"] = self.picture.packets_dropped  # a viewer's sender fell a frame behind
             # The values the last frame ran with where the params' modulations moved them (the params keep the base).
             snapshot["modulated"] = self.worker.modulated
+            snapshot["recording"] = self.recording_state()  # the pages' Record buttons show its time
             sound = self.sound_state()
             snapshot["sound"] = sound
             snapshot["sound_delay_ms"] = sound["delay_ms"] if sound is not None else None

@@ -2,9 +2,9 @@
 
 Addresses: `/lcmlive/{stream}/{param} value`, `/lcmlive/{stream}/{param}/norm 0..1` (mapped onto the param's
 range that is valid with the stream's other params when it applies: strength/norm 0 is the lowest strength that runs
-at the stream's steps), `/lcmlive/{stream}/scene N` (a scene's name or 1-based position); `*` as the stream
-addresses every stream. A param whose value is a list (`modulations`) takes it as one JSON string, OSC having no
-lists of objects.
+at the stream's steps), `/lcmlive/{stream}/scene N` (a scene's name or 1-based position), `/lcmlive/{stream}/record
+1|0` (start or stop recording); `*` as the stream addresses every stream. A param whose value is a list
+(`modulations`) takes it as one JSON string, OSC having no lists of objects.
 
 A fader sends hundreds of messages a second. They are coalesced: the latest value per address wins, and each
 stream gets at most one params change in flight (applied by the engine between frames), so a flood never slows
@@ -46,6 +46,7 @@ LOG_INTERVAL_SECONDS = 60.0  # a sender's problems are logged at most this often
 MAX_LOGGED_SENDERS = 256
 MAX_LOGGED_CHARS = 200  # a hostile address or value is quoted in the log, cut to this
 JSON_PARAMS = frozenset({"modulations"})  # params whose value is a list: one JSON string over OSC
+RECORD = "record"  # /lcmlive/{stream}/record 1|0: not a param
 
 
 class OncePerSender:
@@ -163,6 +164,11 @@ class OscControl(asyncio.DatagramProtocol):
             value = float(f"{value:.7g}")
         if param == "scene":
             change = OscChange(stream, None, value, sender)
+        elif param == RECORD:
+            if norm or isinstance(value, str) or value not in (0, 1):
+                self._reject(sender, address, f"record takes 1 (start) or 0 (stop), got {value!r}")
+                return
+            change = OscChange(stream, RECORD, bool(value), sender)
         elif param not in self.settings_model.model_fields:
             known = ", ".join(self.settings_model.model_fields)
             self._reject(sender, address, f"unknown param {param!r}; known: {known}")
@@ -237,6 +243,9 @@ class OscControl(asyncio.DatagramProtocol):
             stream = self.registry.get(name)
         except StreamError:
             return  # ended meanwhile
+        record = changes.pop(RECORD, None)
+        if record is not None:
+            await self._record(stream.name, *record)
         scene = changes.pop("scene", None)
         if scene is not None:
             try:
@@ -276,6 +285,18 @@ class OscControl(asyncio.DatagramProtocol):
             passed[param] = value
         return passed
 
+    async def _record(self, name: str, address: str, change: OscChange) -> None:
+        """Start (1) or stop (0) the stream's recording; one already in that state is a rejected message."""
+        try:
+            if change.value:
+                await self.registry.start_recording(name)
+            else:
+                await self.registry.stop_recording(name)
+        except StreamError as error:
+            self._reject(change.sender, address, error.message)
+            return
+        self.metrics.control_message("osc", result="applied")
+
     async def _recall(self, stream, address: str, change: OscChange) -> None:
         try:
             scene = await self.scenes.find(change.value)
@@ -286,7 +307,7 @@ class OscControl(asyncio.DatagramProtocol):
             self._log(change.sender, address, str(error))
             return
         try:
-            await stream.set_params(scene.params, front_end="osc")
+            await stream.set_params(scene.params, front_end="osc", scene=scene.name)
         except ParamsError as error:
             self._log(change.sender, address, f"scene {scene.name!r} does not apply: {error}")
 

@@ -1,4 +1,4 @@
-"""REST control for Stream Decks, Companion and curl: streams (list, read, change params, end) and scenes.
+"""REST control for Stream Decks, Companion and curl: streams (list, read, change params, record, end) and scenes.
 
 `PATCH /streams/{stream}` goes through the same validation as the page's socket and is echoed to every socket on
 the stream; a refused change is `422 {"errors": [{"param": ..., "message": ...}]}` and changes nothing.
@@ -30,13 +30,27 @@ def rest_routes(registry: StreamRegistry, scenes: Scenes) -> list[Route]:
     async def one_stream(request: Request) -> Response:
         stream = registry.get(request.path_params["stream"])
         if request.method == "GET":
-            summary = {**stream.summary(), **stream.effective(), "sound": stream.sound_state()}
+            summary = {
+                **stream.summary(),
+                **stream.effective(),
+                "sound": stream.sound_state(),
+                "recording": stream.recording_state(),
+            }
             return JSONResponse({**summary, "stats": stream.last_stats})
         if request.method == "DELETE":
             await stream.end("stopped", "stopped over REST")
             return JSONResponse({"ended": stream.name})
         changes = await _json_object(request)
         return JSONResponse(await stream.set_params(changes, front_end="rest"))
+
+    @refusing_as_json
+    async def recording(request: Request) -> Response:
+        """POST: start recording the stream (201); DELETE: stop it (200, its summary)."""
+        name = request.path_params["stream"]
+        if request.method == "POST":
+            return JSONResponse(await registry.start_recording(name), status_code=201)
+        summary = await registry.stop_recording(name)
+        return JSONResponse({key: summary[key] for key in ("id", "dir", "seconds", "frames", "bytes", "reason")})
 
     @refusing_as_json
     async def list_scenes(request: Request) -> Response:
@@ -68,12 +82,13 @@ def rest_routes(registry: StreamRegistry, scenes: Scenes) -> list[Route]:
             await asyncio.sleep(wait)
             if stream.ended.is_set():
                 raise StreamError("no_such_stream", f"stream {stream.name} ended before the {at}")
-        effective = await stream.set_params(chosen.params, front_end="rest")
+        effective = await stream.set_params(chosen.params, front_end="rest", scene=chosen.name)
         return JSONResponse({**effective, "recall": {"at": at, "waited_ms": round(wait * 1000, 1), "note": note}})
 
     return [
         Route("/streams", list_streams),
         Route("/streams/{stream}", one_stream, methods=["GET", "PATCH", "DELETE"]),
+        Route("/streams/{stream}/recording", recording, methods=["POST", "DELETE"]),
         Route("/scenes", list_scenes),
         Route("/scenes/{scene}", scene, methods=["PUT"]),
         Route("/scenes/{scene}/recall", scene, methods=["POST"]),
