@@ -19,6 +19,7 @@ from aiortc import (
 )
 from aiortc import sdp as aiortc_sdp
 
+from . import jitter
 from .ice import end_consent_checks_of_closed_connections
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ class PeerConnections:
         except Exception as error:
             await self.close(pc)
             raise OfferError("bad_sdp", f"the offer could not be applied: {error!r}") from None
+        for transceiver in pc.getTransceivers():  # before any packet: frames leave aiortc as soon as complete
+            jitter.install(transceiver.receiver, transceiver.kind)
         return pc
 
     async def answer(self, pc: RTCPeerConnection) -> str:
