@@ -1,4 +1,5 @@
-"""The `lcmlive` command: `serve` runs the server, `bench` measures the pipeline, `soak` tries a server for leaks."""
+"""The `lcmlive` command: `serve` runs the server, `render` makes a recording's master, `bench` measures the pipeline,
+`soak` tries a server for leaks."""
 
 from __future__ import annotations
 
@@ -11,10 +12,14 @@ def build_parser() -> argparse.ArgumentParser:
     from . import serve
     from .bench import command as bench
     from .bench import soak
+    from .render import command as render
 
     parser = argparse.ArgumentParser(prog="lcmlive", description="Real-time webcam stylisation with LCM.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve.add_arguments(commands.add_parser("serve", help="serve the browser client and stylise webcams"))
+    render.add_arguments(
+        commands.add_parser("render", help="render a recording again, every frame, into an MP4 master (no networking)")
+    )
     bench.add_arguments(commands.add_parser("bench", help="measure the pipeline (no networking)"))
     soak.add_arguments(commands.add_parser("soak", help="hold streams, then storm a running server; check for leaks"))
     return parser
@@ -30,6 +35,10 @@ def main(argv: list[str] | None = None) -> int:
             from . import serve
 
             return serve.main(args)
+        if args.command == "render":
+            from .render import command as render
+
+            return render.main(args)
         if args.command == "bench":
             from .bench import command as bench
 

@@ -1,0 +1,169 @@
+"""`lcmlive render`: a recording folder (written here with PyAV in the recorder's format, docs/recording-format.md)
+replayed frame by frame on the tiny model into an MP4 master: every frame at its time, the sound, the params and
+modulations as they ran, determinism, and folders that are short or not recordings at all."""
+
+from __future__ import annotations
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from pipelines import StreamPipeline, params_model_for
+from pipelines.batch import stylise_batch
+from pipelines.synthetic import moving_pattern
+from server.render import read_recording
+from server.render.replay import ReplayedStream
+
+MS = Fraction(1, 1000)
+CAMERA = (128, 64)
+FRAMES = 12
+TIMES = [round(0.2 + 0.07 * i + 0.013 * (i % 3), 3) for i in range(FRAMES)]  # a camera's uneven arrivals
+DROPPED = {3, 6}  # frames the live path never ran: no frame line
+CHANGE_T = round((TIMES[5] + TIMES[6]) / 2, 4)  # a prompt change between frames 5 and 6, faded over 0.1 s
+PACING = {"target_fps": 30.0, "max_resolution": 128, "min_resolution": 128, "similarity_skip": 0.0}
+LIVE_STRENGTH = {i: round(0.5 + 0.02 * i, 4) if i < 6 else round(0.6 + 0.02 * (i - 5), 4) for i in range(FRAMES)}
+
+
+def write_input(path: Path, pictures: list[np.ndarray], times: list[float], sound_seconds: float = 0.0) -> None:
+    """input.mkv as the recorder writes it: H.264 (crf 16, ultrafast, zerolatency) at pts = arrival in ms, and
+    Opus 48 kHz stereo in 20 ms packets on the same clock."""
+    with av.open(str(path), "w", format="matroska") as container:
+        video = container.add_stream("libx264", options={"crf": "16", "preset": "ultrafast", "tune": "zerolatency"})
+        video.width, video.height = pictures[0].shape[1], pictures[0].shape[0]
+        video.pix_fmt = "yuv420p"
+        video.time_base = video.codec_context.time_base = MS
+        sound = container.add_stream("libopus", rate=48000, layout="stereo") if sound_seconds else None
+        for picture, t in zip(pictures, times, strict=True):
+            frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), MS
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if sound is not None:
+            samples = np.arange(round(48000 * sound_seconds)) / 48000
+            tone = (0.3 * np.sin(2 * np.pi * 440 * samples)).astype(np.float32)
+            for start in range(0, len(tone) - 959, 960):
+                chunk = np.repeat(tone[None, start : start + 960], 2, axis=0)
+                frame = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+                frame.sample_rate, frame.pts, frame.time_base = 48000, start, Fraction(1, 48000)
+                container.mux(sound.encode(frame))
+            container.mux(sound.encode())
+
+
+def write_events(path: Path, events: list[dict], torn: str = "") -> None:
+    path.write_text("".join(json.dumps(event) + "\n" for event in events) + torn)
+
+
+def header(params: dict) -> dict:
+    return {
+        "type": "header",
+        "version": "0.1.0",
+        "model": "tiny",
+        "preset": "the toy",
+        "device": "cpu",
+        "dtype": "float32",
+        "controlnet": [],
+        "styles": [],
+        "stream": "cam",
+        "started": "2026-01-02T03:04:05.678Z",
+        "params": params,
+    }
+
+
+def start_params(tiny) -> dict:
+    params = params_model_for(tiny)().as_dict()
+    modulation = {"param": "strength", "source": "level", "amount": 0.4, "smooth_ms": 0.0}
+    return {**params, "prompt": "watercolor", "seed": 7, "strength": 0.5, "modulations": [modulation], **PACING}
+
+
+def show_events(tiny) -> list[dict]:
+    """The show: strength modulated per frame, a prompt change with a fade between frames 5 and 6, two frames
+    dropped (one of them the first after the change), and a clean end."""
+    params = start_params(tiny)
+    changed = {**params, "prompt": "neon night", "strength": 0.6, "transition_s": 0.1}
+    events = [header(params)]
+    for i, t in enumerate(TIMES):
+        if i == 6:
+            events.append({"type": "params", "t": CHANGE_T, "wall": "…", "front_end": "rest", "params": changed})
+        if i not in DROPPED:
+            frame = {"type": "frame", "t": t, "size": list(CAMERA), "modulated": {"strength": LIVE_STRENGTH[i]}}
+            events.append({**frame, "sound": {"level": 0.1}})
+    events.append({"type": "end", "t": TIMES[-1] + 0.05, "reason": "stopped"})
+    return events
+
+
+def camera(count: int = FRAMES) -> list[np.ndarray]:
+    return [moving_pattern(*CAMERA, 4 * i) for i in range(count)]
+
+
+@pytest.fixture(scope="module")
+def show(tiny, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("recordings") / "cam-20260102T030405Z"
+    folder.mkdir()
+    write_input(folder / "input.mkv", camera(), TIMES, sound_seconds=TIMES[-1] + 0.2)
+    write_events(folder / "events.jsonl", show_events(tiny))
+    (folder / "recording.json").write_text(json.dumps({"id": folder.name, "frames": FRAMES}))
+    return folder
+
+
+def decoded_input(folder: Path) -> list[tuple[float, av.VideoFrame]]:
+    with av.open(str(folder / "input.mkv")) as container:
+        return [(float(frame.pts * frame.time_base), frame) for frame in container.decode(video=0)]
+
+
+def decoded_pictures(path: Path) -> tuple[list[float], list[np.ndarray]]:
+    with av.open(str(path)) as container:
+        frames = list(container.decode(video=0))
+    return [float(f.pts * f.time_base) for f in frames], [f.to_ndarray(format="rgb24") for f in frames]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def by_hand(tiny, folder: Path, with_change: bool = True) -> list[np.ndarray]:
+    """The pictures the show should give, written out from what this test recorded: the params and strength of
+    each frame (a dropped frame: the last frame's push on the params in force), the fade's clock."""
+    model = params_model_for(tiny)
+    params = start_params(tiny)
+    changed = {**params, "prompt": "neon night", "strength": 0.6, "transition_s": 0.1}
+    clock = Clock()
+    pipeline = StreamPipeline(tiny, params=model.validated(model_only(model, params)), clock=clock)
+    strength = dict(LIVE_STRENGTH)
+    strength[3] = LIVE_STRENGTH[2]  # base 0.5 unchanged: frame 2's value
+    strength[6] = 0.6 + (LIVE_STRENGTH[5] - 0.5)  # frame 5's push on the new base
+    pictures = []
+    for i, (t, frame) in enumerate(decoded_input(folder)):
+        if i == 6 and with_change:
+            clock.now = CHANGE_T
+            pipeline.apply(pipeline.params_model.validated(model_only(model, changed)))
+        clock.now = t
+        rgb = frame.to_ndarray(format="rgb24", width=CAMERA[0], height=CAMERA[1])
+        request = pipeline.prepare(rgb, CAMERA, CAMERA, {"strength": round(strength[i], 6)})
+        pictures.append(stylise_batch([request])[0].numpy())
+    return pictures
+
+
+def model_only(model, params: dict) -> dict:
+    return {name: value for name, value in params.items() if name in model.model_fields}
+
+
+def test_each_frame_runs_with_the_params_and_modulated_values_it_had_live(tiny, show):
+    recording = read_recording(show)
+    assert recording.notes == []
+    stream = ReplayedStream(tiny, recording)
+    replayed = [stream.render(frame, t) for t, frame in decoded_input(show)]
+    assert len(replayed) == FRAMES and stream.live_frames == FRAMES - len(DROPPED)
+    expected = by_hand(tiny, show)
+    for i, (mine, theirs) in enumerate(zip(replayed, expected, strict=True)):
+        assert np.array_equal(mine, theirs), f"frame {i}"
+    # The change is in the picture (so that the equality above says something about it).
+    unchanged = by_hand(tiny, show, with_change=False)
+    assert np.abs(replayed[9].astype(int) - unchanged[9]).mean() > 2
