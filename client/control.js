@@ -7,6 +7,7 @@ import { Retry } from "./lib/backoff.js";
 import { loadParamSchema, ParamControls } from "./lib/controls.js";
 import { showStreamLinks } from "./lib/links.js";
 import { ErrorBanner, StatusLight } from "./lib/notices.js";
+import { RecordButton } from "./lib/record.js";
 import { SceneBar } from "./lib/scenes.js";
 import { STREAM_END_CODES, StreamSocket } from "./lib/socket.js";
 import { StatsTable } from "./lib/stats.js";
@@ -62,6 +63,14 @@ const scenes = new SceneBar({
     banner.show(code, message);
   },
 });
+const recorder = new RecordButton({
+  button: document.getElementById("record"),
+  time: document.getElementById("record-time"),
+  showError: (code, message) => {
+    app.lastError = { code, message };
+    banner.show(code, message);
+  },
+});
 const retry = new Retry(connect, { firstMs: RETRY_FIRST_DELAY_MS, maxMs: RETRY_MAX_DELAY_MS });
 
 async function loadControls() {
@@ -101,6 +110,7 @@ function attached() {
   retry.succeeded();
   ui.controlsSet.disabled = false;
   scenes.attach(name);
+  recorder.attach(name);
   status.set("live");
   banner.dismissIf(new Set(["connection"]));
 }
@@ -112,6 +122,7 @@ function showParams({ params = {}, notes = [] }) {
 
 function showStats(message) {
   stats.show(message);
+  recorder.showStats(message);
   ui.statsEmpty.hidden = true;
 }
 
@@ -124,6 +135,7 @@ function closed(socket) {
   app.socket = null;
   ui.controlsSet.disabled = true;
   scenes.detach();
+  recorder.detach();
   stats.clear();
   ui.statsEmpty.hidden = false;
   if (FATAL_ERROR_CODES.has(socket.error?.code)) {
@@ -147,6 +159,7 @@ window.lcmlive = {
     lastError: app.lastError,
     attempts: app.attempts,
     scenes: scenes.names,
+    recording: recorder.state,
   }),
   setPrompt: (text) => controls.setPrompt(text),
 };

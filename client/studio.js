@@ -17,6 +17,7 @@ import { loadParamSchema, ParamControls } from "./lib/controls.js";
 import { FrameCounter } from "./lib/frames.js";
 import { enableCopyButtons, showStreamLinks } from "./lib/links.js";
 import { ErrorBanner, StatusLight } from "./lib/notices.js";
+import { RecordButton } from "./lib/record.js";
 import { SceneBar } from "./lib/scenes.js";
 import { PublishSession } from "./lib/signaling.js";
 import { StatsTable } from "./lib/stats.js";
@@ -94,6 +95,11 @@ const scenes = new SceneBar({
   form: byId("scene-save"),
   nameInput: byId("scene-name"),
   saveButton: byId("scene-save-button"),
+  showError: (code, message) => banner.show(code, message),
+});
+const recorder = new RecordButton({
+  button: byId("record"),
+  time: byId("record-time"),
   showError: (code, message) => banner.show(code, message),
 });
 const reconnect = new Retry(tryReconnect, { firstMs: RECONNECT_FIRST_DELAY_MS, maxMs: RECONNECT_MAX_DELAY_MS });
@@ -252,7 +258,7 @@ function openSession() {
     handlers: {
       stream: (message) => current(session) && showStream(message),
       params: (message) => current(session) && showParams(message),
-      stats: (message) => current(session) && stats.show(message),
+      stats: (message) => current(session) && showStats(message),
       error: ({ code = "error", message }) => current(session) && banner.show(code, errorText(code, message)),
       // A stream of its own per video track: the server sends all tracks in one MediaStream, and a <video>
       // given that stream would play its first video track in both places.
@@ -277,12 +283,18 @@ function showParams({ params = {}, notes = [] }) {
   scenes.showParams(params);
 }
 
-// Publishing: the peer connection is up, so the stream exists and scenes can be recalled on it.
+function showStats(message) {
+  stats.show(message);
+  recorder.showStats(message);
+}
+
+// Publishing: the peer connection is up, so the stream exists and scenes can be recalled on it (and it recorded).
 function markLive() {
   reconnect.succeeded();
   status.set("live");
   banner.dismissIf(CONNECTION_ERROR_CODES);
   scenes.attach(app.streamName);
+  recorder.attach(app.streamName);
 }
 
 // The picture with its sound on one element, so that they play in step (muted unless Hear is on).
@@ -299,6 +311,7 @@ function clearOutput() {
   ui.controlVideo.srcObject = null;
   stats.clear();
   scenes.detach();
+  recorder.detach();
 }
 
 function sessionClosed(session, event) {
@@ -418,6 +431,7 @@ function exposeTestHook() {
         microphones: app.microphones,
       },
       scenes: scenes.names,
+      recording: recorder.state,
     }),
     start,
     stop,
