@@ -15,7 +15,8 @@ import pytest
 from pipelines import StreamPipeline, params_model_for
 from pipelines.batch import stylise_batch
 from pipelines.synthetic import moving_pattern
-from server.render import read_recording
+from server.cli import main as lcmlive
+from server.render import RecordingError, read_recording, render
 from server.render.replay import ReplayedStream
 
 MS = Fraction(1, 1000)
@@ -167,3 +168,103 @@ def test_each_frame_runs_with_the_params_and_modulated_values_it_had_live(tiny, 
     # The change is in the picture (so that the equality above says something about it).
     unchanged = by_hand(tiny, show, with_change=False)
     assert np.abs(replayed[9].astype(int) - unchanged[9]).mean() > 2
+
+
+@pytest.fixture(scope="module")
+def master(tiny, show) -> tuple[Path, object]:
+    out = show / "master.mp4"
+    return out, render(read_recording(show), out, tiny)
+
+
+def test_the_master_holds_every_input_frame_at_its_own_time_with_the_sound(tiny, show, master):
+    out, summary = master
+    assert (summary.frames, summary.live_frames, summary.size, summary.sound) == (FRAMES, FRAMES - 2, CAMERA, True)
+    with av.open(str(out)) as container:
+        video, sound = container.streams.video[0], container.streams.audio[0]
+        assert (video.codec_context.name, video.codec_context.pix_fmt) == ("h264", "yuv420p")
+        assert (video.codec_context.width, video.codec_context.height) == CAMERA
+        assert sound.codec_context.name == "opus"
+        samples = sum(frame.samples for frame in container.decode(sound))
+    times, pictures = decoded_pictures(out)
+    assert times == pytest.approx([t - TIMES[0] for t in TIMES], abs=1e-3)  # its own uneven timing, from 0
+    # The sound from the first picture on: the input's 1.17 s less the 0.2 s before it (Opus's 20 ms packets).
+    assert samples / 48_000 == pytest.approx(TIMES[-1] + 0.2 - TIMES[0], abs=0.03)
+    # The pictures are the replay's, as far as H.264 keeps them.
+    stream = ReplayedStream(tiny, read_recording(show))
+    replayed = [stream.render(frame, t) for t, frame in decoded_input(show)]
+    loss = [np.abs(p.astype(int) - r).mean() for p, r in zip(pictures, replayed, strict=True)]
+    assert max(loss) < 2.5, loss  # measured 1.5-1.9 a frame: crf 17, and 4:2:0 halves the colour's resolution
+
+
+def test_two_renders_of_a_folder_decode_to_the_same_pictures(tiny, show, master):
+    again = render(read_recording(show), show / "again.mp4", tiny)
+    assert again.frames == FRAMES
+    first, second = decoded_pictures(master[0])[1], decoded_pictures(show / "again.mp4")[1]
+    assert all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_a_folder_cut_by_a_crash_renders_what_it_holds(tiny, show, tmp_path):
+    folder = tmp_path / "cam-20260102T030405Z"
+    folder.mkdir()
+    data = (show / "input.mkv").read_bytes()
+    (folder / "input.mkv").write_bytes(data[: len(data) * 2 // 3])  # mid-cluster: no end, no cues
+    lines = (show / "events.jsonl").read_text().splitlines(keepends=True)
+    (folder / "events.jsonl").write_text("".join(lines[:8]) + lines[8][: len(lines[8]) // 2])  # torn last line
+    with av.open(str(folder / "input.mkv")) as container:
+        readable = sum(1 for _ in container.decode(video=0))
+    assert 0 < readable < FRAMES
+    recording = read_recording(folder)
+    assert any("last line is cut off" in note for note in recording.notes)
+    assert any("did not end cleanly" in note for note in recording.notes)
+    summary = render(recording, folder / "master.mp4", tiny)
+    assert summary.frames == readable == len(decoded_pictures(folder / "master.mp4")[1])
+
+
+@pytest.mark.parametrize(
+    ("files", "words"),
+    [
+        ({}, "input.mkv and events.jsonl missing"),
+        ({"input.mkv": b"x"}, "events.jsonl missing"),
+        ({"events.jsonl": b'{"type": "frame", "t": 0}\n', "input.mkv": b"x"}, "does not start with a header"),
+        ({"events.jsonl": b'{"type": "header"}\n', "input.mkv": b"x"}, 'has no "params"'),
+        ({"events.jsonl": b'{"type": "header", "params": {}}\n', "input.mkv": b"not a video"}, "cannot be read"),
+        ({"events.jsonl": b'{"type": "header", "params": {}}\nnot json\n{}\n', "input.mkv": b"x"}, "line 2 is not"),
+    ],
+)
+def test_a_folder_that_is_not_a_recording_says_what_is_missing(tmp_path, files, words):
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(RecordingError, match=words):
+        read_recording(tmp_path)
+
+
+def test_the_command_says_what_is_missing_in_one_line(tmp_path, capsys):
+    assert lcmlive(["render", str(tmp_path / "nowhere")]) == 2
+    assert lcmlive(["render", str(tmp_path)]) == 2
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        f"lcmlive: {tmp_path / 'nowhere'} is not a folder (give a recording's folder, e.g. recordings/cam-20260101T…Z)",
+        f"lcmlive: {tmp_path} is not a recording: input.mkv and events.jsonl missing (a recording folder holds "
+        "input.mkv, events.jsonl and, after a clean end, recording.json)",
+    ]
+
+
+def test_the_command_renders_larger_with_more_steps_and_shows_its_progress(tiny, tmp_path, capsys):
+    params = {**start_params(tiny), "modulations": []}
+    times = TIMES[:3]
+    write_input(tmp_path / "input.mkv", camera(3), times)
+    frames = [{"type": "frame", "t": t, "size": list(CAMERA), "modulated": {}, "sound": None} for t in times]
+    write_events(tmp_path / "events.jsonl", [header(params), *frames])
+    out = tmp_path / "big.mp4"
+    assert (
+        lcmlive(["render", str(tmp_path), "--out", str(out), "--size", "256", "--steps", "3", "--device", "cpu"]) == 0
+    )
+    printed = capsys.readouterr()
+    assert "render: 100%" in printed.err and "3/3" in printed.err  # tqdm's bar, to stderr
+    assert "did not end cleanly" in printed.err  # no end line: told
+    summary = printed.out.strip().splitlines()
+    assert len(summary) == 1 and summary[0].startswith("rendered 3 frames") and "256x128, 3 steps on tiny" in summary[0]
+    assert summary[0].endswith(f"no sound: {out}")
+    times_out, pictures = decoded_pictures(out)
+    assert len(pictures) == 3 and pictures[0].shape == (128, 256, 3)
+    assert not list(tmp_path.glob(".*partial*"))
