@@ -26,6 +26,17 @@ MAX_STRETCH = 1 / 16
 # pitch for 0.2 s; closing a share of the distance each packet, a 10-30 ms step glides by 2-6% at first and less
 # after (1/e of it left in 0.5 s).
 SETTLE_SECONDS = 0.5
+# A latency that jumps (the model 2x slower at 2 fps: +250-450 ms within 2-4 s, `lcmlive bench --av`) is more
+# than 1/16 can follow in R37's time: the stretch allowed grows with the distance (a share of it per second, the
+# time constant below: 400 ms closes to 40 in 1.8 s), up to MAX_FAST_STRETCH (4 semitones while it lasts, instead
+# of the picture out of step for seconds); within 37.5 ms of the target it is 1/16 as before.
+CATCH_UP_SECONDS = 0.6
+MAX_FAST_STRETCH = 1 / 4
+# The sound's own way in has jitter (a busy event loop held packets back by up to 160 ms on the loaded 2-core
+# machine): a delay shorter than it reads samples before they came, silence. The delay is at least the 95th
+# percentile of the last seconds' lag above the least, plus this margin.
+JITTER_PERCENTILE = 95
+JITTER_MARGIN_SECONDS = 0.005
 # Corrections start beyond 20 ms and go on until the delay is there. The picture's latency (the median of a
 # second's frames) wanders 107-167 ms in steps of 20-50 ms every second or two (tiny at 256 px on the 2-core CPU,
 # one WHIP stream): a 10 ms band glided after every step, the pitch never still; at 20 ms the smaller steps are
@@ -80,6 +91,7 @@ class DelayLine:
         self._min_gap = round(MIN_GAP_SECONDS * rate)
         self._anchor_seconds = anchor_seconds
         self._lags: deque[tuple[float, float]] = deque()  # (arrival, lag), lags rising: the window's least first
+        self._recent: deque[tuple[float, float]] = deque()  # (arrival, lag) of every write in the window
         self._next_media: int | None = None
         self.written = 0  # the position of the next sample written
         self.position: int | None = None  # the next sample read
@@ -106,6 +118,17 @@ class DelayLine:
         self._lags.append((arrival, lag))
         while self._lags[0][0] < arrival - self._anchor_seconds:
             self._lags.popleft()
+        self._recent.append((arrival, lag))
+        while self._recent[0][0] < arrival - self._anchor_seconds:
+            self._recent.popleft()
+
+    @property
+    def jitter(self) -> float:
+        """Seconds the sound's arrivals run late (the JITTER_PERCENTILE of the window's lag above its least)."""
+        if not self._recent:
+            return 0.0
+        lags = np.fromiter((lag for _, lag in self._recent), np.float64, len(self._recent))
+        return float(np.percentile(lags, JITTER_PERCENTILE)) - self._lags[0][1]
 
     def read(self, count: int, now: float, target: float | None) -> np.ndarray:
         """`count` samples to leave at `now`, delayed by `target` seconds (None: the last target kept)."""
@@ -117,7 +140,8 @@ class DelayLine:
         if held or not self._lags:
             return np.zeros((count, self.channels), np.int16)  # no delay known yet, or a warm-up's, or no sound
         origin = self._lags[0][1]
-        wanted = round((now - self.target - origin) * self.rate)
+        delay = max(self.target, self.jitter + JITTER_MARGIN_SECONDS)
+        wanted = round((now - delay - origin) * self.rate)
         starting = self.position is None or abs(wanted - self.position) > self._jump
         if starting:
             if self.position is not None:
@@ -126,7 +150,8 @@ class DelayLine:
         error = wanted - self.position
         step = 0
         if self._correcting or abs(error) > self._dead_band:
-            limit = max(1, round(count * self.max_stretch))
+            fraction = min(max(abs(error) / (self.rate * CATCH_UP_SECONDS), self.max_stretch), MAX_FAST_STRETCH)
+            limit = max(1, round(count * fraction))
             share = count / (self.rate * self.settle_seconds)
             step = min(max(round(error * share), -limit), limit)
             self._correcting = step != 0
