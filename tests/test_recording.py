@@ -1,6 +1,7 @@
 """Recordings: a WHIP stream with sound recorded over REST with a prompt change in the middle (the files decoded
 with PyAV, the change in events.jsonl), REST's and OSC's controls and refusals, the end with the stream, the disk
-guard; a `kill -9` of the server mid-recording leaves files that play up to within a second of it."""
+guard at the start (507) and while it runs; a `kill -9` of the server mid-recording leaves files that play up to
+within a second of it."""
 
 from __future__ import annotations
 
@@ -13,11 +14,15 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from av import VideoFrame
 from pythonosc.osc_message_builder import OscMessageBuilder
 
+from pipelines.synthetic import moving_pattern
 from server.bench.loopback import free_port
 from server.bench.rtc_clients import WhipPublisher, http
+from server.media.feed import Feed
 from server.media.ice import restrict_ice_to_loopback
+from server.recording import Recording
 
 from conftest import LiveServer
 
@@ -260,3 +265,34 @@ async def test_a_recording_survives_kill_9_of_the_server(tmp_path):
     lines, torn = events_of(folder)
     assert len(torn) <= 1 and lines[0]["type"] == "header"
     assert lines[-1]["type"] != "end" and lines[-1]["t"] > killed_at - 1.0
+
+
+async def test_the_disk_guard_stops_a_running_recording_cleanly(tmp_path):
+    """The guard reads the real free space each second; a minimum raised above it stops the recording as a disk
+    that filled up would, and the files are closed whole."""
+    picture = Feed("guard-picture")
+    ended: list[dict] = []
+
+    async def on_end(recording: Recording, summary: dict) -> None:
+        ended.append(summary)
+
+    recording = Recording(tmp_path, {"stream": "guard", "params": {}}, picture, None, 0, on_end)
+    await recording.start()
+    for index in range(45):
+        camera = moving_pattern(128, 96, index)
+        now = time.monotonic()
+        recording.camera(VideoFrame.from_ndarray(camera, format="rgb24"), now)
+        picture.publish(VideoFrame.from_ndarray(255 - camera, format="rgb24"), now)
+        await asyncio.sleep(1 / 30)
+    recording.min_free_bytes = 10**18  # an exabyte: more than this disk has free
+    summary = await until(lambda: _first(ended), timeout=5.0)
+    assert summary["reason"] == "disk_full" and summary["frames"] == 45
+    folder = Path(summary["dir"])
+    assert events_of(folder)[0][-1]["reason"] == "disk_full"
+    assert len(decoded(folder / "input.mkv")["video"]) == 45
+    assert len(decoded(folder / "output.mkv")["video"]) == summary["output_frames"] > 10
+    await picture.close()
+
+
+async def _first(items: list):
+    return items[0] if items else None

@@ -174,9 +174,10 @@ class InputFile:
         if self._container is None:
             self._open(frame.width - frame.width % 2, frame.height - frame.height % 2)
         width, height = self._size
-        # A new frame whenever it must be converted; otherwise the pump's own frame, which the engine thread reads
-        # only for its pixels and size: setting its timestamp and picture type here races with nothing.
-        frame = frame.reformat(width=width, height=height, format="yuv420p")
+        # A frame of our own (converted in the same pass): the pump's is the engine thread's too, and setting its
+        # timestamp and picture type while another thread encodes or converts it crashed PyAV here.
+        pixels = frame.to_ndarray(format="yuv420p", width=width, height=height)
+        frame = VideoFrame.from_ndarray(pixels, format="yuv420p")
         pts = max(round(t * 1000), self._last_pts + 1)
         self._last_pts = pts
         frame.pts, frame.time_base = pts, MILLISECONDS
