@@ -17,7 +17,7 @@ from pipelines.batch import stylise_batch
 from pipelines.synthetic import moving_pattern
 from server.cli import main as lcmlive
 from server.render import RecordingError, read_recording, render
-from server.render.replay import ReplayedStream
+from server.render.replay import ReplayedStream, Timeline
 
 MS = Fraction(1, 1000)
 CAMERA = (128, 64)
@@ -268,3 +268,20 @@ def test_the_command_renders_larger_with_more_steps_and_shows_its_progress(tiny,
     times_out, pictures = decoded_pictures(out)
     assert len(pictures) == 3 and pictures[0].shape == (128, 256, 3)
     assert not list(tmp_path.glob(".*partial*"))
+
+
+def test_a_change_applies_from_the_frame_the_live_path_ran_next_if_that_came_first(tmp_path):
+    # The engine applies a change between frames: the frame waiting then arrived before the change's t, and its
+    # line follows the change's. A change with no frame line after it applies from its t.
+    write_input(tmp_path / "input.mkv", camera(4), [1.0, 1.04, 1.1, 1.2])
+    change = {"type": "params", "params": {"prompt": "neon"}}
+    events = [header({}), {"type": "frame", "t": 1.0, "size": [128, 64]}, {**change, "t": 1.05}]
+    events += [{"type": "frame", "t": 1.04, "size": [128, 64]}, {**change, "t": 1.15}]
+    write_events(tmp_path / "events.jsonl", events)
+    recording = read_recording(tmp_path)
+    assert [(c.t, c.applies_from) for c in recording.changes] == [(1.05, 1.04), (1.15, 1.15)]
+    timeline = Timeline(recording.changes, recording.frames)
+    replayed = [timeline.until(t) for t in (1.0, 1.04, 1.1, 1.2)]
+    assert [[c.t for c in changes] for changes, _ in replayed] == [[], [1.05], [], [1.15]]
+    # Each frame line is its input frame's; the frames the live path dropped have none.
+    assert [event and event.t for _, event in replayed] == [1.0, 1.04, None, None]
