@@ -46,6 +46,10 @@ DEAD_BAND_SECONDS = 0.020
 # 2.5 s on (same run). Starting at once meant gliding for 3 s at the full stretch, a semitone sharp; the sound
 # starts this long after the first latency instead, nearer the steady one, and is silence until then.
 START_HOLD_SECONDS = 1.5
+# The latency may still fall after that (a loaded CPU's ladder stepping down): in the sound's first seconds a
+# distance that would need more than 1/16 restarts it at the right place, faded in (a dip in the first seconds),
+# rather than a second at 4 semitones sharp (heard at 549 Hz for a 440 Hz tone here).
+START_SETTLE_SECONDS = 3.0
 # A delay that far off would take 16 s to stretch to (a source that restarted its clock): jump, fading in.
 JUMP_SECONDS = 1.0
 ANCHOR_SECONDS = 10.0
@@ -85,6 +89,8 @@ class DelayLine:
         self.max_delay = max_delay_seconds
         self.start_hold = start_hold_seconds
         self._first_target_at: float | None = None
+        self._sound_started_at: float | None = None
+        self._catch_up_band = round(CATCH_UP_SECONDS * max_stretch * rate)  # beyond it, more than max_stretch
         self._ring = np.zeros((int(capacity_seconds * rate), channels), np.int16)
         self._dead_band = round(dead_band_seconds * rate)
         self._jump = round(jump_seconds * rate)
@@ -142,9 +148,13 @@ class DelayLine:
         origin = self._lags[0][1]
         delay = max(self.target, self.jitter + JITTER_MARGIN_SECONDS)
         wanted = round((now - delay - origin) * self.rate)
-        starting = self.position is None or abs(wanted - self.position) > self._jump
+        far = abs(wanted - self.position) if self.position is not None else 0
+        settling = self._sound_started_at is not None and now - self._sound_started_at < START_SETTLE_SECONDS
+        starting = self.position is None or far > self._jump or (settling and far > self._catch_up_band)
         if starting:
-            if self.position is not None:
+            if self.position is None:
+                self._sound_started_at = now
+            elif far > self._jump:
                 self.jumps += 1
             self.position, self._correcting = wanted, False
         error = wanted - self.position
