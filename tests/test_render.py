@@ -273,15 +273,16 @@ def test_the_command_renders_larger_with_more_steps_and_shows_its_progress(tiny,
 def test_a_change_applies_from_the_frame_the_live_path_ran_next_if_that_came_first(tmp_path):
     # The engine applies a change between frames: the frame waiting then arrived before the change's t, and its
     # line follows the change's. A change with no frame line after it applies from its t.
-    write_input(tmp_path / "input.mkv", camera(4), [1.0, 1.04, 1.1, 1.2])
+    times = [1.0, 1.001, 1.04, 1.1, 1.2]  # the first two in one burst: 1 ms apart
+    write_input(tmp_path / "input.mkv", camera(len(times)), times)
     change = {"type": "params", "params": {"prompt": "neon"}}
-    events = [header({}), {"type": "frame", "t": 1.0, "size": [128, 64]}, {**change, "t": 1.05}]
+    events = [header({}), *[{"type": "frame", "t": t, "size": [128, 64]} for t in times[:2]], {**change, "t": 1.05}]
     events += [{"type": "frame", "t": 1.04, "size": [128, 64]}, {**change, "t": 1.15}]
     write_events(tmp_path / "events.jsonl", events)
     recording = read_recording(tmp_path)
     assert [(c.t, c.applies_from) for c in recording.changes] == [(1.05, 1.04), (1.15, 1.15)]
     timeline = Timeline(recording.changes, recording.frames)
-    replayed = [timeline.until(t) for t in (1.0, 1.04, 1.1, 1.2)]
-    assert [[c.t for c in changes] for changes, _ in replayed] == [[], [1.05], [], [1.15]]
+    replayed = [timeline.until(t) for t in times]
+    assert [[c.t for c in changes] for changes, _ in replayed] == [[], [], [1.05], [], [1.15]]
     # Each frame line is its input frame's; the frames the live path dropped have none.
-    assert [event and event.t for _, event in replayed] == [1.0, 1.04, None, None]
+    assert [event and event.t for _, event in replayed] == [1.0, 1.001, 1.04, None, None]

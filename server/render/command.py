@@ -52,7 +52,7 @@ class RenderSummary:
     model: str
     wall_seconds: float
     sound: bool
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what came up while rendering (the folder's own come before)
 
     @property
     def fps(self) -> float:
@@ -72,6 +72,10 @@ def main(args: argparse.Namespace) -> int:
     for note in recording.notes:
         print(f"lcmlive render: {note}", file=sys.stderr)
     components = load_recorded_model(recording, args.model, args.device, args.lora_dir)
+    # Two renders of a folder give the same pictures: on CUDA that needs cuDNN's deterministic algorithms (the CPU's
+    # are). Set here, for this process alone, not in the library.
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
     summary = render(
         recording,
         args.out or recording.folder / MASTER,
@@ -80,7 +84,7 @@ def main(args: argparse.Namespace) -> int:
         steps=args.steps,
         progress=not args.quiet,
     )
-    for note in summary.notes[len(recording.notes) :]:
+    for note in summary.notes:
         print(f"lcmlive render: {note}", file=sys.stderr)
     print(summary.line())
     return 0
@@ -126,7 +130,7 @@ def render(
         raise ValueError(f"--size {side} is too small: the model's sizes are multiples of 64")
     started = time.perf_counter()
     stream = ReplayedStream(components, recording, side, steps)
-    notes = list(recording.notes)
+    notes: list[str] = []
     bar = tqdm(total=recording.video.packets, unit="frame", desc="render", file=sys.stderr, disable=not progress)
     with av.open(str(recording.input_path)) as container, bar:
         video = container.streams.video[0]

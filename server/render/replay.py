@@ -22,9 +22,10 @@ from pipelines.params import valid_range
 from ..pacing import PacingParams
 from .folder import FrameEvent, ParamsChange, Recording, RecordingError
 
-# input.mkv keeps times in whole milliseconds (Matroska's usual time base), events.jsonl in finer seconds: an event
-# within this of a frame's time is at that frame.
-SAME_TIME = 0.001
+# A frame line's t is its input frame's pts in whole milliseconds (frames of one burst are 1 ms apart): within half
+# of one it names that frame. A change applies from the first frame at or after its t; this much is float noise.
+SAME_FRAME = 0.0005
+SAME_TIME = 1e-6
 # Without a processing size in the events (no frame ran live), the input's own size, capped here: what a GPU
 # serves by default (server/config.py's DEFAULT_MAX_RESOLUTION on CUDA).
 FALLBACK_SIDE = 512
@@ -53,16 +54,15 @@ class Timeline:
     def until(self, t: float) -> tuple[list[ParamsChange], FrameEvent | None]:
         """The changes that apply from the input frame at `t` on, in order, and the live path's event for that
         frame (None: the live path dropped it)."""
-        due = t + SAME_TIME
         changes = []
-        while self._next_change < len(self._changes) and self._changes[self._next_change].applies_from <= due:
+        while self._next_change < len(self._changes) and self._changes[self._next_change].applies_from <= t + SAME_TIME:
             changes.append(self._changes[self._next_change])
             self._next_change += 1
         event = None
-        while self._next_frame < len(self._frames) and self._frames[self._next_frame].t <= due:
+        while self._next_frame < len(self._frames) and self._frames[self._next_frame].t <= t + SAME_FRAME:
             event = self._frames[self._next_frame]
             self._next_frame += 1
-        if event is not None and event.t < t - SAME_TIME:
+        if event is not None and event.t < t - SAME_FRAME:
             event = None  # an earlier frame's, which no input frame matched (not this one's)
         return changes, event
 
