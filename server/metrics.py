@@ -8,15 +8,21 @@ histograms as frames finish. A stream's label sets are removed when it ends, so 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+if TYPE_CHECKING:
+    from .stats import FrameTimes
+
 # A 1-step 512-pixel frame on a GPU is a few ms; the tiny model at 512 on a CPU about 500 ms.
 MODEL_BUCKETS = (0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
+# A stage other than the model takes a few ms when nothing waits (decoding or encoding 256 px: 1-5 ms).
+STAGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.035, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5)
 FRAME_STAGES = {
     "in": "frames_in",
     "processed": "frames_processed",
@@ -34,10 +40,20 @@ class StreamMetrics:
         self.stream = stream
         self.model_seconds = metrics.model_seconds.labels(stream)
         self.latency_seconds = metrics.latency_seconds.labels(stream)
+        self._stages: dict[str, Histogram] = {}  # labelled on first use: the stages are the stats' (FrameTimes)
+
+    def observe_stages(self, times: FrameTimes) -> None:
+        for stage, seconds in times.stages().items():
+            histogram = self._stages.get(stage)
+            if histogram is None:
+                histogram = self._stages[stage] = self._metrics.stage_seconds.labels(self.stream, stage)
+            histogram.observe(seconds)
 
     def remove(self) -> None:
         self._metrics.model_seconds.remove(self.stream)
         self._metrics.latency_seconds.remove(self.stream)
+        for stage in self._stages:
+            self._metrics.stage_seconds.remove(self.stream, stage)
 
 
 class Metrics:
@@ -58,6 +74,14 @@ class Metrics:
             "Seconds from a camera frame's arrival to its stylised frame leaving for the viewers",
             ["stream"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "lcmlive_stage_seconds",
+            "Seconds a frame spent in each stage between its arrival and its leaving (decode, wait, model, encode, "
+            "send): the stages add up to lcmlive_latency_seconds",
+            ["stream", "stage"],
+            buckets=STAGE_BUCKETS,
             registry=self.registry,
         )
         self.control_messages = Counter(
@@ -112,11 +136,18 @@ class _StreamCollector(Collector):
             "lcmlive_sound", "A stream's sound features, each 0-1 (beat: its phase)", labels=["stream", "feature"]
         )
         bpm = GaugeMetricFamily("lcmlive_sound_bpm", "A stream's tempo, once it is confident", labels=["stream"])
+        recent_stages = GaugeMetricFamily(
+            "lcmlive_recent_stage_seconds",
+            "A stream's frames' median seconds in each stage over the last second (see lcmlive_stage_seconds)",
+            labels=["stream", "stage"],
+        )
         for stream in streams:
             stats = stream.stats
             latency = stats.recent_latency()
             if latency is not None:
                 recent_latency.add_metric([stream.name], latency)
+            for stage, seconds in (stats.recent_stages() or {}).items():
+                recent_stages.add_metric([stream.name, stage], seconds)
             if stream.sound is not None:
                 for feature, value in stream.sound.features.snapshot().items():
                     if value is None:
@@ -134,6 +165,7 @@ class _StreamCollector(Collector):
         yield side
         yield sound_delay
         yield recent_latency
+        yield recent_stages
         yield sound
         yield bpm
         if self._device.type == "cuda":

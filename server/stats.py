@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 import threading
 import time
@@ -14,6 +15,44 @@ if TYPE_CHECKING:
     from .metrics import StreamMetrics
 
 RECENT_LATENCIES = 1000
+# The stages of a frame's way through the server (FrameTimes.stages): the decoder, the wait in the mailbox for
+# the engine, the engine's own work around the model (conversion, preparation, collection), the model, the
+# encoder (with the hop to the event loop and the feed's slot), and the wait for a viewer's sender.
+STAGES = ("decode", "wait", "prepare", "model", "encode", "send")
+
+
+@dataclass(slots=True)
+class FrameTimes:
+    """When one camera frame passed each point on its way through the server (time.monotonic(); nan: not yet).
+
+    arrival: its last RTP packet came; decoded: aiortc's decoder handed it over; taken: the engine took it from the
+    mailbox; done: the model's picture is back; encoded: the feed's encoder has its packet; sent: a viewer's sender
+    took that packet to send. `model_seconds`: the model's own time, within taken to done. A frame the engine made
+    itself (txt2img) arrives when it is taken.
+    """
+
+    arrival: float
+    decoded: float
+    taken: float = math.nan
+    done: float = math.nan
+    encoded: float = math.nan
+    sent: float = math.nan
+    model_seconds: float = 0.0
+
+    def stages(self) -> dict[str, float]:
+        """Seconds spent in each of STAGES; they add up to `latency`."""
+        return {
+            "decode": self.decoded - self.arrival,
+            "wait": self.taken - self.decoded,
+            "prepare": self.done - self.taken - self.model_seconds,
+            "model": self.model_seconds,
+            "encode": self.encoded - self.done,
+            "send": self.sent - self.encoded,
+        }
+
+    @property
+    def latency(self) -> float:
+        return self.sent - self.arrival
 
 
 @dataclass
@@ -37,6 +76,8 @@ class StreamStats:
     switches: int = 0
     # (sent at, latency) of the last frames sent, for percentiles (bounded: a long session keeps no history).
     recent_latencies: deque = field(default_factory=lambda: deque(maxlen=RECENT_LATENCIES), repr=False)
+    # The FrameTimes of the same frames, for the stages' medians.
+    recent_times: deque = field(default_factory=lambda: deque(maxlen=RECENT_LATENCIES), repr=False)
     metrics: StreamMetrics | None = field(default=None, repr=False)  # histograms for /metrics
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _last: tuple = field(default=(0, 0, 0, 0.0, 0.0, 0.0), repr=False)
@@ -48,12 +89,21 @@ class StreamStats:
         if self.metrics is not None:
             self.metrics.model_seconds.observe(model_seconds)
 
-    def sent(self, latency_seconds: float) -> None:
-        """A stylised frame left for the viewers, `latency_seconds` after its camera frame arrived."""
+    def sent(self, times: FrameTimes) -> None:
+        """A stylised frame left for the viewers (on the event loop): its latency is arrival to sent."""
+        latency_seconds = times.latency
         self.add(frames_out=1, latency_seconds=latency_seconds)
-        self.recent_latencies.append((time.monotonic(), latency_seconds))
+        self.recent_latencies.append((times.sent, latency_seconds))
+        self.recent_times.append(times)
         if self.metrics is not None:
             self.metrics.latency_seconds.observe(latency_seconds)
+            self.metrics.observe_stages(times)
+
+    def recent_stages(self, seconds: float = 1.0) -> dict[str, float] | None:
+        """The median seconds of each stage over the frames sent in the last `seconds` (None if none was)."""
+        since = time.monotonic() - seconds
+        recent = list(itertools.takewhile(lambda times: times.sent >= since, reversed(self.recent_times)))
+        return stage_medians(recent) if recent else None
 
     def recent_latency(self, seconds: float = 1.0) -> float | None:
         """The median latency of the frames sent in the last `seconds` (None if none was): the picture's current
@@ -85,7 +135,8 @@ class StreamStats:
                 self.latency_seconds,
                 self.queue_seconds,
             )
-            previous, elapsed = self._last, max(now - self._last_time, 1e-6)
+            previous, since = self._last, self._last_time
+            elapsed = max(now - since, 1e-6)
             self._last, self._last_time = current, now
             delta = [c - p for c, p in zip(current, previous, strict=True)]
             processed, out = max(delta[1], 1), max(delta[2], 1)
@@ -109,4 +160,15 @@ class StreamStats:
                 "frames_in": self.frames_in,
                 "frames_processed": self.frames_processed,
                 "frames_out": self.frames_out,
+                "stages_ms": self.recent_stages_ms(now - since),
             }
+
+    def recent_stages_ms(self, seconds: float) -> dict[str, float] | None:
+        stages = self.recent_stages(seconds)
+        return {stage: round(value * 1000, 1) for stage, value in stages.items()} if stages else None
+
+
+def stage_medians(frames: list[FrameTimes]) -> dict[str, float]:
+    """Each stage's median seconds over `frames` (the medians need not add up to the latency's median)."""
+    each = [times.stages() for times in frames]
+    return {stage: statistics.median(stages[stage] for stages in each) for stage in STAGES}

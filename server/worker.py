@@ -20,7 +20,7 @@ from pipelines.resolution import ResolutionController
 from .media.feed import Feed
 from .media.mailbox import LatestSlot
 from .pacing import PacingParams, settings_model
-from .stats import StreamStats
+from .stats import FrameTimes, StreamStats
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,8 @@ class CameraFrame:
     """A camera frame in the stream's mailbox, with when it came."""
 
     frame: VideoFrame
-    arrival: float  # time.monotonic() when the pump received it
+    arrival: float  # time.monotonic() when its last packet came (see pump_frames)
+    decoded: float  # time.monotonic() when the pump handed it over, decoded
     queue_seconds: float  # how far behind real time it arrived (see pump_frames)
 
 
@@ -90,7 +91,7 @@ class StreamWorker:
 
     def submit(self, frame: VideoFrame, arrival: float, queue_seconds: float) -> None:
         dropped_before = self.inbox.dropped
-        self.inbox.put(CameraFrame(frame, arrival, queue_seconds))
+        self.inbox.put(CameraFrame(frame, arrival, time.monotonic(), queue_seconds))
         self.stats.add(frames_in=1, dropped_in=self.inbox.dropped - dropped_before)
         self._wake()
 
@@ -122,13 +123,15 @@ class StreamWorker:
         # A txt2img picture is new when it is drawn; an img2img one is as old as its camera frame.
         txt2img = self.pipeline.params.mode == "txt2img"
         arrival = now if txt2img or camera is None else camera.arrival
+        decoded = now if txt2img or camera is None else camera.decoded
         queue_seconds = camera.queue_seconds if camera is not None else 0.0
         levels = self.sound_levels() if self.sound_levels is not None else None
         modulated = self.modulator.values(self.pipeline.params, levels, now)
         # A still camera under a moving modulation is not the same picture: the skip holds only for both still.
         similar = camera is not None and not txt2img and self._similar_to_last(camera.frame)
         if similar and modulated == self.modulated:
-            self.picture.publish(VideoFrame.from_ndarray(self._last_result, format="rgb24"), arrival)
+            times = FrameTimes(arrival, decoded, taken=now, done=time.monotonic())
+            self.picture.publish(VideoFrame.from_ndarray(self._last_result, format="rgb24"), arrival, times)
             self.stats.add(frames_processed=1, skipped=1, queue_seconds=queue_seconds)
             return None
         if camera is not None:
@@ -147,9 +150,10 @@ class StreamWorker:
 
         def finish(result: FrameResult) -> None:
             model_seconds = result.model_seconds
+            times = FrameTimes(arrival, decoded, taken=now, done=time.monotonic(), model_seconds=model_seconds)
             self.controller.observe(self._device_seconds_per_frame(model_seconds))
             self._last_result = result.picture
-            self.picture.publish(VideoFrame.from_ndarray(result.picture, format="rgb24"), arrival)
+            self.picture.publish(VideoFrame.from_ndarray(result.picture, format="rgb24"), arrival, times)
             control_image = result.control_image
             if self.control is not None and control_image is not None and self.control.subscribed:
                 # At the picture's size, so that the two line up and the control track keeps one size too.

@@ -18,6 +18,7 @@ from server.bench.flash import (
     FlashClock,
 )
 from server.bench.tone import SAMPLE_RATE
+from server.stats import STAGES
 
 KEYS = (
     "av_offset_ms_p5",
@@ -75,3 +76,8 @@ def test_av_bench_reports_an_offset_and_a_latency_for_every_flash():
         assert math.isfinite(report[key]), key
     assert report["av_offset_ms_p5"] <= report["av_offset_ms_p50"] <= report["av_offset_ms_p95"]
     assert report["sound_arrival_jitter_ms"]["p50"] >= 0
+    # Where the server's latency went, before and after the slowdown: every stage's median.
+    for name in ("", "_slowed"):
+        assert set(report[f"stages_ms_p50{name}"]) == set(STAGES), report[f"stages_ms_p50{name}"]
+        assert report[f"stages_ms_p50{name}"]["model"] > 0
+        assert 0 <= report[f"outside_model_ms_p50{name}"] < report[f"server_latency_ms_p50{name}"]

@@ -6,6 +6,13 @@ const STAT_LABELS = {
   fps_out: "fps out",
   model_ms: "model ms",
   latency_ms: "latency ms",
+  // Where the latency goes: each stage's median over the last second (server/stats.py STAGES).
+  stage_decode: "· decode ms",
+  stage_wait: "· wait ms",
+  stage_prepare: "· prepare ms",
+  stage_model: "· model ms",
+  stage_encode: "· encode ms",
+  stage_send: "· send ms",
   sound_delay_ms: "sound delay ms",
   size: "size",
   viewers: "viewers",
@@ -31,8 +38,9 @@ export class StatsTable {
 }
 
 function statRows(message) {
-  const { width, height, ...fields } = message;
+  const { width, height, stages_ms: stages, ...fields } = message;
   if (width !== undefined || height !== undefined) fields.size = `${width ?? "?"}×${height ?? "?"}`;
+  for (const [stage, ms] of Object.entries(stages ?? {})) fields[`stage_${stage}`] = ms;
   return Object.keys(STAT_LABELS)
     .filter((name) => fields[name] != null) // a stream without sound has no sound delay
     .map((name) => [STAT_LABELS[name], formatStat(fields[name])]);

@@ -18,7 +18,7 @@ from pipelines import ModelComponents, load_model
 from ..engine import reserve_a_core_for_media
 from ..media.ice import restrict_ice_to_loopback
 from .adaptive import SLOWDOWN, SlowedStylise
-from .e2e import BenchServer, fixed_size_params, pipeline_only
+from .e2e import BenchServer, fixed_size_params, pipeline_only, stage_summary
 from .flash import FIRST_FLASH_SECONDS, FLASH_PERIOD_SECONDS, BeepTrack, FlashCard, FlashClock
 from .rtc_clients import WhepViewer, WhipPublisher, http
 from .tone import SAMPLE_RATE
@@ -213,6 +213,7 @@ async def av_run(
         "counts_at_end": counts_at_end,
         "sound_glitches": glitches,
         "server_latencies": list(stream.stats.recent_latencies),
+        "server_times": list(stream.stats.recent_times),
     }
 
 
@@ -288,6 +289,7 @@ def phase_summary(run: dict) -> dict:
             if low <= t < high and None not in (target, delay)
         ]
         summary[f"server_latency_ms_p50{name}"] = percentile(latencies, 50)
+        summary |= stage_summary([times for times in run["server_times"] if low <= times.sent < high], name)
         summary[f"sound_delay_minus_server_latency_ms_p50{name}"] = percentile(gaps, 50)
     start, middle, end = {}, run["counts_at_slowdown"] or run["counts_at_end"], run["counts_at_end"]
     for name, (first, last) in (("", (start, middle)), ("_slowed", (middle, end))):
@@ -397,6 +399,9 @@ def main(args: argparse.Namespace) -> dict:
         f"{result['sound_delay_minus_server_latency_ms_p50_slowed']} ms, camera frames dropped "
         f"{result['camera_frames_dropped']} / {result['camera_frames_dropped_slowed']}"
     )
+    for name, label in (("", "before"), ("_slowed", "slowed")):
+        stages = ", ".join(f"{stage} {ms}" for stage, ms in result[f"stages_ms_p50{name}"].items())
+        print(f"  server stages p50 {label} (ms): {stages}; all but the model {result[f'outside_model_ms_p50{name}']}")
     return result
 
 

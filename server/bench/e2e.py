@@ -18,6 +18,7 @@ from ..app import create_app
 from ..config import ServerConfig
 from ..engine import reserve_a_core_for_media
 from ..media.ice import restrict_ice_to_loopback
+from ..stats import STAGES, FrameTimes, stage_medians
 from .loopback import free_port
 
 WARMUP_SECONDS = 3.0
@@ -47,7 +48,20 @@ async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict
         measured = await server.viewer_result(viewer, args.seconds)
         window = (measured["window_start"], measured["window_end"])
         latencies = sorted(latency for sent, latency in stream.stats.recent_latencies if window[0] <= sent < window[1])
-        return {**measured, "latencies": latencies, "final": stream.stats.snapshot()}
+        times = [times for times in stream.stats.recent_times if window[0] <= times.sent < window[1]]
+        return {**measured, "latencies": latencies, "times": times, "final": stream.stats.snapshot()}
+
+
+def stage_summary(frames: list[FrameTimes], name: str = "") -> dict:
+    """The server's stages for `frames`: each one's median ms (`stages_ms_p50`), and the median of everything but
+    the model (`outside_model_ms_p50`: a frame's latency less its model time); None without frames."""
+    if not frames:
+        return {f"stages_ms_p50{name}": dict.fromkeys(STAGES), f"outside_model_ms_p50{name}": None}
+    outside = statistics.median(times.latency - times.model_seconds for times in frames)
+    return {
+        f"stages_ms_p50{name}": {stage: round(seconds * 1000, 1) for stage, seconds in stage_medians(frames).items()},
+        f"outside_model_ms_p50{name}": round(outside * 1000, 1),
+    }
 
 
 def fixed_size_params(args: argparse.Namespace) -> dict:
@@ -154,6 +168,7 @@ def main(args: argparse.Namespace) -> dict:
         "latency_over_model_ms": round(p50 - frame_seconds * 1000, 1),
         "dropped_in": final["dropped_in"],
         "dropped_out": final["dropped_out"],
+        **stage_summary(run["times"]),
     }
     print(
         f"e2e loopback: model {args.model} on {model.device}, {args.size}x{args.size}, steps {args.steps}, "
@@ -161,6 +176,8 @@ def main(args: argparse.Namespace) -> dict:
     )
     print(f"  pipeline alone     {pipeline_fps:8.2f} fps  ({frame_seconds * 1000:.1f} ms/frame)")
     print(f"  delivered          {run['delivered_fps']:8.2f} fps  (e2e_ratio {result['e2e_ratio']:.3f})")
-    print(f"  latency p50 / p95  {p50:8.1f} / {p95:.1f} ms  (camera frame decoded -> stylised frame to encoder)")
+    print(f"  latency p50 / p95  {p50:8.1f} / {p95:.1f} ms  (last packet in -> packet to the sender)")
+    stages = ", ".join(f"{stage} {ms}" for stage, ms in result["stages_ms_p50"].items())
+    print(f"  server stages p50 (ms): {stages}; all but the model {result['outside_model_ms_p50']}")
     print(f"  stale camera frames dropped: {final['dropped_in']}")
     return result

@@ -7,12 +7,15 @@ sender: aiortc's sender packetises packets it is given instead of encoding frame
 
 A subscriber that has not sent its last packet when the next one comes has lost a picture that the following
 ones refer to: it skips to the next keyframe, which it asks the encoder for (as a viewer's PLI does).
+
+A picture is sent when the first subscriber's sender takes its packet: the stream's latency ends there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 import av
@@ -20,7 +23,7 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
-from ..stats import StreamStats
+from ..stats import FrameTimes, StreamStats
 from .encoder import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, VideoEncoder
 from .fanout import FanOut
 
@@ -35,7 +38,7 @@ class Feed(FanOut["PacketTrack"]):
         self._loop = asyncio.get_running_loop()
         self._stats = stats
         self._bitrate_kbps = bitrate_kbps
-        self._pending: tuple[VideoFrame, float] | None = None
+        self._pending: tuple[VideoFrame, FrameTimes] | None = None
         self._fresh = asyncio.Event()
         self._encoders: dict[str, VideoEncoder] = {}
         self._keyframes_wanted: set[str] = set()
@@ -44,10 +47,13 @@ class Feed(FanOut["PacketTrack"]):
         self.encodes = 0  # frames encoded, summed over codecs: one per frame per codec, whatever the viewers
         self.encode_seconds = 0.0
 
-    def publish(self, frame: VideoFrame, arrival: float) -> None:
-        """From the engine thread: a finished picture and the arrival time of the camera frame it came from."""
+    def publish(self, frame: VideoFrame, arrival: float, times: FrameTimes | None = None) -> None:
+        """From the engine thread: a finished picture, the arrival time of the camera frame it came from, and the
+        times of its stages so far (without them: all at its arrival)."""
+        if times is None:
+            times = FrameTimes(arrival, arrival, taken=arrival, done=arrival)
         with contextlib.suppress(RuntimeError):  # a closed event loop means the stream is gone
-            self._loop.call_soon_threadsafe(self._deliver, frame, arrival)
+            self._loop.call_soon_threadsafe(self._deliver, frame, times)
 
     def subscribe(self) -> PacketTrack:
         """A track for one viewer's sender; it starts receiving once `PacketTrack.bind` names its codec."""
@@ -67,10 +73,10 @@ class Feed(FanOut["PacketTrack"]):
         if not any(t.codec == track.codec for t in self._subscribers):
             self._encoders.pop(track.codec, None)
 
-    def _deliver(self, frame: VideoFrame, arrival: float) -> None:
+    def _deliver(self, frame: VideoFrame, times: FrameTimes) -> None:
         if self._pending is not None and self._stats is not None:
             self._stats.add(dropped_out=1)
-        self._pending = (frame, arrival)
+        self._pending = (frame, times)
         self._fresh.set()
 
     async def _run(self) -> None:
@@ -79,7 +85,7 @@ class Feed(FanOut["PacketTrack"]):
             self._fresh.clear()
             if self._pending is None:
                 continue
-            (frame, arrival), self._pending = self._pending, None
+            (frame, times), self._pending = self._pending, None
             codecs = {track.codec for track in self._subscribers if track.codec is not None}
             if not codecs:
                 continue  # nobody receives this feed now: nothing to encode
@@ -91,12 +97,11 @@ class Feed(FanOut["PacketTrack"]):
             packets = await self._loop.run_in_executor(None, _encode_each, encoders, frame, keyframes)
             self.encode_seconds += time.perf_counter() - started
             self.encodes += len(encoders)
-            if self._stats is not None:
-                self._stats.sent(time.monotonic() - arrival)
+            times.encoded = time.monotonic()
             for track in list(self._subscribers):
                 packet = packets.get(track.codec)
                 if packet is not None:
-                    track.offer(packet)
+                    track.offer(packet, times)
 
     def _stamp(self, frame: VideoFrame) -> None:
         """Monotonic timestamps on a 90 kHz clock from the feed's first frame: viewers play at the real pace."""
@@ -106,6 +111,14 @@ class Feed(FanOut["PacketTrack"]):
         pts = max(int((now - self._start) * VIDEO_CLOCK_RATE), self._last_pts + 1)
         self._last_pts = pts
         frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
+
+    def _sent(self, times: FrameTimes) -> None:
+        """A sender took the picture's packet: the first one to do so ends the picture's latency."""
+        if not math.isnan(times.sent):  # another viewer's sender took it first
+            return
+        times.sent = time.monotonic()
+        if self._stats is not None:
+            self._stats.sent(times)
 
     def _encoder(self, codec: str) -> VideoEncoder:
         encoder = self._encoders.get(codec)
@@ -132,7 +145,7 @@ class PacketTrack(MediaStreamTrack):
         super().__init__()
         self._feed = feed
         self.codec: str | None = None
-        self._pending: av.Packet | None = None
+        self._pending: tuple[av.Packet, FrameTimes] | None = None
         self._fresh = asyncio.Event()
         self._awaiting_keyframe = True
         self.dropped = 0
@@ -144,7 +157,7 @@ class PacketTrack(MediaStreamTrack):
         if self.readyState == "live":
             self._feed._add(self)
 
-    def offer(self, packet: av.Packet) -> None:
+    def offer(self, packet: av.Packet, times: FrameTimes) -> None:
         if self._pending is not None:
             # The sender never took the last one; the pictures after it refer to it.
             self._pending = None
@@ -156,7 +169,7 @@ class PacketTrack(MediaStreamTrack):
             self.skipped += 1
             return
         self._awaiting_keyframe = False
-        self._pending = packet
+        self._pending = (packet, times)
         self._fresh.set()
 
     def on_picture_loss(self) -> None:
@@ -172,7 +185,8 @@ class PacketTrack(MediaStreamTrack):
             await self._fresh.wait()
         if self.readyState != "live":
             raise MediaStreamError
-        packet, self._pending = self._pending, None
+        (packet, times), self._pending = self._pending, None
+        self._feed._sent(times)
         return packet
 
     def stop(self) -> None:

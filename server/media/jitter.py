@@ -11,13 +11,19 @@ as silence). Waiting for a lost video packet stays as aiortc does it (NACK may b
 
 This replaces a private attribute of aiortc's `RTCRtpReceiver` (pyproject pins aiortc to the minor version that
 was read); `install` checks the attribute is there and leaves aiortc's buffer alone, with a warning, if not.
+
+The video buffer also notes when each frame was complete (its last packet's arrival): `completed_at` gives it to
+the pump, which sees the frame only once decoded, for the latency's first stage.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+import weakref
+from collections import deque
 
-from aiortc import RTCRtpReceiver
+from aiortc import MediaStreamTrack, RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 
@@ -29,6 +35,10 @@ LOSS_PACKETS = 3
 AUDIO_CAPACITY = 16  # aiortc's own sizes
 VIDEO_CAPACITY = 512
 _ATTRIBUTE = "_RTCRtpReceiver__jitter_buffer"
+# Frames whose completion is remembered: more than the decoder ever holds back (it passes each frame on at once).
+COMPLETED_FRAMES = 32
+# The video buffers installed, by their receiver's track (what the pump holds).
+_video_buffers: weakref.WeakKeyDictionary[MediaStreamTrack, PromptVideoBuffer] = weakref.WeakKeyDictionary()
 
 
 class PromptVideoBuffer(JitterBuffer):
@@ -36,6 +46,24 @@ class PromptVideoBuffer(JitterBuffer):
 
     def __init__(self) -> None:
         super().__init__(capacity=VIDEO_CAPACITY, is_video=True)
+        # (frame handed on, time.monotonic() then). The receiver rewrites each frame's timestamp to the decoded
+        # frame's pts right after taking it, so the frame found here by that pts is the decoded frame's.
+        self._completed: deque[tuple[JitterFrame, float]] = deque(maxlen=COMPLETED_FRAMES)
+
+    def add(self, packet: RtpPacket) -> tuple[bool, JitterFrame | None]:
+        pli, frame = super().add(packet)
+        if frame is not None:
+            self._completed.append((frame, time.monotonic()))
+        return pli, frame
+
+    def completed_at(self, pts: int) -> float | None:
+        """When the frame that decoded to `pts` was complete (and forget it and those before); None if unknown."""
+        for index, (frame, at) in enumerate(self._completed):
+            if frame.timestamp == pts:
+                for _ in range(index + 1):
+                    self._completed.popleft()
+                return at
+        return None
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         packets: list[RtpPacket] = []
@@ -87,5 +115,18 @@ def install(receiver: RTCRtpReceiver, kind: str) -> bool:
     if not hasattr(receiver, _ATTRIBUTE):
         log.warning("aiortc's receiver has no %s: its own (later) receive buffer stays", _ATTRIBUTE)
         return False
-    setattr(receiver, _ATTRIBUTE, PromptVideoBuffer() if kind == "video" else PromptAudioBuffer())
+    if kind == "video":
+        buffer = PromptVideoBuffer()
+        if receiver.track is not None:  # a remote track, made by the remote description (peers.py applies it first)
+            _video_buffers[receiver.track] = buffer
+    else:
+        buffer = PromptAudioBuffer()
+    setattr(receiver, _ATTRIBUTE, buffer)
     return True
+
+
+def completed_at(track: MediaStreamTrack, pts: int | None) -> float | None:
+    """When the camera frame `track` decoded with `pts` had all its packets (time.monotonic()); None where the
+    track has no buffer of ours or the frame is not known."""
+    buffer = _video_buffers.get(track)
+    return buffer.completed_at(pts) if buffer is not None and pts is not None else None

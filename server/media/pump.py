@@ -10,9 +10,12 @@ from aiortc import MediaStreamTrack
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 
+from . import jitter
+
 
 async def pump_frames(track: MediaStreamTrack, submit: Callable[[VideoFrame, float, float], None]) -> None:
-    """Receive every decoded camera frame as soon as aiortc has it and hand it on with its arrival time.
+    """Receive every decoded camera frame as soon as aiortc has it and hand it on with its arrival time: when its
+    last packet came (jitter.completed_at), else now.
 
     aiortc's receive queue is unbounded: only a consumer that never stops keeps it empty. The engine keeps the
     newest frame; this loop does no conversion work.
@@ -23,7 +26,8 @@ async def pump_frames(track: MediaStreamTrack, submit: Callable[[VideoFrame, flo
             frame = await track.recv()
         except MediaStreamError:
             return
-        arrival = time.monotonic()
+        decoded = time.monotonic()
+        arrival = min(jitter.completed_at(track, frame.pts) or decoded, decoded)
         media_time = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else arrival
         # Arrival minus media time is constant while nothing queues; its growth above the minimum is queueing.
         lag = arrival - media_time
