@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from pipelines import ModelComponents, load_model, resolve_device
 
+from ..engine import reserve_a_core_for_media
 from .folder import INPUT, Recording, read_recording
 from .master import MasterWriter
 from .replay import ReplayedStream
@@ -76,6 +77,9 @@ def main(args: argparse.Namespace) -> int:
     # are). Set here, for this process alone, not in the library.
     torch.backends.cudnn.deterministic = True
     torch.backends.cudnn.benchmark = False
+    # On a CPU the model leaves a core to decoding and x264, as the live engine does (and so runs the live
+    # path's thread count): on the 2-core dev CPU, busy, 60 frames at 256 px took 15.9 s on one thread, 85.2 on two.
+    reserve_a_core_for_media(components.device)
     summary = render(
         recording,
         args.out or recording.folder / MASTER,
