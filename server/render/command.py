@@ -73,21 +73,24 @@ def main(args: argparse.Namespace) -> int:
     for note in recording.notes:
         print(f"lcmlive render: {note}", file=sys.stderr)
     components = load_recorded_model(recording, args.model, args.device, args.lora_dir)
-    # Two renders of a folder give the same pictures: on CUDA that needs cuDNN's deterministic algorithms (the CPU's
-    # are). Set here, for this process alone, not in the library.
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
     # On a CPU the model leaves a core to decoding and x264, as the live engine does (and so runs the live
     # path's thread count): on the 2-core dev CPU, busy, 60 frames at 256 px took 15.9 s on one thread, 85.2 on two.
+    threads_before = torch.get_num_threads()
     reserve_a_core_for_media(components.device)
-    summary = render(
-        recording,
-        args.out or recording.folder / MASTER,
-        components,
-        side=args.size,
-        steps=args.steps,
-        progress=not args.quiet,
-    )
+    try:
+        # Two renders of a folder give the same pictures: on CUDA that needs cuDNN's deterministic algorithms (the
+        # CPU's are).
+        with torch.backends.cudnn.flags(enabled=torch.backends.cudnn.enabled, benchmark=False, deterministic=True):
+            summary = render(
+                recording,
+                args.out or recording.folder / MASTER,
+                components,
+                side=args.size,
+                steps=args.steps,
+                progress=not args.quiet,
+            )
+    finally:
+        torch.set_num_threads(threads_before)  # run in-process (tests), the caller keeps its own threads
     for note in summary.notes:
         print(f"lcmlive render: {note}", file=sys.stderr)
     print(summary.line())
