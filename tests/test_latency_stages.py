@@ -8,6 +8,7 @@ import math
 import statistics
 import time
 
+import numpy as np
 import pytest
 from aiortc.rtp import RtpPacket
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,6 +19,7 @@ from server.bench.rtc_clients import http
 from server.media.ice import restrict_ice_to_loopback
 from server.media.jitter import PromptVideoBuffer
 from server.stats import STAGES
+from server.worker import FrameSchedule
 
 SIZE = 128
 # Decoding a 128-pixel VP8 frame and the hop from aiortc's decoder thread took 1.0-1.2 ms p50 here; from the pump's
@@ -96,3 +98,40 @@ def test_the_video_buffer_tells_when_each_decoded_frame_was_complete():
     assert buffer.completed_at(completed[0][0]) is None  # those before a frame asked for are gone with it
     pts, before, after = completed[2]
     assert before <= buffer.completed_at(pts) <= after
+
+
+def paced(arrivals: list[float], fps: float, model_seconds: float) -> list[tuple[float, float]]:
+    """(arrival, start) of each frame an engine with one mailbox slot runs under a FrameSchedule: a frame starts
+    when it is due and the model is free, unless a newer one has replaced it by then."""
+    schedule, free, runs = FrameSchedule(), 0.0, []
+    for index, arrival in enumerate(arrivals):
+        interval = statistics.median(np.diff(arrivals[max(0, index - 8) : index + 1])) if index else None
+        start = max(arrival, free, schedule.due(fps, arrival, interval))
+        if index + 1 < len(arrivals) and arrivals[index + 1] <= start:
+            continue  # replaced in the mailbox
+        schedule.started(start, fps)
+        free = start + model_seconds
+        runs.append((arrival, start))
+    return runs
+
+
+def test_a_camera_at_the_target_rate_never_waits_for_the_pacing_even_when_early():
+    # 5 fps with 20 ms of arrival jitter and a camera clock 1% fast: each frame starts as it comes, and one in a
+    # hundred is passed over (with the last start + one interval, the median frame waited 45 ms here).
+    rng = np.random.default_rng(0)
+    arrivals = [k * 0.2 / 1.01 + jitter for k, jitter in enumerate(rng.uniform(0, 0.02, 300))]
+    runs = paced(arrivals, fps=5.0, model_seconds=0.08)
+    waits = [start - arrival for arrival, start in runs]
+    assert statistics.median(waits) == 0.0, statistics.median(waits)
+    assert max(waits) == 0.0, max(waits)
+    assert len(runs) >= 0.98 * len(arrivals)
+
+
+def test_a_faster_camera_is_held_to_the_target_rate_on_average():
+    arrivals = [k / 30 for k in range(900)]  # 30 s of a 30 fps camera against a target of 8 fps
+    runs = paced(arrivals, fps=8.0, model_seconds=0.05)
+    starts = [start for _, start in runs]
+    # One interval of tolerance: at most one frame more than the rate allows, over any span.
+    assert len(starts) <= 8.0 * (starts[-1] - starts[0]) + 2
+    assert len(runs) >= 8.0 * 29  # and it does reach it
+    assert statistics.median(start - arrival for arrival, start in runs) == 0.0
