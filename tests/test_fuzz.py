@@ -414,6 +414,14 @@ def off_by_little(limit: float) -> st.SearchStrategy[float]:
 
 def values_for(prop: dict) -> st.SearchStrategy[Any]:
     """Valid values of one schema property, values at and just past its limits, and wrong types."""
+    if prop["type"] == "array":  # `modulations`: lists of entries, up to one past the limit
+        return st.lists(values_for(prop["items"]) | json_values, max_size=prop.get("maxItems", 8) + 1)
+    if prop["type"] == "object":  # an entry: its keys with their values, now and then one missing or unknown
+        fields = {name: values_for(sub) for name, sub in prop["properties"].items()}
+        return st.fixed_dictionaries({}, optional=fields) | st.fixed_dictionaries(
+            {name: field for name, field in fields.items() if name in prop.get("required", ())},
+            optional={"extra": json_values},
+        )
     if prop["type"] == "string":
         fitting = st.sampled_from(prop["enum"]) if "enum" in prop else texts
         length = prop.get("maxLength", 2000)
@@ -446,6 +454,21 @@ def conforms(prop: dict, value: Any) -> bool:
     """Whether `value` is valid for a property of the served schema: the oracle, written from the schema alone."""
     if isinstance(value, RawNumber):
         return False  # thousands of digits: out of every range
+    if prop["type"] == "array":
+        items = prop["items"]
+        return (
+            isinstance(value, list)
+            and len(value) <= prop.get("maxItems", math.inf)
+            and all(conforms(items, item) for item in value)
+        )
+    if prop["type"] == "object":
+        known = prop["properties"]
+        return (
+            isinstance(value, dict)
+            and set(prop.get("required", ())) <= set(value)
+            and (prop.get("additionalProperties", True) is not False or set(value) <= set(known))
+            and all(name not in known or conforms(known[name], item) for name, item in value.items())
+        )
     if prop["type"] == "string":
         if not isinstance(value, str) or len(value) > prop.get("maxLength", math.inf):
             return False
