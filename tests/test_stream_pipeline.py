@@ -21,7 +21,13 @@ def count_calls(module: torch.nn.Module) -> list[tuple]:
 def test_same_seed_and_input_give_the_same_output(tiny, frame):
     first = StreamPipeline(tiny)
     second = StreamPipeline(tiny)
-    assert np.array_equal(first(frame), second(frame))
+    # The same frames in the same order give the same pictures (temporal smoothing carries each into the next).
+    for _ in range(3):
+        assert np.array_equal(first(frame), second(frame))
+    # Without temporal smoothing a picture is its frame's own: the same frame again gives it again. (With it, a
+    # still frame's pictures settle over a few frames: 1 level apart at one thread, which the engine's CPU setting
+    # leaves to later tests in the same process; this failed CI in that order.)
+    first.update(temporal_smoothing=0.0)
     assert np.array_equal(first(frame), first(frame))
 
 
