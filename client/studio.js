@@ -445,7 +445,8 @@ async function showModelNote() {
   if (!health?.model) return;
   const note = byId("model-note");
   note.textContent = `Model: ${health.model} on ${health.device}` +
-    (health.model_description ? ` — ${health.model_description}` : "");
+    (health.model_description ? ` — ${health.model_description}` : "") +
+    (health.version ? ` · lcmlive ${health.version}` : "");
   note.hidden = false;
 }
 

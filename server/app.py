@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from functools import partial
+from importlib.metadata import version
 
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
@@ -209,6 +210,7 @@ def health_report(parts: Parts) -> dict:
     model, registry, sockets = parts.model, parts.registry, parts.sockets
     return {
         "status": "ok",
+        "version": version("lcmlive"),  # as `lcmlive --version` says it: what a bug report names
         "model": model.preset.name,
         "model_description": model.preset.description,  # the page shows it (the offline toy says what it is)
         "controlnet": list(model.control_kinds),

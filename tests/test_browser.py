@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
@@ -176,7 +177,8 @@ def test_chromium_shows_stylised_video_and_follows_the_prompt(page, script_error
     open_page(page, live_server.url)
     # The page says which model draws: the offline toy, and what it is.
     page.locator("#model-note").wait_for(state="visible")
-    assert "Model: tiny on cpu" in page.inner_text("#model-note") and "toy" in page.inner_text("#model-note")
+    note = page.inner_text("#model-note")
+    assert "Model: tiny on cpu" in note and "toy" in note and f"lcmlive {version('lcmlive')}" in note
     start_and_wait_for_video(page)
     # Without ?stream= the server names the stream; the page shows the name and where else it can be watched.
     name = state(page)["streamName"]

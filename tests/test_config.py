@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ import pytest
 from server import cli, serve
 from server.config import DEFAULT_MAX_BATCH, ServerConfig, ServeSettings, SettingsError, settings_from_arguments
 
-from conftest import LiveServer
+from conftest import ROOT, LiveServer
 
 
 def parse(*flags: str) -> ServeSettings:
@@ -35,6 +36,20 @@ def no_lcmlive_variables(monkeypatch):
     for name in list(os.environ):
         if name.startswith("LCMLIVE_"):
             monkeypatch.delenv(name)
+
+
+def test_lcmlive_version_is_pyprojects_and_answers_without_loading_the_commands():
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    # The installed command, as a user runs it; the commands' parsers import torch (8.7 s here), --version must not.
+    command = Path(sys.executable).parent / "lcmlive"
+    started = time.monotonic()
+    result = subprocess.run([command, "--version"], capture_output=True, text=True, timeout=60)
+    assert (result.returncode, result.stdout, result.stderr) == (0, f"lcmlive {declared}\n", "")
+    assert time.monotonic() - started < 5
 
 
 def test_reading_the_config_imports_no_torch():

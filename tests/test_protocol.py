@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from importlib.metadata import version
 
 import pytest
 import websockets
@@ -218,6 +219,7 @@ def test_health_and_schema_over_http(live_server):
 
     health = live_server.health()
     assert health["status"] == "ok" and health["model"] == "tiny" and health["device"] == "cpu"
+    assert health["version"] == version("lcmlive")
     with urllib.request.urlopen(f"{live_server.url}/params/schema", timeout=10) as response:
         schema = json.loads(response.read())
     assert {"prompt", "strength", "steps", "guidance_scale", "seed", "target_fps"} <= set(schema["properties"])

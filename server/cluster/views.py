@@ -7,6 +7,7 @@ Prometheus text}`. Each replica's metric samples get a `replica` label, merged i
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
+from importlib.metadata import version
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -35,7 +36,7 @@ def cluster_routes(reports: Reports) -> list[Route]:
     async def health(request: Request) -> JSONResponse:
         replicas = [report["health"] for report in await reports()]
         totals = {key: sum(replica.get(key, 0) for replica in replicas) for key in SUMMED}
-        return JSONResponse({"status": "ok", **totals, "replicas": replicas})
+        return JSONResponse({"status": "ok", "version": version("lcmlive"), **totals, "replicas": replicas})
 
     async def streams(request: Request) -> JSONResponse:
         return JSONResponse({"streams": [stream for report in await reports() for stream in report["streams"]]})
