@@ -209,7 +209,7 @@ class Stream:
         except BaseException:
             self.recording = None
             raise
-        self.worker.on_frame = recording.frame
+        self.worker.record(recording.frame)
         await self.broadcast({"type": "recording", "recording": recording.state()})
         return recording
 
@@ -226,7 +226,7 @@ class Stream:
         """However it ended (asked, the stream's end, the disk guard): unhook it and tell the stream's sockets."""
         if self.recording is recording:
             self.recording = None
-            self.worker.on_frame = None
+            self.worker.record(None)
         await self.broadcast({"type": "recording", "recording": None, "ended": summary})
 
     def _camera_frame(self, frame: VideoFrame, arrival: float, queue_seconds: float) -> None:

@@ -24,6 +24,9 @@ from .media.mailbox import LatestSlot
 from .pacing import PacingParams, settings_model
 from .stats import FrameTimes, StreamStats
 
+# Told of each frame sent to the model: its arrival, processing size, modulated values and sound features.
+OnFrame = Callable[[float, tuple[int, int], dict[str, float], Mapping | None], None]
+
 # A frame passed over by the pacing runs if no newer one has come by this many camera intervals after it.
 NEXT_FRAME_LATE = 1.5
 CAMERA_INTERVALS = 8  # the last intervals between camera frames, whose median is the camera's
@@ -122,7 +125,20 @@ class StreamWorker:
         self.modulated: dict[str, float] = {}
         # Told of each frame sent to the model (arrival, processing size, modulated values, sound features): a
         # recording's frame lines. Called on the engine thread; it must only queue.
-        self.on_frame: Callable[[float, tuple[int, int], dict[str, float], Mapping | None], None] | None = None
+        self.on_frame: OnFrame | None = None
+        self._record_from_next: OnFrame | None = None  # set by record(), taken by the engine thread
+
+    def record(self, on_frame: OnFrame | None) -> None:
+        """Tell `on_frame` of each frame sent to the model from the next one on (None: stop telling).
+
+        That next frame starts the stream's temporal smoothing afresh, as a cut in the camera does: a render of
+        the recording starts with no history, and would otherwise carry a different motion history (the noise's
+        journey since it was drawn) for as long as the camera moves. Set here on the event loop and taken by the
+        engine thread at a frame's start, so that the first frame told of is the first after the fresh start."""
+        if on_frame is None:
+            self._record_from_next = self.on_frame = None
+        else:
+            self._record_from_next = on_frame
 
     def submit(self, frame: VideoFrame, arrival: float, queue_seconds: float) -> None:
         dropped_before = self.inbox.dropped
@@ -226,6 +242,10 @@ class StreamWorker:
                 return
             raise error
 
+        if (recording := self._record_from_next) is not None:
+            self._record_from_next = None
+            self.pipeline.motion.reset()
+            self.on_frame = recording
         self.pipeline.control_shown = self.control is not None and self.control.subscribed
         try:  # the host side: checks, the control images, txt2img's noise
             request = self.pipeline.prepare(rgb, size, output_size, modulated)

@@ -106,3 +106,23 @@ async def test_streams_share_the_device_budget(tiny):
     assert worker._device_seconds_per_frame(0.05) == 0.05  # the first frame: its own time
     busy[0] += 0.05 + 0.05 + 0.05  # two other streams' frames, then this one's
     assert abs(worker._device_seconds_per_frame(0.05) - 0.15) < 1e-9
+
+
+async def test_a_recording_starts_the_temporal_smoothing_afresh_and_hears_of_frames_from_then_on(tiny):
+    # The render of a recording starts with no motion history; the live path starts afresh where it starts.
+    worker = make_worker(tiny)
+    worker.update({"temporal_smoothing": 0.5})
+    told = []
+
+    def prepared(index: int) -> dict:
+        frame = VideoFrame.from_ndarray(moving_pattern(256, 192, index), format="rgb24")
+        worker.submit(frame, time.monotonic(), 0.0)
+        return worker.prepare().request.host_tensors
+
+    assert "flow" not in prepared(0) and "flow" in prepared(1)  # the camera's motion from its second frame on
+    worker.record(lambda arrival, size, modulated, sound: told.append(size))
+    assert not told
+    assert "flow" not in prepared(2) and len(told) == 1  # as after a cut: no motion carried into the recording
+    assert "flow" in prepared(3) and len(told) == 2
+    worker.record(None)
+    assert "flow" in prepared(4) and len(told) == 2
