@@ -40,39 +40,43 @@ class StreamParams(Params):
     not_modulated: ClassVar[frozenset[str]] = frozenset({"transition_s"})
 
     prompt: str = Field(
-        "an oil painting, vivid colors, thick brush strokes",
+        default="an oil painting, vivid colors, thick brush strokes",
         max_length=MAX_PROMPT_LENGTH,
         description="what the picture should become",
     )
     negative_prompt: str = Field(
-        "",
+        default="",
         max_length=MAX_PROMPT_LENGTH,
         description="what to steer away from (used only with classifier-free guidance)",
     )
     prompt_b: str = Field(
-        "", max_length=MAX_PROMPT_LENGTH, description="a second prompt, blended with the first by prompt_mix"
+        default="", max_length=MAX_PROMPT_LENGTH, description="a second prompt, blended with the first by prompt_mix"
     )
-    prompt_mix: float = Field(0.0, ge=0.0, le=1.0, description="0 = prompt, 1 = prompt_b, between: a blend (a fader)")
+    prompt_mix: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="0 = prompt, 1 = prompt_b, between: a blend (a fader)"
+    )
     transition_s: float = Field(
-        0.0, ge=0.0, le=10.0, description="seconds a new prompt (or mix) takes to fade in; 0 cuts"
+        default=0.0, ge=0.0, le=10.0, description="seconds a new prompt (or mix) takes to fade in; 0 cuts"
     )
     strength: float = Field(
-        0.5, ge=0.01, le=1.0, description="how far to move from the camera frame: 0 keeps it, 1 ignores it"
+        default=0.5, ge=0.01, le=1.0, description="how far to move from the camera frame: 0 keeps it, 1 ignores it"
     )
-    steps: WholeNumber = Field(2, ge=1, le=8, description="denoising steps per frame")
-    guidance_scale: float = Field(8.0, ge=0.0, le=20.0, description="how strongly the prompt steers the picture")
+    steps: WholeNumber = Field(default=2, ge=1, le=8, description="denoising steps per frame")
+    guidance_scale: float = Field(
+        default=8.0, ge=0.0, le=20.0, description="how strongly the prompt steers the picture"
+    )
     seed: WholeNumber = Field(
-        0, ge=0, le=2**31 - 1, description="noise seed: the same seed and frame give the same picture"
+        default=0, ge=0, le=2**31 - 1, description="noise seed: the same seed and frame give the same picture"
     )
     temporal_smoothing: float = Field(
-        0.5,
+        default=0.5,
         ge=0.0,
         le=1.0,
         description="steadier video: noise moves with the picture and the last frame carries over along the "
         "motion; 0 = off, 1 = strongest (turn it down for fast cuts and fast motion)",
     )
     mode: Literal["img2img", "txt2img"] = Field(
-        "img2img",
+        default="img2img",
         description="img2img restyles the camera; txt2img ignores it and draws new pictures at the target rate",
     )
 
@@ -135,7 +139,10 @@ def params_model(
         kind.scale_param: (
             float,
             Field(
-                0.5, ge=0.0, le=2.0, description=f"how much the picture follows {kind.reads}; 0 skips this ControlNet"
+                default=0.5,
+                ge=0.0,
+                le=2.0,
+                description=f"how much the picture follows {kind.reads}; 0 skips this ControlNet",
             ),
         )
         for kind in kinds
@@ -143,7 +150,10 @@ def params_model(
     if len(kinds) > 1:
         control_fields["control_view"] = (
             Literal[("auto", *controls)],
-            Field("auto", description="the control image the second video shows; auto: the one with the largest scale"),
+            Field(
+                default="auto",
+                description="the control image the second video shows; auto: the one with the largest scale",
+            ),
         )
 
     def at_least_one_step(params: StreamParams) -> StreamParams:
@@ -168,9 +178,12 @@ def params_model(
     if styles:
         style_fields["style"] = (
             Literal[(NO_STYLE, *styles)],
-            Field(NO_STYLE, description="a style LoRA (from --lora-dir); none = the model alone"),
+            Field(default=NO_STYLE, description="a style LoRA (from --lora-dir); none = the model alone"),
         )
-        style_fields["style_scale"] = (float, Field(1.0, ge=0.0, le=1.5, description="how strongly the style shows"))
+        style_fields["style_scale"] = (
+            float,
+            Field(default=1.0, ge=0.0, le=1.5, description="how strongly the style shows"),
+        )
     validators = {"at_least_one_step": model_validator(mode="after")(at_least_one_step)}
     if len(kinds) == 1:
         validators["one_control_scale"] = model_validator(mode="before")(_single_scale_alias(kinds[0].scale_param))
@@ -206,7 +219,7 @@ def _narrowed(model: type[BaseModel], name: str, default: Any, le: float | None 
     field = model.model_fields[name]
     lower = next(m.ge for m in field.metadata if hasattr(m, "ge") and m.ge is not None)
     upper = le if le is not None else next(m.le for m in field.metadata if hasattr(m, "le") and m.le is not None)
-    return Field(default, ge=lower, le=upper, description=field.description)
+    return Field(default=default, ge=lower, le=upper, description=field.description)
 
 
 def params_model_for(components: ModelComponents) -> type[StreamParams]:
@@ -277,7 +290,12 @@ def modulation_model(params: Sequence[str]) -> type[Params]:
         ),
         smooth_ms=(
             float,
-            Field(100.0, ge=0.0, le=2000.0, description="time constant of the source's smoothing (one-pole low-pass)"),
+            Field(
+                default=100.0,
+                ge=0.0,
+                le=2000.0,
+                description="time constant of the source's smoothing (one-pole low-pass)",
+            ),
         ),
     )
 

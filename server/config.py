@@ -64,98 +64,109 @@ class ServeSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
 
-    host: str = Field("127.0.0.1", description="address to listen on")
-    port: int = Field(8000, ge=0, le=65535, description="port")
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=8000, ge=0, le=65535, description="port")
     model: str = Field(
-        "auto", description="preset or local diffusers folder; auto = {cuda_preset} on CUDA, else {offline_preset}"
+        default="auto",
+        description="preset or local diffusers folder; auto = {cuda_preset} on CUDA, else {offline_preset}",
     )
-    device: str = Field("auto", description="cpu, cuda, cuda:N or auto")
+    device: str = Field(default="auto", description="cpu, cuda, cuda:N or auto")
     controlnet: Names = Field(
-        (),
+        default=(),
         description="ControlNets of the model's family, comma-separated: {control_kinds} (e.g. canny,depth); each "
         "stream sets how much each one shapes its picture",
     )
     lora_dir: Path | None = Field(
-        None,
+        default=None,
         description="a folder of style LoRAs (diffusers or kohya .safetensors): each file a style that every stream "
         "can pick live (the `style` param)",
     )
-    tiny_vae: bool = Field(False, description="TAESD / TAESDXL instead of the full VAE: faster, a little softer")
-    token: str | None = Field(None, description=f"require this token (or set {ENV_PREFIX}TOKEN)")
-    max_streams: Annotated[int, Flag(deprecated=("--max-sessions",))] = Field(
-        4, ge=1, description="most streams (publishers: the page's camera, WHIP) at once"
+    tiny_vae: bool = Field(
+        default=False, description="TAESD / TAESDXL instead of the full VAE: faster, a little softer"
     )
-    max_viewers: int = Field(8, ge=1, description="most WHEP viewers per stream")
+    token: str | None = Field(default=None, description=f"require this token (or set {ENV_PREFIX}TOKEN)")
+    max_streams: Annotated[int, Flag(deprecated=("--max-sessions",))] = Field(
+        default=4, ge=1, description="most streams (publishers: the page's camera, WHIP) at once"
+    )
+    max_viewers: int = Field(default=8, ge=1, description="most WHEP viewers per stream")
     max_controllers: int = Field(
-        8, ge=1, description="most control sockets per stream (they send no offer, so no offer timeout frees them)"
+        default=8,
+        ge=1,
+        description="most control sockets per stream (they send no offer, so no offer timeout frees them)",
     )
     allow_origin: Annotated[Names, Flag(metavar="ORIGIN", repeatable=True)] = Field(
-        (), description="a web origin (e.g. https://studio.example) whose pages may use this server; repeatable"
+        default=(), description="a web origin (e.g. https://studio.example) whose pages may use this server; repeatable"
     )
     allow_host: Annotated[Names, Flag(metavar="NAME", repeatable=True)] = Field(
-        (),
+        default=(),
         description="a host name this server is reached by besides localhost and IP addresses (a LAN name, a reverse "
         f"proxy's name; .example.com for a domain and its subdomains); repeatable; '{ANY_HOST}' turns the check off",
     )
-    offer_timeout: float = Field(15.0, gt=0, description="seconds a publishing socket may wait before its offer")
-    connect_timeout: float = Field(30.0, gt=0, description="seconds a peer connection may take to connect")
-    idle_timeout: float = Field(30.0, gt=0, description="seconds without a camera frame before a stream ends")
+    offer_timeout: float = Field(
+        default=15.0, gt=0, description="seconds a publishing socket may wait before its offer"
+    )
+    connect_timeout: float = Field(default=30.0, gt=0, description="seconds a peer connection may take to connect")
+    idle_timeout: float = Field(default=30.0, gt=0, description="seconds without a camera frame before a stream ends")
     target_fps: float | None = Field(
-        None,
+        default=None,
         ge=MIN_TARGET_FPS,
         le=MAX_TARGET_FPS,
         description=f"frame rate each stream starts with (default {DEFAULT_TARGET_FPS['cuda']:g} on CUDA, "
         f"{DEFAULT_TARGET_FPS['cpu']:g} on a CPU)",
     )
     max_batch: int = Field(
-        DEFAULT_MAX_BATCH,
+        default=DEFAULT_MAX_BATCH,
         ge=1,
         le=64,
         description="at most this many streams' frames in one model call (1: each alone)",
     )
     cert: str | None = Field(
-        None, description="TLS certificate (PEM): browsers give the camera only to https off localhost"
+        default=None, description="TLS certificate (PEM): browsers give the camera only to https off localhost"
     )
-    key: str | None = Field(None, description="TLS private key (PEM) for --cert")
+    key: str | None = Field(default=None, description="TLS private key (PEM) for --cert")
     ice_loopback: bool = Field(
-        False, description="WebRTC over 127.0.0.1 only (tests, or browser and server on one machine)"
+        default=False, description="WebRTC over 127.0.0.1 only (tests, or browser and server on one machine)"
     )
     scenes: Annotated[Path | None, Flag(metavar="FILE")] = Field(
-        None, description='scenes: a JSON list of {"name", "params"}; saving a scene writes it back'
+        default=None, description='scenes: a JSON list of {"name", "params"}; saving a scene writes it back'
     )
     osc_port: int | None = Field(
-        None, ge=1, le=65535, description="listen for OSC control on this UDP port (off by default)"
+        default=None, ge=1, le=65535, description="listen for OSC control on this UDP port (off by default)"
     )
-    osc_host: str = Field("127.0.0.1", description="address for OSC (OSC has no authentication)")
+    osc_host: str = Field(default="127.0.0.1", description="address for OSC (OSC has no authentication)")
     osc_allow: Annotated[Names, Flag(metavar="ADDRESS", repeatable=True)] = Field(
-        (), description="an IP address whose OSC messages are heard when --osc-host is not localhost; repeatable"
+        default=(),
+        description="an IP address whose OSC messages are heard when --osc-host is not localhost; repeatable",
     )
     osc_send: Annotated[Names, Flag(metavar="HOST:PORT", repeatable=True)] = Field(
-        (),
+        default=(),
         description="send each stream's sound features (level, bands, onset, bpm, beat) as OSC to HOST:PORT, "
         "50 times a second; repeatable",
     )
-    metrics_public: bool = Field(False, description="serve /metrics without the token (a trusted scraper network)")
+    metrics_public: bool = Field(
+        default=False, description="serve /metrics without the token (a trusted scraper network)"
+    )
     replicas: Annotated[int | None, Flag(metavar="N")] = Field(
-        None,
+        default=None,
         ge=1,
         description="run N replicas on Ray Serve, each with its own model and engine (one GPU each where the cluster "
         "has GPUs); needs lcmlive[ray]",
     )
     ray_address: str | None = Field(
-        None, description="with --replicas: join this Ray cluster (default: start one on this machine, loopback)"
+        default=None,
+        description="with --replicas: join this Ray cluster (default: start one on this machine, loopback)",
     )
     record_dir: Annotated[Path, Flag(metavar="DIR")] = Field(
-        Path("recordings"),
+        default=Path("recordings"),
         description="recordings go here (POST /streams/NAME/recording), one folder each",
     )
     record_min_free: Annotated[float, Flag(metavar="GB")] = Field(
-        2.0,
+        default=2.0,
         ge=0,
         description="GB of free disk below which a recording does not start, and a running one stops",
     )
     bitrate: int = Field(
-        DEFAULT_BITRATE_KBPS,
+        default=DEFAULT_BITRATE_KBPS,
         ge=100,
         le=50_000,
         description="stylised video kbps, one encode per stream for all its viewers",

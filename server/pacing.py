@@ -17,27 +17,27 @@ class PacingParams(Params):
     """How a stream is paced and sized; `pacing_params_model` sets the device's defaults."""
 
     target_fps: float = Field(
-        30.0,
+        default=30.0,
         ge=MIN_TARGET_FPS,
         le=MAX_TARGET_FPS,
         description="frames per second to hold: the processing size adapts to it",
     )
     max_resolution: WholeNumber = Field(
-        512,
+        default=512,
         ge=64,
         le=1024,
         multiple_of=64,
         description="largest processing size (longest side, multiple of 64); also the size of the video sent back",
     )
     min_resolution: WholeNumber = Field(
-        128,
+        default=128,
         ge=64,
         le=1024,
         multiple_of=64,
         description="smallest processing size the adaptation may choose (set it to max_resolution to fix the size)",
     )
     similarity_skip: float = Field(
-        0.0,
+        default=0.0,
         ge=0.0,
         le=50.0,
         description="reuse the last picture when the camera changed less than this (mean 0-255 difference); 0 = off",
@@ -63,13 +63,16 @@ def pacing_params_model(default_max_resolution: int = 512, default_target_fps: f
         target_fps=(
             float,
             Field(
-                default_target_fps, ge=MIN_TARGET_FPS, le=MAX_TARGET_FPS, description=fields["target_fps"].description
+                default=default_target_fps,
+                ge=MIN_TARGET_FPS,
+                le=MAX_TARGET_FPS,
+                description=fields["target_fps"].description,
             ),
         ),
         max_resolution=(
             WholeNumber,
             Field(
-                default_max_resolution,
+                default=default_max_resolution,
                 ge=64,
                 le=1024,
                 multiple_of=64,

@@ -14,8 +14,8 @@ from .kind import ControlKind
 class CannyParams(Params):
     """The edge detector's thresholds."""
 
-    canny_low: WholeNumber = Field(100, ge=0, le=500, description="Canny edge detector: lower threshold")
-    canny_high: WholeNumber = Field(200, ge=0, le=500, description="Canny edge detector: upper threshold")
+    canny_low: WholeNumber = Field(default=100, ge=0, le=500, description="Canny edge detector: lower threshold")
+    canny_high: WholeNumber = Field(default=200, ge=0, le=500, description="Canny edge detector: upper threshold")
 
     @model_validator(mode="after")
     def _thresholds_in_order(self) -> CannyParams:
