@@ -36,6 +36,7 @@ class StyleLibrary:
         self._names: list[str] = []
         self._active: tuple[str, float] | None = None
         self._fused: tuple[str, float] | None = None
+        self.directory: Path | None = None  # the folder `load` read: a recording names it for its render
 
     @classmethod
     def load(cls, components: ModelComponents, directory: str | Path) -> StyleLibrary:
@@ -45,6 +46,7 @@ class StyleLibrary:
         and no style: a bad file never stops the server.
         """
         library = cls(components)
+        library.directory = Path(directory).absolute()
         for path in _lora_files(Path(directory)):
             library._add(path)
         if library._names:
@@ -127,7 +129,10 @@ class StyleLibrary:
         # The SDXL loader maps kohya block numbers with the UNet's config, as its `load_lora_weights` does.
         extra = {"unet_config": self._unet.config} if self._loader is StableDiffusionXLLoraLoaderMixin else {}
         try:
-            state_dict, alphas, metadata = self._loader.lora_state_dict(str(path), return_lora_metadata=True, **extra)
+            # Three items with return_lora_metadata=True; diffusers' annotation allows its two-item form too.
+            state_dict, alphas, metadata = self._loader.lora_state_dict(  # pyright: ignore[reportAssignmentType]
+                str(path), return_lora_metadata=True, **extra
+            )
         except Exception as error:  # whatever the file holds, a broken one costs its style, not the server
             log.warning("LoRA %s skipped: cannot read it (%s)", path, _first_line(error))
             return

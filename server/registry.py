@@ -212,6 +212,9 @@ class StreamRegistry:
             "dtype": str(model.dtype).removeprefix("torch."),
             "controlnet": list(model.control_kinds),
             "styles": list(model.style_names),
+            # What `lcmlive render` needs to load the same model: the VAE swapped for TAESD, the styles' folder.
+            "tiny_vae": type(model.vae).__name__ == "AutoencoderTiny",
+            "lora_dir": str(model.styles.directory) if model.styles is not None and model.styles.directory else None,
         }
         try:
             recording = await stream.start_recording(self.config.record_dir, self.config.record_min_free_bytes, header)

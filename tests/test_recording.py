@@ -120,11 +120,13 @@ async def test_a_whip_stream_with_sound_is_recorded_with_a_prompt_change(studio)
         assert (status, refused["code"]) == (409, "recording_running")
         await asyncio.sleep(2.0)
         status, shown = await call(studio, "GET", "/streams/rec1")
+        shown_at = time.monotonic()
         assert shown["recording"]["id"] == started["id"] and 1.5 < shown["recording"]["seconds"] < 4
-        changed_at = time.monotonic()
+        # The recording's clock at this process's: its seconds as shown, when the reply came.
+        sent_t = shown["recording"]["seconds"] + (time.monotonic() - shown_at)
         status, _ = await call(studio, "PATCH", "/streams/rec1", {"prompt": "a red square"})
         assert status == 200
-        change_t = shown["recording"]["seconds"] + (changed_at - time.monotonic())  # about when it applied
+        answered_t = shown["recording"]["seconds"] + (time.monotonic() - shown_at)
         await asyncio.sleep(2.0)
         status, summary = await call(studio, "DELETE", "/streams/rec1/recording")
         assert status == 200, summary
@@ -161,12 +163,16 @@ async def test_a_whip_stream_with_sound_is_recorded_with_a_prompt_change(studio)
     assert not torn
     header, *rest = lines
     assert header["type"] == "header" and header["stream"] == "rec1" and header["model"] == "tiny"
+    assert header["tiny_vae"] is False and header["lora_dir"] is None  # what the render loads
     assert header["params"] == before["params"]
     changes = [line for line in rest if line["type"] == "params"]
     assert len(changes) == 1 and changes[0]["front_end"] == "rest"
     assert changes[0]["params"]["prompt"] == "a red square"
-    assert abs(changes[0]["t"] - change_t) < 0.5, (changes[0]["t"], change_t)
     frames = [line for line in rest if line["type"] == "frame"]
+    # The engine applies a change between frames: after it was sent, and at most a frame's time after the answer
+    # (the longest gap between the frames it ran, 0.1-0.8 s here as the 2-core machine's load varies).
+    longest_gap = max(np.diff([line["t"] for line in frames]))
+    assert sent_t - 0.25 < changes[0]["t"] < answered_t + longest_gap + 0.25, (changes[0]["t"], sent_t, answered_t)
     # Every frame the model ran left as a picture (but for the few in flight when the recording stopped).
     assert len(given["video"]) - 3 <= len(frames) <= len(given["video"]) + 3
     input_ms = {round(t * 1000) for t in times}
