@@ -14,8 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import FrameExecutor, StreamPipeline, load_model
-from pipelines import executor as executor_module
+from pipelines import FrameExecutor, StreamPipeline, device_streams, load_model
 from pipelines.batch import stylise_batch
 from pipelines.params import MODES
 from pipelines.synthetic import moving_pattern
@@ -78,7 +77,7 @@ def test_adaptive_slowdown_doubles_the_model_work_through_the_cpu_executor(tiny,
     # The executor's clock reads this thread's CPU time, with one model thread, instead of the wall: the machine is
     # shared, and under other processes' load one frame's wall time ranged from 37 to 870 ms in one run (and with
     # two OpenMP threads, the CPU time spent spinning at barriers from 0.1 to 1.2 s).
-    monkeypatch.setattr(executor_module, "time", SimpleNamespace(perf_counter=time.thread_time))
+    monkeypatch.setattr(device_streams, "time", SimpleNamespace(perf_counter=time.thread_time))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     pipe = StreamPipeline(tiny)
