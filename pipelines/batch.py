@@ -10,7 +10,7 @@ ControlNet images and scales. A single frame is a batch of one, through the same
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -76,14 +76,14 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
 
     # 1. Text conditioning, each frame at its own point of its prompt transition.
     positives = [plan.prompt.at(request.prompt_progress) for plan, request in zip(plans, requests, strict=True)]
-    embeds = PromptEmbeds.cat(([plan.negative for plan in plans] if guided else []) + positives)
+    embeds = PromptEmbeds.cat(([_required(plan.negative) for plan in plans] if guided else []) + positives)
 
     # 2. The seeds' noise, and the starting latents: noise (txt2img), or the camera encoded and noised to t0.
     temporal = [request.temporal for request in requests]  # temporal.py: None where smoothing is off
     smoothed = any(frame is not None for frame in temporal)
     if first.txt2img:
         noise = [plan.scaled(tensors["noise"].unbind()) for plan, tensors in zip(plans, on_device, strict=True)]
-        latents = _cat([n.first for n in noise])
+        latents = _cat([_required(n.first) for n in noise])
     else:
         noise = [plan.img2img_noise((height, width)) for plan in plans]
         images = _cat([_model_input(c, tensors["pixels"], width, height) for tensors in on_device])
@@ -91,7 +91,7 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
         if smoothed:
             noise, clean = carry_into_inputs(temporal, on_device, noise, clean)
         sqrt_alpha = _per_sample([plan.schedule.noise_sqrt_alpha for plan in plans])
-        latents = sqrt_alpha * clean + _cat([n.start_term for n in noise])
+        latents = sqrt_alpha * clean + _cat([_required(n.start_term) for n in noise])
 
     # 3. ControlNets: each frame's control images and scales (a batch only holds frames that run the same kinds).
     controls = []
@@ -103,7 +103,7 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
     # 4. Conditions the UNet takes besides the text: the LCM guidance embedding, SDXL's pooled text and size ids.
     timestep_cond = None
     if first.timestep_cond is not None:
-        timestep_cond = _cat([plan.timestep_cond for plan in plans])
+        timestep_cond = _cat([_required(plan.timestep_cond) for plan in plans])
         timestep_cond = _twice(timestep_cond) if guided else timestep_cond
     added = None
     if c.is_sdxl:
@@ -124,7 +124,7 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
         model_input = _twice(latents) if guided else latents
         timesteps = _twice(timesteps) if guided else timesteps
         prediction = _predict_noise(c, model_input, timesteps, embeds, added, timestep_cond, controls)
-        if guided:
+        if guidance is not None:  # guided
             uncond, cond = prediction.chunk(2)
             prediction = uncond + guidance * (cond - uncond)
         coefficient = {name: _per_sample([getattr(s, name) for s in steps]) for name in _COEFFICIENTS}
@@ -133,13 +133,15 @@ def render_batch(requests: Sequence[FrameRequest], on_device: Sequence[dict[str,
         if step.is_last:
             latents = denoised
         else:
-            latents = coefficient["sqrt_alpha_prev"] * denoised + _cat([n.step_terms[index] for n in noise])
+            latents = coefficient["sqrt_alpha_prev"] * denoised + _cat([_required(n.step_terms[index]) for n in noise])
 
     if smoothed:
         denoised = carry_into_outputs(temporal, denoised)
 
     # 6. Decode.
-    decoded = _cat([c.vae.decode(chunk).sample for chunk in _vae_chunks(c, denoised / c.vae.config.scaling_factor)])
+    latents = denoised / c.vae.config["scaling_factor"]
+    # diffusers annotates decode as taking a FloatTensor and returning its output or a tuple whatever return_dict is.
+    decoded = _cat([c.vae.decode(chunk).sample for chunk in _vae_chunks(c, latents)])  # pyright: ignore[reportArgumentType, reportAttributeAccessIssue]
     return (decoded / 2 + 0.5).clamp(0, 1)
 
 
@@ -178,10 +180,10 @@ def _encode(c, images: torch.Tensor, noise: list[SeededNoise]) -> torch.Tensor:
     if c.vae_has_posterior:
         mean = _cat([e.latent_dist.mean for e in encoded])
         std = _cat([e.latent_dist.std for e in encoded])
-        latents = mean + std * _cat([n.first for n in noise])
+        latents = mean + std * _cat([_required(n.first) for n in noise])
     else:
         latents = _cat([e.latents for e in encoded])
-    return c.vae.config.scaling_factor * latents
+    return c.vae.config["scaling_factor"] * latents
 
 
 def _predict_noise(c, model_input, timesteps, embeds: PromptEmbeds, added, timestep_cond, controls) -> torch.Tensor:
@@ -222,6 +224,16 @@ def _per_sample(values: Sequence[torch.Tensor]) -> torch.Tensor:
 def _cat(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """Frames' tensors along the batch; one frame's as it is."""
     return tensors[0] if len(tensors) == 1 else torch.cat(list(tensors))
+
+
+T = TypeVar("T")
+
+
+def _required(value: T | None) -> T:
+    """A frame's value that its mode sets (noise terms, negative prompt, guidance embedding): the plan types it
+    optional for the modes without it, and a batch holds one mode."""
+    assert value is not None, "a frame lacks a value its mode sets"
+    return value
 
 
 def _twice(tensor: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,7 @@ from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokeniz
 from .presets import ModelPreset
 
 if TYPE_CHECKING:
+    from .compiled import CompiledModel
     from .control import Preprocessor
     from .styles import StyleLibrary
 
@@ -40,6 +41,7 @@ class ModelComponents:
     controlnets: dict[str, ControlNetModel] = field(default_factory=dict)
     preprocessors: dict[str, Preprocessor] = field(default_factory=dict)
     styles: StyleLibrary | None = None  # style LoRAs, adapters on the UNet (pipelines/styles.py)
+    compiled: CompiledModel | None = None  # the UNet and VAE decoder under torch.compile (pipelines/compiled.py)
 
     @property
     def is_sdxl(self) -> bool:
@@ -63,7 +65,7 @@ class ModelComponents:
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.vae.config["block_out_channels"]) - 1)
 
     @property
     def vae_has_posterior(self) -> bool:
@@ -72,7 +74,7 @@ class ModelComponents:
 
     @property
     def has_guidance_embedding(self) -> bool:
-        return self.unet.config.time_cond_proj_dim is not None
+        return self.unet.config["time_cond_proj_dim"] is not None
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> ModelComponents:
         """Move every module to `device`/`dtype` and put them in eval mode (returns self)."""
@@ -89,5 +91,7 @@ class ModelComponents:
             module.requires_grad_(False)
         # Channels-last convolutions are faster on both backends: oneDNN on the CPU, tensor cores on CUDA.
         for module in (self.unet, self.vae, *self.controlnets.values()):
-            module.to(memory_format=torch.channels_last)
+            # diffusers wraps `to` in functools.wraps, whose type leaves `self` unbound, and torch's overloads of
+            # Module.to omit memory_format, which it takes.
+            module.to(memory_format=torch.channels_last)  # pyright: ignore[reportCallIssue]
         return self

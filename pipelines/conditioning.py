@@ -28,8 +28,8 @@ class PromptEmbeds:
         as diffusers batches them)."""
         if len(embeds) == 1:
             return embeds[0]
-        pooled = None if embeds[0].pooled is None else torch.cat([e.pooled for e in embeds])
-        return PromptEmbeds(torch.cat([e.hidden for e in embeds]), pooled)
+        pooled = [e.pooled for e in embeds if e.pooled is not None]  # all or none: a batch has one model
+        return PromptEmbeds(torch.cat([e.hidden for e in embeds]), torch.cat(pooled) if pooled else None)
 
 
 @torch.inference_mode()
@@ -44,12 +44,14 @@ def encode_prompt(components: ModelComponents, prompt: str) -> PromptEmbeds:
         hidden = c.text_encoder(tokens.input_ids.to(c.device), attention_mask=attention_mask)[0]
         return PromptEmbeds(hidden.to(dtype=c.dtype))
     # SDXL: the penultimate hidden states of both encoders side by side; pooled from the one with projection.
+    assert c.tokenizer_2 is not None and c.text_encoder_2 is not None  # what is_sdxl means
     hidden_states, pooled = [], None
     for tokenizer, encoder in ((c.tokenizer, c.text_encoder), (c.tokenizer_2, c.text_encoder_2)):
         output = encoder(_tokens(tokenizer, prompt).input_ids.to(c.device), output_hidden_states=True)
         if pooled is None and output[0].ndim == 2:
             pooled = output[0]
         hidden_states.append(output.hidden_states[-2])
+    assert pooled is not None, "SDXL's second text encoder projects the pooled output"
     return PromptEmbeds(torch.concat(hidden_states, dim=-1).to(dtype=c.dtype), pooled.to(dtype=c.dtype))
 
 

@@ -49,10 +49,12 @@ def load_model(
         else:
             # Read in the target dtype: half the host memory and time for fp16 on CUDA.
             fetch_args = {"dtype": dtype}
+            repo = preset.repo
+            assert repo is not None, f"{preset.name}: a preset is built in or names its repository"
             parts = fetch_weights(
                 preset.name,
                 preset.repositories,
-                lambda local: _pipeline_parts(preset, preset.repo, {**local, **fetch_args}),
+                lambda local: _pipeline_parts(preset, repo, {**local, **fetch_args}),
             )
     parts["controlnets"] = {kind: _controlnet(control_kind(kind), preset, parts) for kind in kinds}
     builtin = preset.builtin is not None
@@ -106,7 +108,8 @@ def _controlnet(kind: ControlKind, preset: ModelPreset, parts: dict):
         torch.manual_seed(tiny.TINY_SEED + 1 + kind.stand_in_seed)
         with torch.device(unet.device):
             controlnet = ControlNetModel.from_unet(unet, load_weights_from_unet=False)
-        return controlnet.to(dtype=unet.dtype)
+        # diffusers wraps `to` in functools.wraps, whose type leaves `self` unbound.
+        return controlnet.to(dtype=unet.dtype)  # pyright: ignore[reportCallIssue]
     repo = kind.weights[preset.family]
     dtype = parts["unet"].dtype
     return fetch_weights(

@@ -17,8 +17,9 @@ def fuse_lora(parts: dict, lora: str | Path, sdxl: bool = False) -> None:
     else:
         pipe = StableDiffusionPipeline(
             **{k: parts[k] for k in PIPELINE_PARTS},
-            safety_checker=None,
-            feature_extractor=None,
+            # None is what diffusers documents for no checker; its annotations leave None out.
+            safety_checker=None,  # pyright: ignore[reportArgumentType]
+            feature_extractor=None,  # pyright: ignore[reportArgumentType]
             requires_safety_checker=False,
         )
     pipe.load_lora_weights(str(lora), adapter_name="lcm")

@@ -27,7 +27,7 @@ class SeededNoise:
 def latent_shape(components: ModelComponents, image_size: tuple[int, int]) -> tuple[int, int, int, int]:
     """1 x C x h x w: the latents of a (height, width) picture."""
     factor = components.vae_scale_factor
-    return (1, components.vae.config.latent_channels, image_size[0] // factor, image_size[1] // factor)
+    return (1, components.vae.config["latent_channels"], image_size[0] // factor, image_size[1] // factor)
 
 
 def draw(

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 from pydantic_core import PydanticCustomError
+from typing_extensions import Self
 
 from .presets import GuidanceKind, ModelPreset, ScheduleKind
 from .validation import MAX_PROMPT_LENGTH, Params, ParamsError, WholeNumber, field_bounds
@@ -81,7 +82,7 @@ class StreamParams(Params):
     )
 
     @classmethod
-    def validated(cls, values: dict[str, Any]) -> Params:
+    def validated(cls, values: dict[str, Any]) -> Self:
         """As `Params.validated`, with a modulation's problems told by its place in the list
         (`modulations[1].amount`): the generic words know only top-level params."""
         if not isinstance(values, dict) or "modulations" not in cls.model_fields:
@@ -90,8 +91,10 @@ class StreamParams(Params):
             return cls.model_validate(values)
         except ValidationError as error:
             details = error.errors()
-        entry_model = cls.model_fields["modulations"].annotation.__args__[0]
-        problems = [_modulation_problem(entry_model, d) for d in details if d["loc"][:1] == ("modulations",)]
+        entry_model = get_args(cls.model_fields["modulations"].annotation)[0]
+        problems: list[tuple[str | None, str]] = [
+            _modulation_problem(entry_model, d) for d in details if d["loc"][:1] == ("modulations",)
+        ]
         try:  # the other params' problems in the usual words (no rule of theirs reads modulations)
             super().validated({**values, "modulations": []})
         except ParamsError as error:
@@ -162,16 +165,18 @@ def params_model(
             steps, strength = params.steps, params.strength
             lowest = lowest_strength(preset.schedule, steps, origin_steps)
             if preset.schedule is ScheduleKind.LCM_IMG2IMG:
-                message = (
-                    f"strength {strength} leaves fewer LCM timesteps than steps={steps}: raise strength to at least "
-                    f"{lowest:g} or lower steps"
+                template = (
+                    "strength {strength} leaves fewer LCM timesteps than steps={steps}: raise strength to at least "
+                    "{lowest} or lower steps"
                 )
             else:
-                message = (
-                    f"steps={steps} at strength {strength} runs no denoising step (int(steps x strength) = 0): "
-                    f"raise strength to at least {lowest:g} or raise steps"
+                template = (
+                    "steps={steps} at strength {strength} runs no denoising step (int(steps x strength) = 0): "
+                    "raise strength to at least {lowest} or raise steps"
                 )
-            raise PydanticCustomError("no_step", message)
+            # pydantic fills the template's {names}, as strings here so that the words are Python's.
+            context = {"strength": str(strength), "steps": str(steps), "lowest": f"{lowest:g}"}
+            raise PydanticCustomError("no_step", template, context)
         return params
 
     style_fields: dict[str, Any] = {}
@@ -184,7 +189,8 @@ def params_model(
             float,
             Field(default=1.0, ge=0.0, le=1.5, description="how strongly the style shows"),
         )
-    validators = {"at_least_one_step": model_validator(mode="after")(at_least_one_step)}
+    # The decorators' proxies, as pydantic's documentation passes them; create_model's annotation says callables.
+    validators: dict[str, Any] = {"at_least_one_step": model_validator(mode="after")(at_least_one_step)}
     if len(kinds) == 1:
         validators["one_control_scale"] = model_validator(mode="before")(_single_scale_alias(kinds[0].scale_param))
     base = StreamParams
@@ -198,6 +204,7 @@ def params_model(
         **control_fields,
         **style_fields,
     )
+    assert issubclass(model, StreamParams)  # its first base; the kinds' params classes are mixed in after it
     model.step_rule = (preset.schedule, origin_steps)
     return with_modulations(model)
 
@@ -224,7 +231,7 @@ def _narrowed(model: type[BaseModel], name: str, default: Any, le: float | None 
 
 def params_model_for(components: ModelComponents) -> type[StreamParams]:
     """The params class of loaded components (their preset, ControlNet kinds and scheduler)."""
-    origin_steps = components.scheduler.config.original_inference_steps
+    origin_steps = components.scheduler.config["original_inference_steps"]
     return params_model(components.preset, components.control_kinds, origin_steps, components.style_names)
 
 
@@ -277,11 +284,15 @@ def modulatable_params(model: type[BaseModel]) -> tuple[str, ...]:
 
 def modulation_model(params: Sequence[str]) -> type[Params]:
     """One entry of `modulations` for a model whose modulatable params are `params`."""
+    # Literals made at run time, which a type checker cannot read as types (so, as control_fields above, a dict).
+    choices: dict[str, Any] = {
+        "param": (Literal[tuple(params)], Field(description="the param to move (a number with a range)")),
+        "source": (Literal[MODULATION_SOURCES], Field(description="the sound feature that moves it (0-1)")),
+    }
     return create_model(
         "Modulation",
         __base__=Params,
-        param=(Literal[tuple(params)], Field(description="the param to move (a number with a range)")),
-        source=(Literal[MODULATION_SOURCES], Field(description="the sound feature that moves it (0-1)")),
+        **choices,
         amount=(
             float,
             Field(
@@ -313,7 +324,8 @@ def with_modulations(model: type[StreamParams]) -> type[StreamParams]:
         # Inline, not a $ref: the served schema is the params' properties alone (params_json_schema), without $defs.
         json_schema_extra=lambda schema: schema.update(items=entry.model_json_schema()),
     )
-    return create_model(model.__name__, __base__=model, modulations=(list[entry], field))
+    # A list of a class made at run time, which a type checker cannot read as a type.
+    return create_model(model.__name__, __base__=model, modulations=(list[entry], field))  # pyright: ignore[reportInvalidTypeForm]
 
 
 def _modulation_problem(entry_model: type[BaseModel], detail: Any) -> tuple[str, str]:
@@ -333,7 +345,7 @@ def _modulation_problem(entry_model: type[BaseModel], detail: Any) -> tuple[str,
     if kind == "missing":
         return "modulations", f"{where}.{key} is missing"
     if kind == "literal_error" and key == "param":
-        allowed = ", ".join(entry_model.model_fields["param"].annotation.__args__)
+        allowed = ", ".join(get_args(entry_model.model_fields["param"].annotation))
         return "modulations", f"{where}.param: {value!r} cannot be modulated; modulatable: {allowed}"
     if kind == "literal_error":
         return "modulations", f"{where}.source must be one of {', '.join(MODULATION_SOURCES)}; got {value!r}"

@@ -36,7 +36,7 @@ class Schedule:
 
 
 def build_schedule(
-    scheduler: LCMScheduler,
+    shared: LCMScheduler,
     kind: ScheduleKind,
     steps: int,
     strength: float | None,
@@ -47,8 +47,9 @@ def build_schedule(
 
     `strength=None` means text-to-image: every step of the full schedule, from pure noise.
     """
-    scheduler = LCMScheduler.from_config(scheduler.config)  # set_timesteps mutates; keep the shared one clean
-    origin_steps = scheduler.config.original_inference_steps
+    scheduler = LCMScheduler.from_config(shared.config)  # set_timesteps mutates; keep the shared one clean
+    assert isinstance(scheduler, LCMScheduler)  # a tuple only with return_unused_kwargs=True
+    origin_steps = scheduler.config["original_inference_steps"]
     if strength is None:
         scheduler.set_timesteps(steps)
         first = 0
@@ -71,6 +72,8 @@ def build_schedule(
         scheduler.set_timesteps(steps)
         first = steps - effective
     full = scheduler.timesteps
+    assert scheduler.num_inference_steps is not None  # set by set_timesteps
+    last = scheduler.num_inference_steps - 1
     alphas = scheduler.alphas_cumprod
     lcm_steps = []
     for index in range(first, len(full)):
@@ -79,7 +82,8 @@ def build_schedule(
         alpha = alphas[timestep]
         alpha_prev = alphas[prev] if prev >= 0 else scheduler.final_alpha_cumprod
         # The same tensor expressions as LCMScheduler.step, so float32 results match it bit for bit.
-        c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(timestep)
+        # A tensor, as LCMScheduler.step passes it (the method's annotation says int).
+        c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(timestep)  # pyright: ignore[reportArgumentType]
         lcm_steps.append(
             LcmStep(
                 timestep=timestep.to(device),
@@ -89,7 +93,7 @@ def build_schedule(
                 c_out=torch.as_tensor(c_out).to(device),
                 sqrt_alpha_prev=alpha_prev.sqrt().to(device),
                 sqrt_beta_prev=(1 - alpha_prev).sqrt().to(device),
-                is_last=index == scheduler.num_inference_steps - 1,
+                is_last=index == last,
             )
         )
     alpha_start = alphas.to(dtype=dtype)[full[first]]

@@ -201,20 +201,22 @@ class StreamPipeline:
                 raise ValueError("without a frame, the processing size must be given")
         else:
             frame = check_frame(frame)
-        width, height = size or processing_size(frame.shape[1], frame.shape[0])
+            size = size or processing_size(frame.shape[1], frame.shape[0])
+        width, height = size
         if width % SIZE_MULTIPLE or height % SIZE_MULTIPLE or width <= 0 or height <= 0:
             raise ValueError(f"processing size must be positive multiples of {SIZE_MULTIPLE}, got {width}x{height}")
         host_tensors: dict[str, torch.Tensor] = {}
         control_images = self._control_images(plan, frame, width, height) if frame is not None else {}
         for kind in plan.control_scales:
             host_tensors[f"control_{kind}"] = torch.from_numpy(control_images[kind])
-        control_image = control_images.get(plan.control_view)
+        control_image = None if plan.control_view is None else control_images.get(plan.control_view)
         temporal = None
         if plan.txt2img:
             host_tensors["noise"] = torch.stack(plan.txt2img_draws((height, width), self._tick))
             self._tick += 1
             self.motion.reset()  # back in img2img, motion starts from that frame, not from one long gone
         else:
+            assert frame is not None  # img2img: refused above without one
             host_tensors["pixels"] = torch.from_numpy(np.ascontiguousarray(frame))
             if plan.params.temporal_smoothing > 0:
                 temporal = SmoothedFrame(self.smoothing_at(plan.params.temporal_smoothing), self.history)
@@ -305,7 +307,7 @@ class StreamPipeline:
                 negative = self.prompt_cache.get(c, params.negative_prompt)
         timestep_cond = None
         if c.has_guidance_embedding:
-            dim = c.unet.config.time_cond_proj_dim
+            dim = c.unet.config["time_cond_proj_dim"]
             timestep_cond = guidance_embedding(params.guidance_scale, dim, c.device, c.dtype)
         control_scales = control_scales_of(params, c.control_kinds)
         return FramePlan(

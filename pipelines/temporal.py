@@ -62,7 +62,7 @@ class MotionTracker:
 
     def __init__(self) -> None:
         self._previous: np.ndarray | None = None
-        self._flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
+        self._flow = cv2.DISOpticalFlow.create(cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST)
         self.cuts = 0  # frames taken for a new scene (the first frame is not one)
 
     def reset(self) -> None:
@@ -77,7 +77,8 @@ class MotionTracker:
         previous, self._previous = self._previous, grey
         if previous is None or previous.shape != grey.shape:
             return {}
-        flow = self._flow.calc(grey, previous, None)  # grey(p) ~ previous(p + flow(p))
+        # grey(p) ~ previous(p + flow(p)). None: OpenCV allocates the output (its stubs ask for an array).
+        flow = self._flow.calc(grey, previous, None)  # pyright: ignore[reportArgumentType, reportCallIssue]
         rows, cols = np.indices(grey.shape, dtype=np.float32)
         followed = cv2.remap(
             previous, cols + flow[..., 0], rows + flow[..., 1], cv2.INTER_LINEAR, None, cv2.BORDER_REPLICATE
@@ -125,11 +126,12 @@ class LatentHistory:
         if self.latents is not None and self.latents.shape[-2:] != (height, width):
             self.latents = None
 
-    def carried(self) -> torch.Tensor | None:
-        """The last output latents moved along this frame's motion, or None when there is nothing to carry."""
-        if self.latents is None or self.flow is None:
+    def carried(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The last output latents moved along this frame's motion and the motion's confidence, or None when there
+        is nothing to carry."""
+        if self.latents is None or self.flow is None or self.confidence is None:
             return None
-        return follow(self.latents.float(), self.flow).to(self.latents.dtype)
+        return follow(self.latents.float(), self.flow).to(self.latents.dtype), self.confidence
 
     def moving(self, noise: torch.Tensor) -> torch.Tensor:
         """`noise` (1 x c x h x w, drawn on the screen's grid) read where each position's content was when it was
@@ -172,7 +174,8 @@ def carry_into_inputs(
             )
         carried = history.carried() if smoothing.feedback > 0 else None
         if carried is not None:
-            parts[index] = _blend(parts[index], carried, smoothing.feedback * history.confidence)
+            latents, confidence = carried
+            parts[index] = _blend(parts[index], latents, smoothing.feedback * confidence)
     return noise, torch.cat(parts)
 
 
@@ -186,7 +189,8 @@ def carry_into_outputs(frames: Sequence[SmoothedFrame | None], denoised: torch.T
         smoothing, history = frame.smoothing, frame.history
         carried = history.carried() if smoothing.output_blend > 0 else None
         if carried is not None:
-            parts[index] = _blend(parts[index], carried, smoothing.output_blend * history.confidence)
+            latents, confidence = carried
+            parts[index] = _blend(parts[index], latents, smoothing.output_blend * confidence)
         history.latents = parts[index].clone()
     return torch.cat(parts)
 

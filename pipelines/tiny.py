@@ -5,6 +5,7 @@ from __future__ import annotations
 import string
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, ControlNetModel, LCMScheduler, UNet2DConditionModel
@@ -33,7 +34,8 @@ def offline_tokenizer(words: tuple[str, ...] | list[str] = ()) -> CLIPTokenizer:
             spelled += piece
             vocab.setdefault(spelled, len(vocab))  # part-merged words ("neons" stops at "neon") need ids too
     # model_max_length is required: without it the pipelines' `encode_prompt` overflows.
-    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=TEXT_TOKENS)
+    # Pairs, as the tokenizers library's BPE takes them (transformers' annotation says strings).
+    return CLIPTokenizer(vocab=vocab, merges=list(merges), model_max_length=TEXT_TOKENS)  # pyright: ignore[reportArgumentType]
 
 
 def lcm_scheduler() -> LCMScheduler:
@@ -50,15 +52,16 @@ def lcm_scheduler() -> LCMScheduler:
 
 
 # The block layout shared by the tiny UNets and their ControlNets.
-TINY_BLOCKS = {
+TINY_BLOCKS: dict[str, Any] = {
     "block_out_channels": (32, 64),
     "layers_per_block": 1,
     "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
     "attention_head_dim": 8,
     "norm_num_groups": 8,
 }
+TINY_SD15_EXTRA: dict[str, Any] = {"cross_attention_dim": 32}  # the text encoder's hidden size
 # SDXL's extra conditioning: pooled text (projection_dim of text encoder 2) and six size/crop numbers.
-TINY_SDXL_EXTRA = {
+TINY_SDXL_EXTRA: dict[str, Any] = {
     "addition_embed_type": "text_time",
     "addition_time_embed_dim": 8,
     "projection_class_embeddings_input_dim": 6 * 8 + 32,
@@ -77,7 +80,7 @@ def tiny_unet(guidance_embedding: bool = True, seed: int = TINY_SEED, sdxl: bool
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         time_cond_proj_dim=32 if guidance_embedding else None,
         **TINY_BLOCKS,
-        **(TINY_SDXL_EXTRA if sdxl else {"cross_attention_dim": 32}),
+        **(TINY_SDXL_EXTRA if sdxl else TINY_SD15_EXTRA),
     )
     with torch.no_grad():
         for name, param in unet.named_parameters():
@@ -97,7 +100,7 @@ def tiny_controlnet(sdxl: bool = False, seed: int = TINY_SEED + 1) -> ControlNet
         in_channels=4,
         conditioning_embedding_out_channels=(16, 16, 32, 32),  # four stages: the control image / 8, like latents
         **TINY_BLOCKS,
-        **(TINY_SDXL_EXTRA if sdxl else {"cross_attention_dim": 32}),
+        **(TINY_SDXL_EXTRA if sdxl else TINY_SD15_EXTRA),
     )
     with torch.no_grad():
         for param in controlnet.parameters():
@@ -112,9 +115,10 @@ def tiny_vae(seed: int = TINY_SEED) -> AutoencoderKL:
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 16, 32, 32),
+        # diffusers annotates its block tuples as one-item tuples (tuple[str], tuple[int]); any length is taken.
+        down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        block_out_channels=(8, 16, 32, 32),  # pyright: ignore[reportArgumentType]
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
@@ -134,7 +138,9 @@ def tiny_taesd(seed: int = TINY_SEED) -> AutoencoderTiny:
     )
 
 
-def tiny_text_encoder(vocab_size: int, seed: int = TINY_SEED, with_projection: bool = False) -> CLIPTextModel:
+def tiny_text_encoder(
+    vocab_size: int, seed: int = TINY_SEED, with_projection: bool = False
+) -> CLIPTextModel | CLIPTextModelWithProjection:
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         projection_dim=32,
@@ -258,8 +264,9 @@ def sdxl_arch_parts(device: torch.device, dtype: torch.dtype) -> dict:
             block_out_channels=(320, 640, 1280),
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-            transformer_layers_per_block=(1, 2, 10),
-            attention_head_dim=(5, 10, 20),
+            # diffusers annotates these as int or a one-item tuple; a tuple per block is taken.
+            transformer_layers_per_block=(1, 2, 10),  # pyright: ignore[reportArgumentType]
+            attention_head_dim=(5, 10, 20),  # pyright: ignore[reportArgumentType]
             use_linear_projection=True,
             cross_attention_dim=2048,
             addition_embed_type="text_time",
@@ -292,9 +299,10 @@ def _cast(modules: tuple[torch.nn.Module, ...], dtype: torch.dtype) -> None:
 def _real_vae(**config) -> AutoencoderKL:
     """The SD1.5 / SDXL VAE shape: four blocks of 128-512 channels, scale factor 8."""
     return AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
+        # diffusers annotates its block tuples as one-item tuples (tuple[str], tuple[int]); any length is taken.
+        down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        block_out_channels=(128, 256, 512, 512),  # pyright: ignore[reportArgumentType]
         layers_per_block=2,
         latent_channels=4,
         **config,

@@ -18,7 +18,7 @@ def blend(a: PromptEmbeds, b: PromptEmbeds, weight: float) -> PromptEmbeds:
         return a
     if weight >= 1.0:
         return b
-    pooled = None if a.pooled is None else a.pooled.lerp(b.pooled, weight)
+    pooled = None if a.pooled is None or b.pooled is None else a.pooled.lerp(b.pooled, weight)
     return PromptEmbeds(a.hidden.lerp(b.hidden, weight), pooled)
 
 

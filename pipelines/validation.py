@@ -8,6 +8,8 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
+from typing_extensions import Self  # in typing from Python 3.11; pydantic requires typing_extensions
 
 MAX_PROMPT_LENGTH = 2000
 
@@ -39,7 +41,7 @@ class Params(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     @classmethod
-    def validated(cls, values: dict[str, Any]) -> Params:
+    def validated(cls, values: dict[str, Any]) -> Self:
         """A params object from `values`, or ParamsError with every problem in words."""
         if not isinstance(values, dict):
             raise ParamsError([(None, "params must be a JSON object of name: value")])
@@ -48,7 +50,7 @@ class Params(BaseModel):
         except ValidationError as error:
             raise ParamsError([_describe(cls, detail) for detail in error.errors()]) from None
 
-    def replace(self, changes: dict[str, Any]) -> Params:
+    def replace(self, changes: dict[str, Any]) -> Self:
         """A copy with `changes` applied, validated as a whole; ParamsError changes nothing."""
         if not isinstance(changes, dict):
             raise ParamsError([(None, "params must be a JSON object of name: value")])
@@ -68,9 +70,9 @@ def field_bounds(model: type[BaseModel], name: str) -> tuple[Any, Any, Any]:
     return found["ge"], found["le"], found["multiple_of"]
 
 
-def _describe(model: type[BaseModel], detail: dict[str, Any]) -> tuple[str | None, str]:
+def _describe(model: type[BaseModel], detail: ErrorDetails) -> tuple[str | None, str]:
     """One pydantic error as (param, words a person can act on)."""
-    kind, location, value = detail["type"], detail["loc"], detail.get("input")
+    kind, location, value = detail["type"], detail["loc"], detail["input"]
     name = str(location[0]) if location else None
     if name is None or name not in model.model_fields:
         if kind == "extra_forbidden":

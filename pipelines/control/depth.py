@@ -38,7 +38,8 @@ def tiny_depth_estimator(seed: int = TINY_DEPTH_SEED) -> DepthAnythingForDepthEs
         # Smaller than the inputs, so the position embeddings are interpolated as the real model's (518) are.
         image_size=126,
         patch_size=PATCH,
-        out_indices=[1, 2, 3, 4],
+        # Taken by its __post_init__ from the extra keywords, which the config's dataclass type does not declare.
+        out_indices=[1, 2, 3, 4],  # pyright: ignore[reportCallIssue]
         reshape_hidden_states=False,
         initializer_range=init,
     )
@@ -112,7 +113,8 @@ def load_depth_preprocessor(builtin: bool, device: torch.device, dtype: torch.dt
             [DEPTH_REPO],
             lambda local: DepthAnythingForDepthEstimation.from_pretrained(DEPTH_REPO, dtype=dtype, **local),
         )
-    estimator.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    # transformers wraps `to` in functools.wraps, whose type leaves `self` unbound.
+    estimator.to(device=device, dtype=dtype).eval().requires_grad_(False)  # pyright: ignore[reportCallIssue]
     return DepthPreprocessor(estimator)
 
 

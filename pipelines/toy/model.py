@@ -36,9 +36,10 @@ def toy_vae(scaling_factor: float = 1.0, latent_channels: int = LATENT_CHANNELS)
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=VAE_CHANNELS,
+        # diffusers annotates its block tuples as one-item tuples (tuple[str], tuple[int]); any length is taken.
+        down_block_types=("DownEncoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        up_block_types=("UpDecoderBlock2D",) * 4,  # pyright: ignore[reportArgumentType]
+        block_out_channels=VAE_CHANNELS,  # pyright: ignore[reportArgumentType]
         layers_per_block=1,
         latent_channels=latent_channels,
         # Groups of 4 channels at the top, as SD's VAE has (128 / 32). With 8 groups over 8 channels the last

@@ -60,7 +60,11 @@ def held_out_photos(size: int) -> dict[str, np.ndarray]:
 
     photos = {}
     for name in HELD_OUT_PHOTOS:
-        photo = cv2.cvtColor(cv2.imread(str(Path(data.data_dir) / name)), cv2.COLOR_BGR2RGB)
+        path = Path(data.data_dir) / name
+        image = cv2.imread(str(path))
+        if image is None:  # OpenCV returns None for a file it cannot read
+            raise FileNotFoundError(f"scikit-image's sample photo {path} cannot be read")
+        photo = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
         side = min(photo.shape[:2])
         top, left = (photo.shape[0] - side) // 2, (photo.shape[1] - side) // 2
         square = np.ascontiguousarray(photo[top : top + side, left : left + side])
@@ -124,7 +128,9 @@ def _texture(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
         pattern = ((np.floor(x / period) + np.floor(y / period)) % 2).astype(np.float32)
     else:
         cells = max(height, width) / period
-        pattern = sum(_smooth_field(rng, height, width, int(cells / 2**octave) + 1) / 2**octave for octave in range(3))
+        pattern = np.sum(
+            [_smooth_field(rng, height, width, int(cells / 2**octave) + 1) / 2**octave for octave in range(3)], axis=0
+        )
         pattern = (pattern - pattern.min()) / (np.ptp(pattern) + 1e-6)
     return _two_colours(rng, pattern)
 

@@ -293,7 +293,9 @@ def chain_loss(
 
 def main(argv: list[str] | None = None) -> int:
     defaults = Budget()
-    parser = argparse.ArgumentParser(prog="python -m pipelines.toy.train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.toy.train", description=__doc__ and __doc__.splitlines()[0]
+    )
     parser.add_argument("--out", type=Path, default=WEIGHTS, help=f"where to write the weights (default {WEIGHTS})")
     # One thread per op: on a busy 2-core machine, two made a VAE step over 3x slower (they wait on each other);
     # the second core makes stage 2's batches instead.
