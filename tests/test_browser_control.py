@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -21,7 +22,10 @@ from test_browser import (
 
 from conftest import LiveServer
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+if TYPE_CHECKING:  # the annotations name its classes; a module found at run time is not a type to a checker
+    from playwright import sync_api
+else:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 pytestmark = pytest.mark.browser
 

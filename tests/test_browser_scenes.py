@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from test_browser import (
@@ -25,7 +26,10 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+if TYPE_CHECKING:  # the annotations name its classes; a module found at run time is not a type to a checker
+    from playwright import sync_api
+else:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 pytestmark = pytest.mark.browser
 

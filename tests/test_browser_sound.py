@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from test_browser import (
@@ -23,7 +24,10 @@ from test_browser import (
 
 from conftest import ROOT, LiveServer
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+if TYPE_CHECKING:  # the annotations name its classes; a module found at run time is not a type to a checker
+    from playwright import sync_api
+else:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 pytestmark = pytest.mark.browser
 

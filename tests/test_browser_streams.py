@@ -7,6 +7,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 from test_browser import (
@@ -31,7 +32,10 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+if TYPE_CHECKING:  # the annotations name its classes; a module found at run time is not a type to a checker
+    from playwright import sync_api
+else:
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 pytestmark = pytest.mark.browser
 
