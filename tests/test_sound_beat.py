@@ -16,6 +16,8 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
+pytestmark = pytest.mark.slow  # a live server and a drum machine: 22 s to start (CI, under load)
+
 TIMEOUT = 60
 BPM = 120.0
 
@@ -57,7 +59,7 @@ async def test_a_scene_recalled_at_the_beat_lands_on_the_publishers_beat(studio)
         assert saved.status == 200, saved.body
 
         period = 60.0 / BPM
-        errors = []
+        landings = []
         for at in ("beat", "beat", "bar", "beat"):
             reply, sent = await recall(studio, "drop", "drums", at)
             assert reply.status == 200, reply.body
@@ -66,8 +68,9 @@ async def test_a_scene_recalled_at_the_beat_lands_on_the_publishers_beat(studio)
             waited = landing["waited_ms"] / 1000
             assert 0 <= waited <= (4 if at == "bar" else 1) * period + 0.05, landing
             # The server's clock is this machine's monotonic one: where the wait ended, against the kicks sent.
-            landed = sent + waited
-            errors.append(min((landed - beat for beat in drums.beats), key=abs))
+            landings.append(sent + waited)
+        # Against the nearest kick, sent or due (a landing just before a kick comes back before its packet is made).
+        errors = [(landed - drums.beats[0] + period / 2) % period - period / 2 for landed in landings]
         print(f"recalls landed {[round(e * 1000) for e in errors]} ms after a kick was sent")
         # The beat is on the clock of arrivals, which the camera frames share, where a packet's last sample is due
         # when the packet arrives (as a microphone sends a packet once its last sample is captured). This track sends
