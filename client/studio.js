@@ -439,15 +439,19 @@ function exposeTestHook() {
   };
 }
 
-// Which model draws the picture: the offline toy says what it is and is not.
+// Which model draws the picture: the offline toy says what it is and is not. With --compile, "compiling" until
+// the server has made its graphs (minutes; the first frames wait for it), asked again every 2 s.
 async function showModelNote() {
   const health = await healthReport();
   if (!health?.model) return;
   const note = byId("model-note");
+  const compiling = health.compile === "compiling";
   note.textContent = `Model: ${health.model} on ${health.device}` +
     (health.model_description ? ` — ${health.model_description}` : "") +
-    (health.version ? ` · lcmlive ${health.version}` : "");
+    (health.version ? ` · lcmlive ${health.version}` : "") +
+    (compiling ? ` · compiling (${health.compiled_sizes.length} sizes ready); the first frames wait for it` : "");
   note.hidden = false;
+  if (compiling) setTimeout(showModelNote, 2000);
 }
 
 function init() {

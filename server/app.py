@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from starlette.routing import BaseRoute, Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
 from pipelines import ModelComponents, PromptCache, params_json_schema, params_model_for
+from pipelines.batch import stylise_batch
+from pipelines.compiled import CompiledModel, compile_model, ladder_sizes
 from pipelines.params import Params
 
 from .access import AccessGate
@@ -48,6 +51,8 @@ log = logging.getLogger(__name__)
 # The pages and their scripts hold nothing secret; the token guards what they call.
 OPEN_PATHS = ("/", "/view", "/control", "/client")
 SHUTDOWN_MESSAGE = "the server is shutting down"
+# The camera the page asks for (client/lib/camera.js): --compile makes its sizes on the ladder before serving.
+PAGE_CAMERA = (640, 480)
 
 
 def create_app(
@@ -73,6 +78,7 @@ def create_app(
     app.state.scenes = parts.scenes
     app.state.metrics = parts.metrics
     app.state.health_report = partial(health_report, parts)
+    app.state.compiled_at_start = parts.compiled_at_start
     app.state.osc_port = parts.osc_listener.getsockname()[1] if parts.osc_listener is not None else None
     return app
 
@@ -91,6 +97,10 @@ class Parts:
     settings: type[Params]  # every param of a stream, the pipeline's and the server's
     schema: dict  # what every front end validates against, as the pages build their controls from it
     osc_listener: socket.socket | None
+    compiled: CompiledModel | None = None  # --compile: the model's compiled UNet and VAE decoder
+    compile_sizes: list[tuple[int, int]] = field(default_factory=list)  # what --compile makes before serving
+    compile_state: str = "off"  # "compiling" until those sizes are made, then "ready" (or "failed")
+    compiled_at_start: asyncio.Event = field(default_factory=asyncio.Event)  # set when compiling is no more
     sockets: set[PageSocket] = field(default_factory=set)
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -98,12 +108,17 @@ class Parts:
 def build_parts(
     model: ModelComponents, config: ServerConfig, scene_book: Callable[[type[Params]], Scenes] | None = None
 ) -> Parts:
-    engine = Engine(model.device, max_batch=config.max_batch)
+    # Compiling is lazy: each graph is made on the engine thread, when warming or when a frame first needs it.
+    compiled = compile_model(model) if config.compile else None
+    engine = Engine(model.device, max_batch=config.max_batch, stylise=compiled.stylise if compiled else stylise_batch)
     peers = PeerConnections()
     device = model.device.type
     pacing_model = pacing_params_model(
         DEFAULT_MAX_RESOLUTION.get(device, 512), config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0)
     )
+    pacing = pacing_model()
+    ladder = ladder_sizes(PAGE_CAMERA, pacing.max_resolution, pacing.min_resolution)
+    compile_sizes = list(config.compile_sizes or ladder)
     settings = settings_model(params_model_for(model), pacing_model)
     # A bad scene file is one clear ValueError, before serving.
     scenes = scene_book(settings) if scene_book is not None else SceneBook(settings, config.scenes_path)
@@ -123,6 +138,9 @@ def build_parts(
         settings=settings,
         schema=params_json_schema(params_model_for(model), pacing_model),
         osc_listener=osc_listener,
+        compiled=compiled,
+        compile_sizes=compile_sizes if compiled else [],
+        compile_state="compiling" if compiled else "off",
     )
 
 
@@ -174,6 +192,8 @@ def middleware(config: ServerConfig) -> list[Middleware]:
 @asynccontextmanager
 async def lifespan(parts: Parts, app: Starlette) -> AsyncIterator[None]:
     parts.engine.start()
+    compiled = parts.compiled
+    warming = asyncio.create_task(warm_compiled(parts, compiled), name="lcmlive-compile") if compiled else None
     osc = None
     if parts.osc_listener is not None:
         osc, _ = await start_osc(
@@ -186,11 +206,34 @@ async def lifespan(parts: Parts, app: Starlette) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        if warming is not None:
+            warming.cancel()
+            await asyncio.gather(warming, return_exceptions=True)
         if sound_sender is not None:
             sound_sender.close()
         if osc is not None:
             osc.close()
         await shutdown(parts)
+
+
+async def warm_compiled(parts: Parts, compiled: CompiledModel) -> None:
+    """--compile: each size's graphs made on the engine thread, one size per call, largest first (where a stream
+    starts), while the event loop goes on serving; a stream that comes meanwhile runs between two sizes."""
+    start = time.perf_counter()
+    try:
+        for size in parts.compile_sizes:
+            await parts.engine.call(partial(compiled.warm, size))
+    except Exception:
+        if parts.stopping.is_set():  # the engine stopped under it: the server is shutting down
+            return
+        parts.compile_state = "failed"
+        log.exception("compiling failed: frames of the sizes left compile when they first run")
+        return
+    finally:
+        parts.compiled_at_start.set()
+    parts.compile_state = "ready"
+    sizes = ", ".join(f"{width}x{height}" for width, height in parts.compile_sizes)
+    log.info("compiled for %s in %.0f s (%s mode)", sizes, time.perf_counter() - start, compiled.mode)
 
 
 async def shutdown(parts: Parts) -> None:
@@ -207,7 +250,7 @@ async def shutdown(parts: Parts) -> None:
 
 
 def health_report(parts: Parts) -> dict:
-    model, registry, sockets = parts.model, parts.registry, parts.sockets
+    model, registry, sockets, compiled = parts.model, parts.registry, parts.sockets, parts.compiled
     return {
         "status": "ok",
         "version": version("lcmlive"),  # as `lcmlive --version` says it: what a bug report names
@@ -230,4 +273,9 @@ def health_report(parts: Parts) -> dict:
         "peer_connections": len(parts.peers),
         # Never zero (the server's own, this request's): back to its idle value when sessions end.
         "tasks": len(asyncio.all_tasks()),
+        # --compile: "compiling" until the sizes made at start are ready; then the sizes with graphs, and how many
+        # compiles frames caused while serving (shapes not made at start).
+        "compile": parts.compile_state,
+        "compiled_sizes": [f"{width}x{height}" for width, height in compiled.sizes] if compiled else [],
+        "compiles_while_serving": compiled.on_demand if compiled else 0,
     }

@@ -84,6 +84,12 @@ class ServeSettings(BaseSettings):
     tiny_vae: bool = Field(
         default=False, description="TAESD / TAESDXL instead of the full VAE: faster, a little softer"
     )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the UNet and VAE decoder (CUDA graphs on a GPU), one graph per processing size, "
+        "made at start for each size of the adaptive ladder (minutes; /health says compiling); for GPUs, slower on "
+        "a CPU",
+    )
     token: str | None = Field(default=None, description=f"require this token (or set {ENV_PREFIX}TOKEN)")
     max_streams: Annotated[int, Flag(deprecated=("--max-sessions",))] = Field(
         default=4, ge=1, description="most streams (publishers: the page's camera, WHIP) at once"
@@ -264,6 +270,7 @@ class ServeSettings(BaseSettings):
             record_dir=self.record_dir,
             record_min_free_bytes=round(self.record_min_free * 1e9),
             replica=replica,
+            compile=self.compile,
         )
 
 
@@ -306,6 +313,9 @@ class ServerConfig:
     record_dir: Path = _default("record_dir")  # recordings' folders go here
     record_min_free_bytes: int = round(_default("record_min_free") * 1e9)  # a recording needs this much free disk
     replica: str | None = None  # this server's Ray Serve replica id (`--replicas`), named in stats and /streams
+    compile: bool = False  # the model's UNet and VAE decoder through torch.compile (pipelines/compiled.py)
+    # The processing sizes (width, height) compiled at start; None: every ladder size of the page's camera.
+    compile_sizes: tuple[tuple[int, int], ...] | None = None
 
 
 # --- where the values come from -----------------------------------------------------------------------------------

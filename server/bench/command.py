@@ -25,6 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--double-buffer", action="store_true", help="also compare frames back to back with and without the executor"
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the UNet and VAE decoder: the pipeline bench adds eager against compiled frames; --e2e "
+        "serves the compiled model (for GPUs: slower on a CPU)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     parser.add_argument("--e2e", action="store_true", help="WebRTC loopback through the server instead")
     parser.add_argument(
@@ -70,6 +76,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"lcmlive bench: --size must be a positive multiple of 64, got {args.size}")
     if args.frames < 1:
         raise SystemExit(f"lcmlive bench: --frames must be at least 1, got {args.frames}")
+    others = args.adaptive or args.av or args.streams or args.temporal or args.styles or args.viewers or args.toy
+    if args.compile and others:
+        raise SystemExit("lcmlive bench: --compile goes with the pipeline bench and --e2e only")
     if args.adaptive:
         # Checked before anything runs: the plot comes at the end, after a minute of benchmark.
         if importlib.util.find_spec("matplotlib") is None:

@@ -12,6 +12,7 @@ import time
 import uvicorn
 
 from pipelines import ModelComponents, StreamPipeline, load_model
+from pipelines.compiled import compile_model
 from pipelines.synthetic import moving_pattern
 
 from ..app import create_app
@@ -42,14 +43,17 @@ def pipeline_only(model: ModelComponents, args: argparse.Namespace) -> list[floa
 async def loopback_run(model: ModelComponents, args: argparse.Namespace) -> dict:
     """Serve `model` on 127.0.0.1 here; stream a 30 fps synthetic camera from a viewer in another process."""
     # A fixed size and no pacing: this benchmark measures the transport, not the adaptation.
-    async with BenchServer(model) as server:
+    compile_sizes = ((args.size, args.size),) if args.compile else None
+    async with BenchServer(model, compile_sizes) as server:
         viewer = await server.start_viewer(args.size, fixed_size_params(args), WARMUP_SECONDS, args.seconds)
         stream = await server.first_stream()
         measured = await server.viewer_result(viewer, args.seconds)
+        compiles = server.app.state.health_report()["compiles_while_serving"]
         window = (measured["window_start"], measured["window_end"])
         latencies = sorted(latency for sent, latency in stream.stats.recent_latencies if window[0] <= sent < window[1])
         times = [times for times in stream.stats.recent_times if window[0] <= times.sent < window[1]]
-        return {**measured, "latencies": latencies, "times": times, "final": stream.stats.snapshot()}
+        final = stream.stats.snapshot()
+        return {**measured, "latencies": latencies, "times": times, "final": final, "compiles_while_serving": compiles}
 
 
 def stage_summary(frames: list[FrameTimes], name: str = "") -> dict:
@@ -82,8 +86,10 @@ class BenchServer:
     event loop for the GIL and charge the server for the client's costs.
     """
 
-    def __init__(self, model: ModelComponents) -> None:
-        self.app = create_app(model, ServerConfig(max_streams=1))
+    def __init__(self, model: ModelComponents, compile_sizes: tuple[tuple[int, int], ...] | None = None) -> None:
+        """`compile_sizes`: serve the model compiled (`--compile`), with these processing sizes made at start."""
+        config = ServerConfig(max_streams=1, compile=compile_sizes is not None, compile_sizes=compile_sizes)
+        self.app = create_app(model, config)
         self.port = free_port()
         self._server = uvicorn.Server(
             uvicorn.Config(
@@ -101,6 +107,8 @@ class BenchServer:
         if not self._server.started:
             await self.__aexit__()
             raise RuntimeError(f"the benchmark server did not start on 127.0.0.1:{self.port}")
+        if self.app.state.health_report()["compile"] != "off":  # measured frames never wait for a compile
+            await self.app.state.compiled_at_start.wait()
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -139,6 +147,9 @@ def main(args: argparse.Namespace) -> dict:
     restrict_ice_to_loopback()
     model = load_model(args.model, device=args.device)
     threads = reserve_a_core_for_media(model.device)  # as `lcmlive serve` does
+    compile_seconds = None
+    if args.compile:  # compiled before the pipeline alone is measured, which then runs compiled too
+        compile_seconds = compile_model(model).warm((args.size, args.size))
     # The pipeline alone, with the serving thread budget, before and after the run: a shared machine drifts.
     before = pipeline_only(model, args)
     run = asyncio.run(loopback_run(model, args))
@@ -159,6 +170,9 @@ def main(args: argparse.Namespace) -> dict:
         "strength": args.strength,
         "seconds": args.seconds,
         "model_threads": threads,
+        "compile": args.compile,
+        "compile_seconds": None if compile_seconds is None else round(compile_seconds, 1),
+        "compiles_while_serving": run["compiles_while_serving"],
         "pipeline_fps": round(pipeline_fps, 3),
         "pipeline_ms": round(frame_seconds * 1000, 2),
         "delivered_fps": round(run["delivered_fps"], 3),
@@ -174,6 +188,9 @@ def main(args: argparse.Namespace) -> dict:
         f"e2e loopback: model {args.model} on {model.device}, {args.size}x{args.size}, steps {args.steps}, "
         f"strength {args.strength}, 30 fps camera, {args.seconds:.0f} s measured, model on {threads} thread(s)"
     )
+    if compile_seconds is not None:
+        compiles = run["compiles_while_serving"]
+        print(f"  compiled (UNet, VAE decoder) in {compile_seconds:.1f} s; compiles while serving: {compiles}")
     print(f"  pipeline alone     {pipeline_fps:8.2f} fps  ({frame_seconds * 1000:.1f} ms/frame)")
     print(f"  delivered          {run['delivered_fps']:8.2f} fps  (e2e_ratio {result['e2e_ratio']:.3f})")
     print(f"  latency p50 / p95  {p50:8.1f} / {p95:.1f} ms  (last packet in -> packet to the sender)")

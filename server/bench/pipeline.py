@@ -13,6 +13,7 @@ import numpy as np
 import PIL.Image
 
 from pipelines import FrameExecutor, GuidanceKind, ModelComponents, StreamPipeline, load_model
+from pipelines.compiled import compile_model, compiled_graphs
 from pipelines.control import CONTROL_KINDS
 from pipelines.params import MODES, steps_that_run
 from pipelines.presets import ScheduleKind
@@ -142,6 +143,7 @@ def guide_way(components: ModelComponents, stream: StreamPipeline, controlnet: s
 
     def run(frame: np.ndarray) -> np.ndarray:
         kwargs: dict = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
+        control = None
         if controlnet:
             control = PIL.Image.fromarray(components.preprocessors[controlnet](frame, params))
             kwargs["controlnet_conditioning_scale"] = getattr(params, f"controlnet_scale_{controlnet}")
@@ -241,6 +243,8 @@ def run_pipeline_bench(args: argparse.Namespace) -> dict:
     runs = [bench_combination(components, args, mode, cn) for mode in modes for cn in controlnets]
     if args.double_buffer:
         runs[0].update(compare_double_buffering(components, args))
+    if args.compile:  # last: the model stays compiled
+        runs[0].update(compare_compiled(components, args))
     context = {
         "model": args.model,
         "device": str(components.device),
@@ -283,6 +287,43 @@ def compare_double_buffering(components: ModelComponents, args: argparse.Namespa
         "sequential_fps": round(one_at_a_time, 3),
         "double_buffered_fps": round(double_buffered, 3),
         "double_buffer_speedup": round(double_buffered / one_at_a_time, 3),
+    }
+
+
+def compare_compiled(components: ModelComponents, args: argparse.Namespace) -> dict:
+    """Frames back to back at --size, eager, then with the UNet and VAE decoder compiled (pipelines/compiled.py):
+    the compile's seconds and the speedup after it."""
+    frames = [moving_pattern(args.size, args.size, i) for i in range(args.frames)]
+
+    def frames_per_second() -> float:
+        stream = StreamPipeline(components)
+        stream.update(steps=args.steps, strength=args.strength)
+        for frame in frames[: args.warmup]:
+            stream(frame)
+        start = time.perf_counter()
+        for frame in frames:
+            stream(frame)
+        return len(frames) / (time.perf_counter() - start)
+
+    eager = frames_per_second()
+    compiled = compile_model(components)
+    graphs = compiled_graphs()
+    compile_seconds = compiled.warm((args.size, args.size))
+    made = compiled_graphs()
+    fast = frames_per_second()
+    recompiles = compiled_graphs() - made  # the stream's own steps and strength after warming: 0 expected
+    print(
+        f"\n  compiled ({compiled.mode}): {made - graphs} graphs in {compile_seconds:.1f} s; frames back to back "
+        f"{eager:.2f} fps eager, {fast:.2f} fps compiled ({fast / eager:.2f}x); recompiles after warming {recompiles}"
+    )
+    return {
+        "compile_mode": compiled.mode,
+        "compile_seconds": round(compile_seconds, 1),
+        "compiled_graphs": made - graphs,
+        "eager_fps": round(eager, 3),
+        "compiled_fps": round(fast, 3),
+        "compile_speedup": round(fast / eager, 3),
+        "recompiles_after_warming": recompiles,
     }
 
 
