@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: chromium for the browser tests; GStreamer's webrtcbin (run by Debian's own python3 with its
-# gi bindings) for the test of a real non-browser WHIP publisher.
+# gi bindings) for the test of a real non-browser WHIP publisher; g++, with which torch.compile's inductor builds
+# its CPU kernels (tests/test_compiled.py).
 debian_packages=(chromium python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0
   gir1.2-nice-0.1 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-  gstreamer1.0-plugins-ugly gstreamer1.0-nice)
+  gstreamer1.0-plugins-ugly gstreamer1.0-nice g++)
 missing=()
 for package in "${debian_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
@@ -22,6 +23,15 @@ export LCMLIVE_REQUIRE_GSTREAMER=1
 # Ray Serve for the replica test (tests/test_ray.py): about 20 s and 300 MB more to install, measured here.
 export LCMLIVE_REQUIRE_RAY=1
 scripts/bootstrap.sh test,bench,ray,docs
+# Inductor's CPU kernels also include the venv's Python headers: Debian's python3.X-dev when its python3 made the
+# venv (a Python built elsewhere, pyenv's say, has its own).
+python_include="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+if [ ! -f "$python_include/Python.h" ]; then
+  headers="$(.venv/bin/python -c 'import sys; print("python%d.%d-dev" % sys.version_info[:2])')"
+  echo "lcmlive: installing $headers for torch.compile's CPU kernels (no $python_include/Python.h)" >&2
+  apt-get update -qq >&2
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$headers" >&2
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/pre-commit validate-config .pre-commit-config.yaml  # the hooks a contributor installs (0.3 s)
