@@ -116,7 +116,9 @@ class CompiledModel:
             self._counted([request], partial(stylise_batch, [request]), warming=True)
         return time.perf_counter() - start
 
-    def _counted(self, requests: Sequence[FrameRequest], run: Callable[[], list[torch.Tensor]], warming: bool):
+    def _counted(
+        self, requests: Sequence[FrameRequest], run: Callable[[], list[torch.Tensor]], warming: bool
+    ) -> list[torch.Tensor]:
         before, start = compiled_graphs(), time.perf_counter()
         pictures = run()
         graphs = compiled_graphs() - before
