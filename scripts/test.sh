@@ -1,36 +1,48 @@
 #!/usr/bin/env bash
 # Install everything the test suite needs (Python packages, Debian's chromium and GStreamer) and run it all.
 # Extra arguments go to pytest, e.g. scripts/test.sh -k parity
+# `scripts/test.sh --quick [ARGS]`: the quick loop, every test not marked slow (pytest -m "not slow"); it needs
+# neither the Debian packages nor Ray, and installs neither.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: chromium for the browser tests; GStreamer's webrtcbin (run by Debian's own python3 with its
-# gi bindings) for the test of a real non-browser WHIP publisher; g++, with which torch.compile's inductor builds
-# its CPU kernels (tests/test_compiled.py).
-debian_packages=(chromium python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0
-  gir1.2-nice-0.1 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
-  gstreamer1.0-plugins-ugly gstreamer1.0-nice g++)
-missing=()
-for package in "${debian_packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "lcmlive: installing Debian packages for the tests: ${missing[*]}" >&2
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+quick=""
+if [ "${1:-}" = "--quick" ]; then
+  quick=1
+  shift
 fi
-export LCMLIVE_REQUIRE_GSTREAMER=1
-# Ray Serve for the replica test (tests/test_ray.py): about 20 s and 300 MB more to install, measured here.
-export LCMLIVE_REQUIRE_RAY=1
-scripts/bootstrap.sh test,bench,ray,docs
-# Inductor's CPU kernels also include the venv's Python headers: Debian's python3.X-dev when its python3 made the
-# venv (a Python built elsewhere, pyenv's say, has its own).
-python_include="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
-if [ ! -f "$python_include/Python.h" ]; then
-  headers="$(.venv/bin/python -c 'import sys; print("python%d.%d-dev" % sys.version_info[:2])')"
-  echo "lcmlive: installing $headers for torch.compile's CPU kernels (no $python_include/Python.h)" >&2
-  apt-get update -qq >&2
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$headers" >&2
+
+if [ -z "$quick" ]; then
+  # Debian packages: chromium for the browser tests; GStreamer's webrtcbin (run by Debian's own python3 with its
+  # gi bindings) for the test of a real non-browser WHIP publisher; g++, with which torch.compile's inductor builds
+  # its CPU kernels (tests/test_compiled.py).
+  debian_packages=(chromium python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0
+    gir1.2-nice-0.1 gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+    gstreamer1.0-plugins-ugly gstreamer1.0-nice g++)
+  missing=()
+  for package in "${debian_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "lcmlive: installing Debian packages for the tests: ${missing[*]}" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+  fi
+  export LCMLIVE_REQUIRE_GSTREAMER=1
+  # Ray Serve for the replica test (tests/test_ray.py): about 20 s and 300 MB more to install, measured here.
+  export LCMLIVE_REQUIRE_RAY=1
+  scripts/bootstrap.sh test,bench,ray,docs
+  # Inductor's CPU kernels also include the venv's Python headers: Debian's python3.X-dev when its python3 made the
+  # venv (a Python built elsewhere, pyenv's say, has its own).
+  python_include="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["include"])')"
+  if [ ! -f "$python_include/Python.h" ]; then
+    headers="$(.venv/bin/python -c 'import sys; print("python%d.%d-dev" % sys.version_info[:2])')"
+    echo "lcmlive: installing $headers for torch.compile's CPU kernels (no $python_include/Python.h)" >&2
+    apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$headers" >&2
+  fi
+else
+  scripts/bootstrap.sh test,bench,docs
 fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
@@ -41,4 +53,7 @@ fi
 site="$(mktemp -d)"
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$site"
 rm -rf "$site"
+if [ -n "$quick" ]; then
+  exec .venv/bin/python -m pytest -m "not slow" "$@"
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -22,7 +22,14 @@ from server.bench.loopback import free_port
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Left out of the quick loop (`scripts/test.sh --quick` is `pytest -m "not slow"`) with the tests marked slow.
+SLOW_KINDS = ("browser", "ray", "packaging")
+
+
 def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if any(kind in item.keywords for kind in SLOW_KINDS):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")

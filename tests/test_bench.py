@@ -46,6 +46,7 @@ def test_bench_rejects_a_bad_size():
     assert "multiple of 64" in result.stderr
 
 
+@pytest.mark.slow
 def test_bench_reports_each_mode_and_controlnet_combination():
     command = [sys.executable, "-m", "server.cli", "bench", "--model", "tiny-sdxl", "--size", "64", "--frames", "1"]
     command += ["--mode", "img2img,txt2img", "--controlnet", "none,canny", "--json"]

@@ -7,6 +7,7 @@ import asyncio
 import math
 
 import numpy as np
+import pytest
 
 from server.bench import av
 from server.bench.flash import (
@@ -19,6 +20,8 @@ from server.bench.flash import (
 )
 from server.bench.tone import SAMPLE_RATE
 from server.stats import STAGES
+
+pytestmark = pytest.mark.slow  # a benchmark end to end: 28 s (CI, under load)
 
 KEYS = (
     "av_offset_ms_p5",

@@ -8,11 +8,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from server.bench.model_threads import ModelThreads, native_thread_ids
 from server.bench.streams import SyntheticStream
 from server.engine import Engine
+
+pytestmark = pytest.mark.slow  # benchmarks end to end: 71 s and 32 s (CI, under load)
 
 
 def bench(*arguments: str) -> dict:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from server.cluster.routing import PENDING_SECONDS, UNREPORTED_SECONDS, Placement, Target, request_target
@@ -124,6 +125,7 @@ def test_metrics_of_all_replicas_in_one_exposition_with_a_replica_label():
     assert sorted(s.labels["replica"] for s in samples) == ["r1", "r1", "r2", "r2"]
 
 
+@pytest.mark.slow
 def test_replicas_without_ray_say_how_to_get_it():
     hide_ray = "import sys; sys.modules['ray'] = None"  # find_spec then says: not installed
     command = f"{hide_ray}; from server.cli import main; sys.exit(main(['serve', '--replicas', '2']))"

@@ -177,6 +177,7 @@ def test_the_command_says_what_is_wrong_before_loading_anything(tmp_path, capsys
     assert capsys.readouterr().err == f"lcmlive: {show}: max_batch (--max-batch) must be between 1 and 64, got 65\n"
 
 
+@pytest.mark.slow
 def test_lcmlive_serve_runs_from_a_config_file(tmp_path):
     # The file's port is the fixture's to choose: the command line (LiveServer's --port) wins over it.
     show = write(tmp_path, 'port = 1\nmax_streams = 3\nmodel = "tiny"\nmax_viewers = 2\n')

@@ -643,6 +643,7 @@ def mutated_sdp(draw: Draw, offers: dict[str, str]) -> bytes:
 with_bystander = pytest.mark.usefixtures("bystander_keeps_streaming")
 # The bystander's aiortc, on the loop thread, draws from `random` while hypothesis generates examples here.
 pytestmark = [
+    pytest.mark.slow,  # hypothesis against a live server: 29-54 s a test (CI, under load)
     pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies"),
     pytest.mark.filterwarnings("ignore:Generating overly large repr"),  # of the long strings and numbers drawn
 ]

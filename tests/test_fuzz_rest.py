@@ -74,6 +74,7 @@ OVER_THE_LIMIT = [  # (method, path, content type, code)
 
 with_bystander = pytest.mark.usefixtures("bystander_keeps_streaming")
 pytestmark = [
+    pytest.mark.slow,  # a live server and a bystander stream (23 s to start), hypothesis (CI, under load)
     pytest.mark.filterwarnings("ignore:Do not use the `random` module inside strategies"),
     pytest.mark.filterwarnings("ignore:Generating overly large repr"),
 ]

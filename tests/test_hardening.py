@@ -49,6 +49,7 @@ async def wait_for_health(server: LiveServer, condition, timeout: float = TIMEOU
         await asyncio.sleep(0.2)
 
 
+@pytest.mark.slow
 async def test_idle_sockets_give_their_slots_back_after_the_offer_timeout():
     server = LiveServer("--max-sessions", "2", "--offer-timeout", "1.5")
     try:
@@ -82,6 +83,7 @@ class SilentCamera(MediaStreamTrack):
         await asyncio.Event().wait()
 
 
+@pytest.mark.slow
 async def test_a_publisher_that_never_connects_and_one_that_goes_quiet_are_dropped():
     server = LiveServer("--connect-timeout", "2", "--idle-timeout", "2")
     try:
@@ -140,6 +142,7 @@ async def test_pages_from_other_origins_are_refused_unless_allowed():
         server.stop()
 
 
+@pytest.mark.slow
 async def test_sigterm_tells_every_client_and_exits_cleanly_within_five_seconds():
     server = LiveServer()
     async with (

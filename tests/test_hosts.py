@@ -130,6 +130,7 @@ async def raw_request(port: int, request: bytes) -> bytes:
     return response
 
 
+@pytest.mark.slow
 async def test_a_rebinding_page_can_neither_read_change_nor_control_a_live_stream():
     server = LiveServer("--allow-host", "studio.lan")
     port = server.port

@@ -70,6 +70,7 @@ async def test_txt2img_with_controlnet_keeps_drawing(controlnet_server):
     assert not client.record.errors
 
 
+@pytest.mark.slow
 async def test_sdxl_model_serves_img2img():
     server = LiveServer("--model", "tiny-sdxl")
     try:

@@ -43,6 +43,7 @@ def test_a_bad_target_is_one_line_naming_the_flag():
     )
 
 
+@pytest.mark.slow
 async def test_the_stream_s_sound_features_arrive_as_osc():
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("127.0.0.1", 0))

@@ -165,6 +165,7 @@ async def test_closing_the_socket_releases_everything(live_server):
     pytest.fail(f"session not released: {health}")
 
 
+@pytest.mark.slow
 async def test_server_full_gets_a_clear_error_and_a_clean_close():
     server = LiveServer("--max-sessions", "1")
     try:
@@ -180,6 +181,7 @@ async def test_server_full_gets_a_clear_error_and_a_clean_close():
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 async def test_token_is_required_before_any_peer_connection():
     server = LiveServer("--token", "s3cret")
     try:

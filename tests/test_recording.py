@@ -231,6 +231,7 @@ async def _read_summary(folder: Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+@pytest.mark.slow
 async def test_a_recording_is_refused_below_the_free_space_minimum(tmp_path):
     record_dir = tmp_path / "recordings"
     server = LiveServer("--record-dir", str(record_dir), "--record-min-free", "1e12")  # a zettabyte
@@ -246,6 +247,7 @@ async def test_a_recording_is_refused_below_the_free_space_minimum(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 async def test_a_recording_survives_kill_9_of_the_server(tmp_path):
     record_dir = tmp_path / "recordings"
     server = LiveServer("--record-dir", str(record_dir), "--record-min-free", "0")

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import av
 import numpy as np
+import pytest
 from aiortc import VideoStreamTrack
 
 from pipelines.synthetic import moving_pattern
@@ -20,6 +21,8 @@ from server.media.ice import restrict_ice_to_loopback
 from server.render import read_recording, render
 
 from conftest import LiveServer
+
+pytestmark = pytest.mark.slow  # a live recording rendered: 21 s (CI, under load)
 
 CAMERA_FPS = 3  # slow enough that the tiny model on a busy 2-core CPU runs every frame
 SIDE = 128

@@ -141,6 +141,7 @@ async def test_scenes_are_saved_from_a_stream_and_recalled_over_rest(tmp_path):
         server.stop()
 
 
+@pytest.mark.slow
 async def test_the_caps_hold_over_rest(tmp_path):
     path = tmp_path / "scenes.json"
     path.write_text(json.dumps([{"name": f"s{n}", "params": {"seed": n}} for n in range(MAX_SCENES)]))

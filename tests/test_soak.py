@@ -15,6 +15,8 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
+pytestmark = pytest.mark.slow  # the soak: 88 s, and the soak command's refusals 15 s (CI, under load)
+
 # Short timeouts, so that the storm's sockets that never offer, and peers that never connect, are closed by the
 # server within the test. The idle timeout never fires: every publisher sends 30 frames a second.
 SERVER_FLAGS = ("--offer-timeout", "2", "--connect-timeout", "10", "--idle-timeout", "10", "--max-sessions", "4")

@@ -16,6 +16,8 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
+pytestmark = pytest.mark.slow  # 34 s (CI, under load)
+
 TIMEOUT = 60
 BPM = 120.0
 PULSE = {"param": "strength", "source": "onset", "amount": 0.8, "smooth_ms": 0}

@@ -61,6 +61,7 @@ def test_the_vae_keeps_both_colour_axes(report):
     assert min(report["vae_colour_axes_synthetic"].values()) >= 0.8, report["vae_colour_axes_synthetic"]
 
 
+@pytest.mark.slow
 def test_the_training_script_runs_from_scratch_on_a_tiny_budget(tmp_path):
     out = tmp_path / "toy.safetensors"
     budget = ["--pictures", "6", "--vae-steps", "2", "--vae-batch", "2", "--unet-steps", "2", "--unet-batch", "2"]

@@ -21,6 +21,8 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import ROOT, LiveServer
 
+pytestmark = pytest.mark.slow  # a GStreamer publisher: 17 s (CI, under load)
+
 SYSTEM_PYTHON = "/usr/bin/python3"
 PUBLISHER = ROOT / "tests" / "gst_whip_publisher.py"
 CHECK = (
