@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pydantic import Field, create_model, model_validator
 from pydantic_core import PydanticCustomError
 
@@ -11,6 +13,8 @@ from pipelines.params import Params, WholeNumber
 from .config import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, MAX_TARGET_FPS, MIN_TARGET_FPS
 
 __all__ = ["DEFAULT_MAX_RESOLUTION", "DEFAULT_TARGET_FPS", "PacingParams", "pacing_params_model", "settings_model"]
+
+P = TypeVar("P", bound=Params)
 
 
 class PacingParams(Params):
@@ -82,7 +86,10 @@ def pacing_params_model(default_max_resolution: int = 512, default_target_fps: f
     )
 
 
-def settings_model(params_model: type[Params], pacing_model: type[PacingParams]) -> type[Params]:
+def settings_model(params_model: type[P], pacing_model: type[PacingParams]) -> type[P]:
     """Every param of a stream, the pipeline's and the server's, in one model: a change is validated whole, rules
-    across the two scopes included, before any of it is applied."""
-    return create_model("StreamSettings", __base__=(params_model, pacing_model))
+    across the two scopes included, before any of it is applied. A `params_model` (so the pipeline applies it as
+    it is), with the pacing fields too."""
+    model = create_model("StreamSettings", __base__=(params_model, pacing_model))
+    assert issubclass(model, params_model)  # its first base
+    return model

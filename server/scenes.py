@@ -46,12 +46,15 @@ class Scenes(Protocol):
 
     async def all(self) -> list[Scene]:
         """Every scene, in order."""
+        ...
 
     async def find(self, key: str | int) -> Scene:
         """A scene by name or 1-based position; KeyError naming what there is otherwise."""
+        ...
 
     async def store(self, name: str, params: dict[str, Any]) -> Scene:
         """Save (or replace) a scene; ValueError (a bad scene, a cap) or OSError (the file) and nothing changed."""
+        ...
 
 
 class SceneBook:

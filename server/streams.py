@@ -308,6 +308,7 @@ class Stream:
         for transceiver in pc.getTransceivers():
             track = transceiver.sender.track
             if track in tracks:
+                assert isinstance(track, (PacketTrack, SoundTrack))  # one of `tracks`
                 codec = negotiated_codec(pc, transceiver)
                 if codec is None:
                     track.stop()

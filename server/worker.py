@@ -190,6 +190,7 @@ class StreamWorker:
         # A still camera under a moving modulation is not the same picture: the skip holds only for both still.
         similar = camera is not None and not txt2img and self._similar_to_last(camera.frame)
         if similar and modulated == self.modulated:
+            assert self._last_result is not None  # what _similar_to_last compared with
             times = FrameTimes(arrival, decoded, taken=now, done=time.monotonic())
             self.picture.publish(VideoFrame.from_ndarray(self._last_result, format="rgb24"), arrival, times)
             self.stats.add(frames_processed=1, skipped=1, queue_seconds=queue_seconds)

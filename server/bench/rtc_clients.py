@@ -24,11 +24,14 @@ from .tone import ToneTrack
 HTTP_TIMEOUT_SECONDS = 30
 
 
-@dataclass
+@dataclass(frozen=True)
 class HttpReply:
     status: int
     headers: dict[str, str]  # names in lower case
     body: str
+
+
+NOT_POSTED = HttpReply(0, {}, "")  # a client's reply before it has posted its offer
 
 
 async def http(method: str, url: str, body: str | None = None, token: str | None = None, **headers: str) -> HttpReply:
@@ -90,15 +93,15 @@ class WhipPublisher:
         self.codec = codec
         self.audio = audio
         self.tone_hz = tone_hz
-        self.reply: HttpReply | None = None
+        self.reply = NOT_POSTED
         self.location: str | None = None
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
 
     async def __aenter__(self) -> WhipPublisher:
-        await self.publish()
-        if self.reply.status != 201:
+        reply = await self.publish()
+        if reply.status != 201:
             await self.pc.close()
-            raise RuntimeError(f"WHIP refused: {self.reply.status} {self.reply.body}")
+            raise RuntimeError(f"WHIP refused: {reply.status} {reply.body}")
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -151,16 +154,16 @@ class WhepViewer:
         self.audio = audio
         self.record = LoopbackRecord()
         self.sound: list[tuple[float, np.ndarray]] = []
-        self.reply: HttpReply | None = None
+        self.reply = NOT_POSTED
         self.location: str | None = None
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self._tasks: list[asyncio.Task] = []
 
     async def __aenter__(self) -> WhepViewer:
-        await self.view()
-        if self.reply.status != 201:
+        reply = await self.view()
+        if reply.status != 201:
             await self.pc.close()
-            raise RuntimeError(f"WHEP refused: {self.reply.status} {self.reply.body}")
+            raise RuntimeError(f"WHEP refused: {reply.status} {reply.body}")
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -217,9 +220,10 @@ async def record_sound(track, sound: list[tuple[float, np.ndarray]]) -> None:
 async def run_clients(args) -> dict:
     """Publish over WHIP, or watch over WHEP with `--count` viewers, for `--seconds`; what arrived."""
     if args.role == "whip":
-        async with WhipPublisher(args.url, token=args.token, width=args.size, height=args.size) as publisher:
+        camera = SyntheticCamera(args.size, args.size)
+        async with WhipPublisher(args.url, token=args.token, camera=camera):
             await asyncio.sleep(args.seconds)
-            return {"sent": publisher.camera.sent}
+            return {"sent": camera.sent}
     viewers = [WhepViewer(args.url, token=args.token) for _ in range(args.count)]
     try:
         for viewer in viewers:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pipelines import ModelComponents, StreamPipeline, load_model
 from pipelines.synthetic import moving_pattern
@@ -124,7 +124,7 @@ def main(args: argparse.Namespace) -> dict:
         for _ in range(ROUNDS):
             windows["one_at_a_time"].append(frames_per_second(model, streams, 1, window, threads_before))
             windows["batched"].append(frames_per_second(model, streams, count, window, threads_before))
-        run = {"streams": count}
+        run: dict[str, Any] = {"streams": count}
         for way, values in windows.items():
             run[f"{way}_fps"] = round(statistics.median(v.fps for v in values), 3)
             run[f"{way}_fps_per_cpu_second"] = round(statistics.median(v.fps_per_cpu_second for v in values), 3)

@@ -123,8 +123,8 @@ class StyleWays:
             # window's first one too.
             self.library.activate(self.second, SCALE)
             return self._frames([self.styled, self.other], frames)
-        pipeline = self.plain if way == "none" else self.styled
-        self.library.activate(pipeline.params.style, SCALE)
+        pipeline, style = (self.plain, NO_STYLE) if way == "none" else (self.styled, self.first)
+        self.library.activate(style, SCALE)
         return self._frames([pipeline], frames)
 
     def _frames(self, pipelines: list[StreamPipeline], frames: int) -> list[tuple[float, float]]:

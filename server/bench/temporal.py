@@ -57,8 +57,9 @@ def settings() -> list[Setting]:
 def pipeline_for(model: ModelComponents, setting: Setting, steps: int, strength: float) -> StreamPipeline:
     pipeline = StreamPipeline(model)
     pipeline.update(prompt="an oil painting", steps=steps, strength=strength, temporal_smoothing=setting.level)
-    if setting.smoothing is not None:
-        pipeline.smoothing_at = lambda _level: setting.smoothing
+    smoothing = setting.smoothing
+    if smoothing is not None:
+        pipeline.smoothing_at = lambda _level: smoothing
     return pipeline
 
 

@@ -66,8 +66,10 @@ def mean_abs(a: np.ndarray, b: np.ndarray) -> float:
 def reconstruct(model: ModelComponents, image: np.ndarray) -> np.ndarray:
     """The VAE alone: encode to the posterior mean, decode, back to uint8."""
     pixels = torch.from_numpy(image).permute(2, 0, 1)[None].float().to(model.device) / 127.5 - 1
-    latents = model.vae.encode(pixels.to(model.dtype)).latent_dist.mean
-    decoded = model.vae.decode(latents).sample.float()
+    # The toy model's VAE is an AutoencoderKL; diffusers types encode's and decode's results as their output or a
+    # tuple whatever return_dict is.
+    latents = model.vae.encode(pixels.to(model.dtype)).latent_dist.mean  # pyright: ignore[reportAttributeAccessIssue]
+    decoded = model.vae.decode(latents).sample.float()  # pyright: ignore[reportAttributeAccessIssue]
     return ((decoded[0].permute(1, 2, 0) / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 

@@ -11,7 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from ray.exceptions import RayError
-from ray.serve.handle import DeploymentHandle, DeploymentResponse
+from ray.serve.handle import DeploymentHandle, DeploymentResponse, DeploymentResponseGenerator
 
 from ..scenes import Scene, SceneBookUnavailable, check_scene, find_scene
 
@@ -44,7 +44,8 @@ class BoardScenes:
         return stored
 
 
-async def _answer(response: DeploymentResponse) -> Any:
+async def _answer(response: DeploymentResponse | DeploymentResponseGenerator) -> Any:
+    assert isinstance(response, DeploymentResponse)  # the board's handle is not a streaming one
     try:
         return await asyncio.wait_for(response, BOARD_TIMEOUT_SECONDS)
     except (RayError, asyncio.TimeoutError) as error:

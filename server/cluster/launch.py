@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 
 from ..config import ServeSettings
 from ..frontends.osc import osc_socket
@@ -26,6 +27,7 @@ STOP_NOTICE_SECONDS = 5.0  # for the board to hear that the show stops
 
 
 def run(settings: ServeSettings) -> int:
+    assert settings.replicas is not None, "serve runs this for --replicas N"
     config = settings.server_config()
     # Bound first: a port that is taken stops the command before Ray starts.
     osc_listener = osc_socket(settings.osc_host, settings.osc_port) if settings.osc_port is not None else None
@@ -76,14 +78,17 @@ def run(settings: ServeSettings) -> int:
                 host=settings.host, port=settings.port, ssl_certfile=settings.cert, ssl_keyfile=settings.key
             ),
         )
-        replicas = Replica.options(
+        # serve.ingress is typed to return a Callable, so serve.deployment's function overload is the one read.
+        replicas = Replica.options(  # pyright: ignore[reportFunctionMemberAccess]
             num_replicas=settings.replicas,
             # Ray sets OMP_NUM_THREADS to num_cpus: one model thread per CPU replica.
             ray_actor_options={"num_cpus": 1, "num_gpus": gpus},
             # A page's socket is a request for its whole life; the app keeps its own limits on streams and sockets.
             max_ongoing_requests=config.max_streams * (1 + config.max_controllers) + 64,
+            # Ray annotates the config's **kwargs as dicts; its fields are what it takes.
             request_router_config=RequestRouterConfig(
-                request_router_class=StreamRouter, request_routing_stats_period_s=ROUTING_STATS_PERIOD_SECONDS
+                request_router_class=StreamRouter,  # pyright: ignore[reportArgumentType]
+                request_routing_stats_period_s=ROUTING_STATS_PERIOD_SECONDS,  # pyright: ignore[reportArgumentType]
             ),
             graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_SECONDS,
             logging_config=LoggingConfig(enable_access_log=False),
@@ -110,7 +115,7 @@ def run(settings: ServeSettings) -> int:
     return 0
 
 
-def _replica_gpus(device: str, resources: dict[str, float]) -> int:
+def _replica_gpus(device: str, resources: Mapping[str, float]) -> int:
     if device == "cpu":
         return 0
     if device.startswith("cuda"):

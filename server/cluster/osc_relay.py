@@ -94,7 +94,7 @@ class OscRelay(threading.Thread):
         stream = parts[2] if len(parts) > 2 and parts[1] == PREFIX else None
         if stream == ALL_STREAMS:
             return self._replicas
-        holder = self._holders.get(stream)
+        holder = self._holders.get(stream) if stream is not None else None
         return [holder] if holder is not None else self._replicas[:1]
 
     def _forward(self, data: bytes, targets: list[tuple[str, int]]) -> None:

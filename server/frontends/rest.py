@@ -61,7 +61,7 @@ def rest_routes(registry: StreamRegistry, scenes: Scenes) -> list[Route]:
         """PUT: save a stream's current params as the scene; POST .../recall: apply the scene to a stream."""
         body = await _json_object(request, empty_is_object=True)  # the stream may come in the query alone
         # The stream in the query too: behind the Ray Serve proxy, only the URL reaches the router.
-        stream = registry.get(request.query_params.get("stream") or body.get("stream"))
+        stream = registry.get(request.query_params.get("stream") or body.get("stream", ""))
         name = request.path_params["scene"]
         if request.method == "PUT":
             try:

@@ -30,7 +30,7 @@ class PageSocket:
     """One page's socket. A publisher reserves its stream's name when it opens and owns the stream it starts;
     a controller attaches to a stream and leaves it running when it goes."""
 
-    def __init__(self, websocket: WebSocket, registry: StreamRegistry, role: str, name: str | None) -> None:
+    def __init__(self, websocket: WebSocket, registry: StreamRegistry, role: str, name: str) -> None:
         self.websocket = websocket
         self.registry = registry
         self.role = role
@@ -128,7 +128,8 @@ class PageSocket:
             raise ProtocolError("already_offered", "this session already has a peer connection; open a new socket")
         self._answering = True
         try:
-            stream, answer = await self.registry.publish(self.name, "page", message.get("sdp"), listener=self)
+            # Whatever came is checked as an offer: missing, it is an empty one.
+            stream, answer = await self.registry.publish(self.name, "page", message.get("sdp", ""), listener=self)
         except (OfferError, StreamError) as error:
             # The name stays this socket's: a page may send another offer (an offer aiortc read but cannot answer,
             # found by fuzzing, is refused like any bad offer).
@@ -164,17 +165,17 @@ async def page_socket(websocket: WebSocket, registry: StreamRegistry, sockets: s
     await websocket.accept()
     role = websocket.query_params.get("role", "publish")
     name = websocket.query_params.get("stream") or None
-    connection = PageSocket(websocket, registry, role, name)
     try:
         if role not in ROLES:
             raise ProtocolError("bad_role", f"role must be one of {', '.join(ROLES)}; got {role!r}")
         if role == "control":
             if name is None:
                 raise ProtocolError("no_such_stream", "a control socket names its stream: /ws?stream=NAME&role=control")
+            connection = PageSocket(websocket, registry, role, name)
             # Admitted and attached in one step: nothing awaits between the count and the add.
             connection.stream = registry.add_controller(name, connection)
         else:
-            connection.name = registry.reserve(name)
+            connection = PageSocket(websocket, registry, role, registry.reserve(name))
     except (ProtocolError, StreamError) as error:
         await websocket.send_text(json.dumps(error_message(error.code, error.message)))
         await websocket.close(code=1013 if error.code in ("server_full", "controllers_full") else 1008)

@@ -145,6 +145,7 @@ class DelayLine:
         held = self._first_target_at is None or now - self._first_target_at < self.start_hold
         if held or not self._lags:
             return np.zeros((count, self.channels), np.int16)  # no delay known yet, or a warm-up's, or no sound
+        assert self.target is not None  # kept from the first read that gave one, which ended the hold's wait
         origin = self._lags[0][1]
         delay = max(self.target, self.jitter + JITTER_MARGIN_SECONDS)
         wanted = round((now - delay - origin) * self.rate)
@@ -157,6 +158,7 @@ class DelayLine:
             elif far > self._jump:
                 self.jumps += 1
             self.position, self._correcting = wanted, False
+        assert self.position is not None  # set just above when there was none
         error = wanted - self.position
         step = 0
         if self._correcting or abs(error) > self._dead_band:

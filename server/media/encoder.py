@@ -11,6 +11,7 @@ import fractions
 import os
 
 import av
+import av.video.frame  # the submodules the annotations and PictureType name: `import av` does not bind them
 from av import VideoFrame
 
 from ..config import DEFAULT_BITRATE_KBPS
@@ -71,6 +72,7 @@ class VideoEncoder:
 
     def _open(self, width: int, height: int) -> av.VideoCodecContext:
         context = av.CodecContext.create(ENCODERS[self.codec], "w")
+        assert isinstance(context, av.VideoCodecContext)  # a video encoder's context
         context.width, context.height = width, height
         context.pix_fmt = "yuv420p"
         context.bit_rate = self.bitrate

@@ -66,11 +66,12 @@ class Feed(FanOut["PacketTrack"]):
 
     def _add(self, track: PacketTrack) -> None:
         super()._add(track)
+        assert track.codec is not None  # added by bind, once it has one
         self.request_keyframe(track.codec)  # a new viewer can only start decoding at a keyframe
 
     def _remove(self, track: PacketTrack) -> None:
         super()._remove(track)
-        if not any(t.codec == track.codec for t in self._subscribers):
+        if track.codec is not None and not any(t.codec == track.codec for t in self._subscribers):
             self._encoders.pop(track.codec, None)
 
     def _deliver(self, frame: VideoFrame, times: FrameTimes) -> None:
@@ -99,7 +100,7 @@ class Feed(FanOut["PacketTrack"]):
             self.encodes += len(encoders)
             times.encoded = time.monotonic()
             for track in list(self._subscribers):
-                packet = packets.get(track.codec)
+                packet = packets.get(track.codec) if track.codec is not None else None
                 if packet is not None:
                     track.offer(packet, times)
 
@@ -164,6 +165,7 @@ class PacketTrack(MediaStreamTrack):
             self.dropped += 1
             self._feed.packets_dropped += 1
             self._awaiting_keyframe = True
+            assert self.codec is not None  # offered to once bound
             self._feed.request_keyframe(self.codec)
         if self._awaiting_keyframe and not packet.is_keyframe:
             self.skipped += 1

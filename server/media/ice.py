@@ -49,7 +49,7 @@ def end_consent_checks_of_closed_connections() -> None:
     A WHIP DELETE right after its POST left one such task behind in a third of sessions (`lcmlive soak`).
     """
     original = aioice.ice.Connection.query_consent
-    if getattr(original, "ends_when_closed", False):
+    if original.__module__ == __name__:  # already the one below
         return
 
     async def query_consent(self) -> None:
@@ -57,5 +57,4 @@ def end_consent_checks_of_closed_connections() -> None:
             return
         await original(self)
 
-    query_consent.ends_when_closed = True
     aioice.ice.Connection.query_consent = query_consent

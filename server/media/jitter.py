@@ -67,6 +67,7 @@ class PromptVideoBuffer(JitterBuffer):
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         packets: list[RtpPacket] = []
+        assert self._origin is not None  # aiortc sets it with the first packet, before it removes frames
         for count in range(self.capacity):
             packet = self._packets[(self._origin + count) % self.capacity]
             if packet is None:
@@ -93,6 +94,7 @@ class PromptAudioBuffer(JitterBuffer):
 
     def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
         for _ in range(self.capacity):
+            assert self._origin is not None  # aiortc sets it with the first packet, before it removes frames
             packet = self._packets[self._origin % self.capacity]
             if packet is not None:
                 self.remove(1)

@@ -85,13 +85,15 @@ def check_transport(description: aiortc_sdp.SessionDescription) -> None:
     for group in description.group:
         missing = [mid for mid in group.items if mid not in mids]
         if group.semantic == "BUNDLE" and missing:
-            raise OfferError("bad_sdp", f"a=group:BUNDLE names mids no media section has: {', '.join(missing)}")
+            raise OfferError(
+                "bad_sdp", f"a=group:BUNDLE names mids no media section has: {', '.join(map(str, missing))}"
+            )
     for media in description.media:
         if media.port == 0:
             continue
         if media.dtls is None or not media.dtls.fingerprints:
             raise OfferError("bad_sdp", f"the offer's {media.kind} section has no DTLS fingerprint (a=fingerprint)")
-        if not media.ice.usernameFragment or not media.ice.password:
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
             message = f"the offer's {media.kind} section has no ICE credentials (a=ice-ufrag and a=ice-pwd)"
             raise OfferError("bad_sdp", message)
 
@@ -180,7 +182,7 @@ def offered_transceivers(pc: RTCPeerConnection, kind: str, sends: bool) -> list[
     wanted = ("sendonly", "sendrecv") if sends else ("recvonly", "sendrecv")
     offer = aiortc_sdp.SessionDescription.parse(pc.remoteDescription.sdp)
     directions = {media.rtp.muxId: media.direction for media in offer.media}
-    return [t for t in pc.getTransceivers() if t.kind == kind and directions.get(t.mid) in wanted]
+    return [t for t in pc.getTransceivers() if t.kind == kind and t.mid is not None and directions.get(t.mid) in wanted]
 
 
 async def request_keyframe(receiver: RTCRtpReceiver) -> None:

@@ -26,6 +26,7 @@ async def pump_frames(track: MediaStreamTrack, submit: Callable[[VideoFrame, flo
             frame = await track.recv()
         except MediaStreamError:
             return
+        assert isinstance(frame, VideoFrame)  # a remote video track's recv() decodes to pictures
         decoded = time.monotonic()
         arrival = min(jitter.completed_at(track, frame.pts) or decoded, decoded)
         media_time = float(frame.pts * frame.time_base) if frame.pts is not None and frame.time_base else arrival
@@ -43,6 +44,7 @@ async def pump_sound(track: MediaStreamTrack, submit: Callable[[AudioFrame, floa
             frame = await track.recv()
         except MediaStreamError:
             return
+        assert isinstance(frame, AudioFrame)  # a remote audio track's recv() decodes to sound
         submit(frame, time.monotonic())
 
 

@@ -188,6 +188,7 @@ class Recording:
                 packet = await track.recv()
             except MediaStreamError:
                 return
+            assert packet.pts is not None  # the sound's encoder stamps every packet
             if first is None:
                 first = (self._t(), packet.pts)
             t = first[0] + (packet.pts - first[1]) / SAMPLE_RATE

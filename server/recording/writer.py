@@ -19,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import av
+import av.audio.stream  # the submodules named below: `import av` does not bind them for a type checker
+import av.container
+import av.video.frame
+import av.video.stream
 from av import AudioFrame, VideoFrame
 
 log = logging.getLogger(__name__)
@@ -226,7 +230,7 @@ class OutputFile:
         self._container: av.container.OutputContainer | None = None
         self._video: av.video.stream.VideoStream | None = None
         self._audio: av.audio.stream.AudioStream | None = None
-        self._probe: av.codec.context.CodecContext | None = None
+        self._probe: av.VideoCodecContext | None = None
         self._last_pts = {"video": -1, "audio": -1}
         self._pending_sound: collections.deque[tuple[bytes, float]] = collections.deque(maxlen=PENDING_SOUND)
 
@@ -247,7 +251,9 @@ class OutputFile:
     def _open(self, first: bytes) -> bool:
         """Open the file at the first packet that decodes to a picture (whose size the track needs)."""
         if self._probe is None:
-            self._probe = av.CodecContext.create("h264", "r")
+            probe = av.CodecContext.create("h264", "r")
+            assert isinstance(probe, av.VideoCodecContext)  # a video codec's context
+            self._probe = probe
         frames = self._probe.decode(av.Packet(first))
         if not frames:
             return False

@@ -11,6 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import av
+import av.audio.stream  # the submodules named below: `import av` does not bind them for a type checker
+import av.container
+import av.video.stream
 import torch
 from tqdm import tqdm
 
@@ -141,15 +144,19 @@ def render(
     bar = tqdm(total=recording.video.packets, unit="frame", desc="render", file=sys.stderr, disable=not progress)
     with av.open(str(recording.input_path)) as container, bar:
         video = container.streams.video[0]
+        time_base = video.time_base
+        assert time_base is not None  # read_recording refuses a video stream without one
         sound = container.streams.audio[0] if container.streams.audio else None
-        writer = MasterWriter(out, stream.picture_size, video.time_base, recording.video.first_pts, sound)
+        writer = MasterWriter(out, stream.picture_size, time_base, recording.video.first_pts, sound)
         try:
             for item in _input(container, video, sound, notes):
                 if isinstance(item, av.Packet):
                     writer.add_sound(item)
                     continue
-                t = float(item.pts * video.time_base)
-                writer.add_picture(stream.render(item, t), item.pts)
+                pts = item.pts
+                assert pts is not None  # _input passes only frames with one
+                t = float(pts * time_base)
+                writer.add_picture(stream.render(item, t), pts)
                 bar.update()
             writer.close()
         except BaseException:
@@ -194,4 +201,6 @@ def _input(
                 if item.pts is None:
                     continue
                 frames += 1
-            yield item
+                yield item
+            elif isinstance(item, av.Packet):  # the sound's, passed on undecoded
+                yield item

@@ -190,6 +190,8 @@ def _scan_input(path: Path) -> InputVideo:
             cut_short = f"ends in a broken packet after {packets} frames ({error})"
         if first_pts is None:
             raise RecordingError(f"{path} holds no video frame: nothing to render")
+        if stream.time_base is None:
+            raise RecordingError(f"{path}: its video stream has no time base, so its frames have no times")
         return InputVideo(
             width=stream.codec_context.width,
             height=stream.codec_context.height,

@@ -13,6 +13,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import av.audio.stream  # named below: `import av` does not bind it for a type checker
 import numpy as np
 
 # x264's "visually lossless" range is crf 17-18; preset medium is x264's default balance and costs little next to
@@ -54,6 +55,7 @@ class MasterWriter:
         self._sound = self._container.add_stream_from_template(sound) if sound is not None else None
         self._sound_start = 0
         if sound is not None:
+            assert sound.time_base is not None  # a stream read from a file has one
             self._sound_start = round(start_pts * time_base / sound.time_base)
         self.pictures = 0
         self.sound_packets = 0

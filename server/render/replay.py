@@ -135,7 +135,7 @@ class ReplayedStream:
         if self.steps is not None:
             values["steps"] = self.steps
         try:
-            return model.validated(values)  # type: ignore[return-value]
+            return model.validated(values)
         except ParamsError as error:
             raise RecordingError(f"the params at {when} do not fit this model: {error}") from None
 
