@@ -194,10 +194,14 @@ def params_model(
     if len(kinds) == 1:
         validators["one_control_scale"] = model_validator(mode="before")(_single_scale_alias(kinds[0].scale_param))
     base = StreamParams
+    # A preset may have its own first prompt (the toy's names one of its style words); the rest keep the base's.
+    prompt = base.model_fields["prompt"]
+    first_prompt = prompt.default if preset.default_prompt is None else preset.default_prompt
     model = create_model(
         base.__name__,
         __base__=bases,
         __validators__=validators,
+        prompt=(str, Field(default=first_prompt, max_length=MAX_PROMPT_LENGTH, description=prompt.description)),
         strength=(float, _narrowed(base, "strength", default=preset.default_strength)),
         steps=(WholeNumber, _narrowed(base, "steps", default=preset.default_steps, le=preset.max_steps)),
         guidance_scale=(float, _narrowed(base, "guidance_scale", default=preset.default_guidance, le=max_guidance)),

@@ -42,6 +42,7 @@ class ModelPreset:
     default_steps: int = 2
     default_guidance: float = 1.0
     default_strength: float = 0.5
+    default_prompt: str | None = None  # None: StreamParams' own
     description: str = ""
     max_steps: int = 4
 
@@ -97,6 +98,15 @@ PRESETS: dict[str, ModelPreset] = {
             builtin="tiny",
             default_steps=2,
             default_guidance=8.0,
+            # What a newcomer sees first on a CPU. Measured through StreamPipeline on 12 frames of Chromium's fake
+            # camera (a bright green pie on a darker green card) at 256x192, 2 steps: the real presets' "an oil
+            # painting, vivid colors" holds two of the toy's mildest words and stays a soft green field (13/255
+            # from the camera); "fire" maps brightness onto a red-to-yellow ramp, a style that keeps every shape
+            # (79/255 from the camera, grey correlation 0.92). 0.6 is a trained strength and the nearest to the
+            # style's own picture: 19/255 off it, against 30 at 0.5, 21 at 0.7, 35 and 39 at the untrained 0.55
+            # and 0.65, and 29 at one step. The page's before/after: scripts/screenshots.py, docs/models.md.
+            default_strength=0.6,
+            default_prompt="a painting in fire colors",
             description="toy LCM trained in the repository, shipped in the package; offline, shows the camera "
             "restyled by style words (watercolor, neon, night, pencil, fire, ocean, ...)",
         ),

@@ -9,7 +9,7 @@ import urllib.request
 import pytest
 from pydantic import ValidationError
 
-from pipelines import PRESETS, ParamsError, params_json_schema, params_model, params_model_for
+from pipelines import PRESETS, ParamsError, StreamParams, params_json_schema, params_model, params_model_for
 from pipelines.params import steps_that_run
 from pipelines.presets import ScheduleKind
 from server.pacing import pacing_params_model
@@ -80,6 +80,10 @@ def test_whole_floats_are_whole_numbers_and_defaults_come_from_the_preset():
     assert TINY().replace({"seed": 3.0, "steps": 4.0}).seed == 3
     assert TINY().guidance_scale == PRESETS["tiny"].default_guidance
     assert LORA().guidance_scale == PRESETS["lcm-lora-sd15"].default_guidance
+    # The toy's first prompt names a style word it knows; a preset without its own keeps the base's.
+    assert TINY().prompt == PRESETS["tiny"].default_prompt and "fire" in TINY().prompt
+    assert TINY().strength == PRESETS["tiny"].default_strength
+    assert LORA().prompt == StreamParams().prompt != TINY().prompt
     assert PACING().max_resolution == 256 and PACING().target_fps == 8.0
     with pytest.raises(ValidationError, match="frozen"):
         TINY().seed = 4
