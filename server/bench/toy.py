@@ -25,7 +25,8 @@ from .temporal_metrics import TRACKING_GAP, measured_shift, moving_clip
 SIZE = 256
 STRENGTH = 0.5
 STEPS = 2
-FOLLOW_PROMPT = "an oil painting, vivid colors, thick brush strokes"  # the default prompt: what a person sees first
+# The real presets' first prompt: two of the toy's mildest words, so it measures how much of the camera comes through.
+FOLLOW_PROMPT = "an oil painting, vivid colors, thick brush strokes"
 PROMPT_PAIR = ("a watercolor painting", "neon lights at night")
 STYLE_PROMPTS = ("a watercolor painting", "neon lights at night", "a pencil sketch", "fire", "the ocean", "a photo")
 # Far from the training seed (0) and its stage-2 seed (1): these pictures were never drawn in training.
