@@ -1,0 +1,321 @@
+"""The README's pictures: the studio page restyling Chromium's fake camera (studio.png) and a loop of the camera and
+the stylised output side by side (loop.webp), made from a real `lcmlive serve --model tiny` in headless Chromium.
+
+    .venv/bin/python scripts/screenshots.py [FOLDER]      # default docs/images
+
+It types the prompt (default: the model's own first prompt), waits for the processing size to settle, records the
+loop, takes the screenshot, and prints what it measured of the loop's frames (JSON): the output's grey and edge
+correlation with the camera, how far the style moved it, the edge sharpness of each, the frame rate the page
+showed and the processing size. `--params` sets stream params before the prompt (to compare settings on the same
+camera). About 30-40 s on a loaded 2-core machine, most of it the server's start and the settling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    # Chromium's moving test pattern instead of a webcam, and camera permission granted without a prompt.
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    # Loopback host candidates, so that ICE with the server (--ice-loopback) stays on 127.0.0.1.
+    "--allow-loopback-in-peer-connection",
+]
+VIEWPORT = {"width": 1280, "height": 720}
+# The pictures are taken once the processing size has held this long (the adaptation has settled).
+SETTLE_S = 4.0
+SETTLE_TIMEOUT_S = 40.0
+LOOP_S = 4.0
+LOOP_INTERVAL_MS = 100
+MAX_LOOP_BYTES = 2_000_000
+
+# The camera and the output drawn side by side, each at the output video's size, every `interval` ms for `seconds`,
+# kept as PNG data URLs with their times. Sampled on a timer, as a viewer's eye sees the page: the loop shows the
+# output at its own rate beside the camera's.
+CAPTURE = """
+([seconds, interval]) => new Promise((resolve) => {
+  const camera = document.getElementById("input-video");
+  const output = document.getElementById("output-video");
+  const [w, h] = [output.videoWidth, output.videoHeight];
+  const canvas = document.createElement("canvas");
+  canvas.width = 2 * w;
+  canvas.height = h;
+  const context = canvas.getContext("2d");
+  const frames = [];
+  const start = performance.now();
+  const grab = () => {
+    const now = performance.now();
+    context.drawImage(camera, 0, 0, w, h);
+    context.drawImage(output, w, 0, w, h);
+    frames.push([now, canvas.toDataURL("image/png")]);
+    if (now - start < seconds * 1000) setTimeout(grab, Math.max(0, start + frames.length * interval - now));
+    else resolve(frames);
+  };
+  grab();
+})
+"""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now. server.bench.loopback has the same; importing
+    it (the server's package, torch) took 14 s of this script's 44 on a loaded 2-core machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """`lcmlive serve --model tiny` on a free loopback port, stopped with Ctrl-C (SIGINT) by `stop`."""
+
+    def __init__(self, log: BinaryIO) -> None:
+        """`log`: where it prints, told when it fails to start."""
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        command = [sys.executable, "-m", "server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        self.log = log
+        self.process = subprocess.Popen(
+            [*command, "--model", "tiny", "--device", "cpu", "--ice-loopback"],
+            cwd=ROOT,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"lcmlive serve exited early ({self.process.returncode}):\n{self.output()}")
+            try:
+                urllib.request.urlopen(f"{self.url}/health", timeout=5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"lcmlive serve did not answer /health within 90 s:\n{self.output()}") from None
+                time.sleep(0.3)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-4000:]
+
+    def first_prompt(self) -> str:
+        """The prompt a stream starts with: the served schema's default (the loaded model's own)."""
+        with urllib.request.urlopen(f"{self.url}/params/schema", timeout=10) as response:
+            return json.loads(response.read())["properties"]["prompt"]["default"]
+
+    def patch(self, stream: str, params: dict) -> None:
+        request = urllib.request.Request(
+            f"{self.url}/streams/{stream}",
+            data=json.dumps(params).encode(),
+            headers={"Content-Type": "application/json"},
+            method="PATCH",
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def state(page) -> dict:
+    return page.evaluate("window.lcmlive.state()")
+
+
+def wait_for(page, condition: str, timeout_s: float) -> dict:
+    """Wait until the JS `condition` over `s = window.lcmlive.state()` holds."""
+    page.wait_for_function(
+        f"() => {{ const s = window.lcmlive?.state(); return Boolean(s && ({condition})); }}", timeout=timeout_s * 1000
+    )
+    return state(page)
+
+
+def settle(page, seconds: float) -> dict:
+    """The last stats once the processing size has held for `seconds` (or SETTLE_TIMEOUT_S has passed)."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    stats = wait_for(page, "s.lastStats", 20)["lastStats"]
+    size, since = (stats["width"], stats["height"]), time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < seconds:
+        page.wait_for_timeout(250)
+        stats = state(page)["lastStats"]
+        if (stats["width"], stats["height"]) != size:
+            size, since = (stats["width"], stats["height"]), time.monotonic()
+    return stats
+
+
+def box(page, selector: str) -> list[float]:
+    """An element's (left, top, width, height) on the page."""
+    found = page.locator(selector).bounding_box()
+    return [found["x"], found["y"], found["width"], found["height"]]
+
+
+def decode(data_url: str) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))).convert("RGB"))
+
+
+def gradient(grey: np.ndarray) -> np.ndarray:
+    return np.hypot(cv2.Sobel(grey, cv2.CV_32F, 1, 0), cv2.Sobel(grey, cv2.CV_32F, 0, 1))
+
+
+def correlation(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a.ravel(), b.ravel())[0, 1])
+
+
+def measure(frames: list[np.ndarray]) -> dict:
+    """How the output (right half of each frame) shows the camera (left half), the medians over the frames:
+    `grey_correlation`, the output's grey picture against the camera's of up to a second before it (the output
+    comes a latency later; the best of those); `edge_correlation`, the same for their edge maps (Sobel gradient
+    magnitude, lightly blurred: edges where the camera's are); `style_distance`, the mean 0-255 RGB difference
+    from that best camera picture (how far the style moved it); and each one's edge sharpness (the variance of
+    the Laplacian, the mean gradient magnitude) on 0-255 grey."""
+    greys = [cv2.cvtColor(frame, cv2.COLOR_RGB2GRAY).astype(np.float32) for frame in frames]
+    half = greys[0].shape[1] // 2
+    cameras, outputs = [g[:, :half] for g in greys], [g[:, half:] for g in greys]
+    edges = [cv2.GaussianBlur(gradient(g), (0, 0), 1.0) for g in greys]
+    camera_edges, output_edges = [e[:, :half] for e in edges], [e[:, half:] for e in edges]
+    lag = max(1, len(frames) // 4)  # about a second of the capture's frames
+    follows, edges_follow, distances = [], [], []
+    for i in range(lag, len(frames)):
+        earlier = range(i - lag, i + 1)
+        best = max(earlier, key=lambda j: correlation(outputs[i], cameras[j]))
+        follows.append(correlation(outputs[i], cameras[best]))
+        edges_follow.append(max(correlation(output_edges[i], camera_edges[j]) for j in earlier))
+        output, camera = frames[i][:, half:].astype(np.float32), frames[best][:, :half].astype(np.float32)
+        distances.append(np.abs(output - camera).mean())
+
+    def median(values) -> float:
+        return round(float(np.median(list(values))), 3)
+
+    return {
+        "grey_correlation": median(follows),
+        "edge_correlation": median(edges_follow),
+        "style_distance": median(distances),
+        "camera_laplacian_var": median(cv2.Laplacian(c, cv2.CV_32F).var() for c in cameras),
+        "output_laplacian_var": median(cv2.Laplacian(o, cv2.CV_32F).var() for o in outputs),
+        "camera_gradient": median(gradient(c).mean() for c in cameras),
+        "output_gradient": median(gradient(o).mean() for o in outputs),
+    }
+
+
+def save_loop(frames: list[np.ndarray], times_ms: list[float], path: Path) -> None:
+    """An animated WebP of the frames, each shown for as long as it was on screen and captioned (camera, output);
+    lossy, so it stays small."""
+    durations = [max(20, round(b - a)) for a, b in zip(times_ms, times_ms[1:], strict=False)]
+    durations.append(durations[-1] if durations else 100)
+    pictures = [Image.fromarray(frame) for frame in frames]
+    half = frames[0].shape[1] // 2
+    for picture in pictures:
+        draw = ImageDraw.Draw(picture)
+        for x, caption in ((0, "camera"), (half, "output")):
+            draw.text(
+                (x + 6, picture.height - 16), caption, fill=(255, 255, 255), stroke_width=2, stroke_fill=(0, 0, 0)
+            )
+    pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=durations, loop=0, quality=80)
+    if path.stat().st_size >= MAX_LOOP_BYTES:
+        raise RuntimeError(f"{path} is {path.stat().st_size} bytes, over {MAX_LOOP_BYTES}")
+
+
+def make_pictures(folder: Path, prompt: str | None, params: dict, loop_s: float, settle_s: float) -> dict:
+    """Serve the toy, take the pictures into `folder`, and say what they show (see the module's docstring)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryFile() as log:
+        server = Server(log)
+        server_start = time.monotonic() - started
+        try:
+            report = photograph(server, folder, prompt, params, loop_s, settle_s)
+        finally:
+            server.stop()
+    return {**report, "server_start_seconds": round(server_start, 1), "seconds": round(time.monotonic() - started, 1)}
+
+
+def photograph(server: Server, folder: Path, prompt: str | None, params: dict, loop_s: float, settle_s: float) -> dict:
+    """The studio page on `server` in headless Chromium: Start, the prompt, settling, the loop, the screenshot."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport=VIEWPORT)
+        page.set_default_timeout(45_000)
+        page.goto(server.url)
+        page.locator("#prompt").wait_for(state="visible")
+        page.click("#start")
+        stream = wait_for(page, "s.connected && s.outputFrames > 5", 45)["streamName"]
+        if params:
+            server.patch(stream, params)
+        prompt = prompt or server.first_prompt()
+        page.fill("#prompt", prompt)
+        page.press("#prompt", "Enter")
+        wait_for(page, f"s.lastParams?.prompt === {json.dumps(prompt)}", 20)
+        # Typing scrolled the prompt into view; headless Chromium stops drawing videos scrolled out of it.
+        page.evaluate("document.activeElement.blur(); window.scrollTo(0, 0)")
+        settling = time.monotonic()
+        stats = settle(page, settle_s)
+        settling = time.monotonic() - settling
+        frames_before = state(page)["outputFrames"]
+        captured = page.evaluate(CAPTURE, [loop_s, LOOP_INTERVAL_MS])
+        frames_during = state(page)["outputFrames"] - frames_before
+        page.screenshot(path=str(folder / "studio.png"))
+        # Where the output pane and its stats overlay are in the picture (CSS pixels: the picture's, at scale 1).
+        boxes = {"output_box": box(page, "#output-video"), "stats_box": box(page, "#stats")}
+        browser.close()
+    times_ms = [t for t, _ in captured]
+    frames = [decode(url) for _, url in captured]
+    save_loop(frames, times_ms, folder / "loop.webp")
+    loop_seconds = (times_ms[-1] - times_ms[0]) / 1000
+    return {
+        **measure(frames),
+        **boxes,
+        # Frames the page's output video showed during the loop, a second: the picture's rate as a viewer sees it.
+        "fps_shown": round(frames_during / loop_seconds, 2),
+        "fps_out": stats["fps_out"],
+        "processing_size": [stats["width"], stats["height"]],
+        "loop_frames": len(frames),
+        "loop_fps": round((len(frames) - 1) / loop_seconds, 2),
+        "loop_bytes": (folder / "loop.webp").stat().st_size,
+        "settle_seconds": round(settling, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", nargs="?", type=Path, default=ROOT / "docs" / "images")
+    parser.add_argument("--prompt", help="typed into the page's prompt (default: the model's first prompt)")
+    parser.add_argument("--params", type=json.loads, default={}, help="stream params (JSON) set before the prompt")
+    parser.add_argument("--loop-seconds", type=float, default=LOOP_S, help="length of the loop")
+    parser.add_argument(
+        "--settle-seconds", type=float, default=SETTLE_S, help="how long the processing size must hold first"
+    )
+    args = parser.parse_args(argv)
+    report = make_pictures(args.folder, args.prompt, args.params, args.loop_seconds, args.settle_seconds)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
