@@ -105,6 +105,7 @@ class LiveServer:
             return json.loads(response.read())
 
     def _read(self) -> None:
+        assert self.process.stdout is not None  # stdout=PIPE
         for line in self.process.stdout:
             self.lines.append(line)
 

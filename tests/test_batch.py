@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ MIXED = [
 ]
 
 
-def alone_and_batched(components, changes: list[dict], frames: list[np.ndarray | None]) -> tuple[list, list]:
+def alone_and_batched(components, changes: list[dict], frames: Sequence[np.ndarray | None]) -> tuple[list, list]:
     """Each stream's float picture run alone, and the same frames as one batch."""
     pipelines = []
     for change in changes:

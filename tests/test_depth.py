@@ -57,7 +57,7 @@ def test_estimator_input_keeps_the_aspect_in_patches():
     assert input_size(576, 1024) == (252, 448)
 
 
-def test_estimator_input_matches_the_checkpoints_image_processor():
+def test_estimator_input_matches_the_checkpoints_image_processor(monkeypatch):
     """The oracle: transformers' own processor, set as Depth-Anything-V2-Small-hf's preprocessor_config.json sets it."""
     from transformers.models.dpt.image_processing_pil_dpt import DPTImageProcessorPil
 
@@ -80,7 +80,7 @@ def test_estimator_input_matches_the_checkpoints_image_processor():
         seen.append(pixel_values)
         return SimpleNamespace(predicted_depth=pixel_values[:, 0])
 
-    estimator.forward = record
+    monkeypatch.setattr(estimator, "forward", record)
     DepthPreprocessor(estimator)(frame, None)
     assert seen[0].shape == expected.shape == (1, 3, 252, 378)
     # A quarter of a grey level on average (PIL's and torch's bicubic differ a little); 0.5/0.5 would be off by 0.58.

@@ -13,6 +13,8 @@ import time
 import pytest
 import websockets
 from aiortc import MediaStreamTrack
+from av import VideoFrame
+from websockets.typing import Origin
 
 from server.bench.loopback import ControlClient, LoopbackClient
 from server.bench.rtc_clients import WhepViewer, WhipPublisher, http
@@ -79,8 +81,8 @@ class SilentCamera(MediaStreamTrack):
 
     kind = "video"
 
-    async def recv(self):
-        await asyncio.Event().wait()
+    async def recv(self) -> VideoFrame:
+        return await asyncio.get_running_loop().create_future()  # never resolved: no frame comes
 
 
 @pytest.mark.slow
@@ -116,11 +118,11 @@ async def test_pages_from_other_origins_are_refused_unless_allowed():
     server = LiveServer("--allow-origin", "http://studio.example")
     same = f"http://127.0.0.1:{server.port}"
     try:
-        async with websockets.connect(server.ws_url, origin="http://evil.example") as ws:
+        async with websockets.connect(server.ws_url, origin=Origin("http://evil.example")) as ws:
             messages = await messages_until_closed(ws)
             assert messages[0]["code"] == "forbidden_origin" and "evil.example" in messages[0]["message"]
             assert ws.close_code == 1008
-        for origin in (same, "http://studio.example", None):
+        for origin in (Origin(same), Origin("http://studio.example"), None):
             async with websockets.connect(server.ws_url, origin=origin) as ws:
                 assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "stream", origin
         whip = f"{server.url}/whip/cross"

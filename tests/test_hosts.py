@@ -13,6 +13,7 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.testclient import TestClient
+from websockets.typing import Origin
 
 from server import serve
 from server.access import AccessGate, host_allowed, host_name
@@ -104,7 +105,8 @@ def test_allow_host_star_turns_the_check_off_and_the_server_says_so():
     parser = argparse.ArgumentParser()
     serve.add_arguments(parser)
     config = settings_from_arguments(parser.parse_args(["--allow-host", "*"])).server_config()
-    assert "Host check is off" in serve.any_host_warning(config)
+    warning = serve.any_host_warning(config)
+    assert warning is not None and "Host check is off" in warning
     assert serve.any_host_warning(settings_from_arguments(parser.parse_args([])).server_config()) is None
 
 
@@ -148,7 +150,7 @@ async def test_a_rebinding_page_can_neither_read_change_nor_control_a_live_strea
                 assert reply.status == 403 and json.loads(reply.body)["code"] == "forbidden_host", (path, reply)
             url = socket_url(f"ws://{REBIND}:{port}/ws", stream="show", role="control")
             sock = socket.create_connection(("127.0.0.1", port))
-            async with websockets.connect(url, sock=sock, origin=rebound["Origin"]) as ws:
+            async with websockets.connect(url, sock=sock, origin=Origin(rebound["Origin"])) as ws:
                 refusal = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
                 assert refusal["code"] == "forbidden_host", refusal
                 with pytest.raises(websockets.ConnectionClosed):
@@ -164,7 +166,7 @@ async def test_a_rebinding_page_can_neither_read_change_nor_control_a_live_strea
             assert (await raw_request(port, b"GET /health HTTP/1.0\r\n\r\n")).startswith(b"HTTP/1.1 200")
             same = f"http://localhost:{port}"
             url = socket_url(f"ws://localhost:{port}/ws", stream="show", role="control")
-            async with websockets.connect(url, origin=same) as ws:
+            async with websockets.connect(url, origin=Origin(same)) as ws:
                 assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))["type"] == "stream"
     finally:
         output = server.stop()

@@ -11,7 +11,8 @@ from server.media.jitter import LOSS_PACKETS, PromptAudioBuffer, PromptVideoBuff
 
 def packet(sequence: int, timestamp: int, marker: bool = False) -> RtpPacket:
     rtp = RtpPacket(payload_type=96, marker=int(marker), sequence_number=sequence, timestamp=timestamp)
-    rtp._data = bytes([sequence % 256])  # the depayloaded bytes, as aiortc's receiver sets them
+    # The depayloaded bytes, as aiortc's receiver sets them: an attribute its RtpPacket does not declare.
+    rtp._data = bytes([sequence % 256])  # pyright: ignore[reportAttributeAccessIssue]
     return rtp
 
 
@@ -37,12 +38,13 @@ def test_a_video_frame_whose_marker_was_lost_leaves_when_the_next_begins():
 
 def test_audio_packets_leave_at_once_and_a_lost_one_is_given_up_on():
     buffer = PromptAudioBuffer()
-    assert buffer.add(packet(100, 0, marker=True))[1].timestamp == 0
-    assert buffer.add(packet(101, 960))[1].timestamp == 960
+    for sequence, timestamp in ((100, 0), (101, 960)):
+        frame = buffer.add(packet(sequence, timestamp, marker=sequence == 100))[1]
+        assert frame is not None and frame.timestamp == timestamp
     # 102 is lost: the packets after it wait for it until LOSS_PACKETS are in, then go on in order.
     out = [buffer.add(packet(103 + i, 960 * (3 + i)))[1] for i in range(LOSS_PACKETS)]
     assert out[:-1] == [None] * (LOSS_PACKETS - 1)
-    assert out[-1].timestamp == 960 * 3 and buffer.lost == 1
+    assert out[-1] is not None and out[-1].timestamp == 960 * 3 and buffer.lost == 1
     # Late, it is not played out of order.
     assert buffer.add(packet(102, 960 * 2))[1] is None
 
@@ -52,7 +54,8 @@ async def test_installed_on_aiortc_s_receivers():
     try:
         video, audio = pc.addTransceiver("video").receiver, pc.addTransceiver("audio").receiver
         assert install(video, "video") and install(audio, "audio")
-        assert isinstance(video._RTCRtpReceiver__jitter_buffer, PromptVideoBuffer)
-        assert isinstance(audio._RTCRtpReceiver__jitter_buffer, PromptAudioBuffer)
+        # aiortc's private buffer, which install() replaces (name-mangled, so undeclared to a type checker).
+        assert isinstance(video._RTCRtpReceiver__jitter_buffer, PromptVideoBuffer)  # pyright: ignore[reportAttributeAccessIssue]
+        assert isinstance(audio._RTCRtpReceiver__jitter_buffer, PromptAudioBuffer)  # pyright: ignore[reportAttributeAccessIssue]
     finally:
         await pc.close()

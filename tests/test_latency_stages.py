@@ -78,7 +78,8 @@ async def test_every_frame_sent_is_stamped_at_each_stage_and_the_stages_add_up_t
 
 def packet(sequence: int, timestamp: int, marker: bool = False) -> RtpPacket:
     rtp = RtpPacket(payload_type=96, marker=int(marker), sequence_number=sequence, timestamp=timestamp)
-    rtp._data = b"x"  # the depayloaded bytes, as aiortc's receiver sets them
+    # The depayloaded bytes, as aiortc's receiver sets them: an attribute its RtpPacket does not declare.
+    rtp._data = b"x"  # pyright: ignore[reportAttributeAccessIssue]
     return rtp
 
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -78,7 +79,9 @@ async def settled(client: LoopbackClient) -> tuple[np.ndarray, np.ndarray]:
     return client.record.samples[-2][1], client.record.samples[-1][1]
 
 
-async def settled_both(first: LoopbackClient, second: LoopbackClient) -> list[tuple[np.ndarray, np.ndarray]]:
+async def settled_both(
+    first: LoopbackClient, second: LoopbackClient
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     return await asyncio.gather(settled(first), settled(second))
 
 
@@ -131,7 +134,8 @@ async def test_schema_and_health_list_kinds_and_styles_and_refusals_change_nothi
         before = client.record.params[-1]["params"]
         # Over the socket: an error that names what is allowed, and the unchanged params echoed back.
         for name, value, allowed in (("style", "nope", "ink"), ("control_view", "segmentation", "depth")):
-            echo = await client.send_params(**{name: value})
+            changes: dict[str, Any] = {name: value}  # not a `timeout`, which a str could otherwise be read as
+            echo = await client.send_params(**changes)
             assert echo["params"] == before, f"a refused {name} changed the params"
             error = client.record.errors[-1]
             assert error["code"] == "bad_params" and name in error["message"] and allowed in error["message"], error

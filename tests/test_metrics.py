@@ -70,11 +70,12 @@ async def test_metrics_move_when_frames_flow_and_need_the_token():
         assert value(second, "lcmlive_control_messages_total", front_end="websocket", result="rejected") >= 1
         assert value(second, "lcmlive_viewers") == 0
         # The stream has ended: its series are gone, so a long show keeps a bounded set of them.
+        after = scrape(server)
         for _ in range(50):
-            after = scrape(server)
             if value(after, "lcmlive_streams") == 0:
                 break
             await asyncio.sleep(0.2)
+            after = scrape(server)
         assert not [s for s in after.get("lcmlive_frames_total", []) if s.labels.get("stream") == "dash"]
         assert not [s for s in after.get("lcmlive_model_seconds_count", []) if s.labels.get("stream") == "dash"]
     finally:

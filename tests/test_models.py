@@ -19,7 +19,7 @@ def test_tiny_builds_offline_fast_and_deterministically():
     for a, b in zip(first.unet.parameters(), second.unet.parameters(), strict=True):
         assert torch.equal(a, b)
     assert first.vae_scale_factor == 8
-    assert first.unet.config.time_cond_proj_dim is not None
+    assert first.unet.config["time_cond_proj_dim"] is not None
     assert first.tokenizer.model_max_length == 77
     assert first.dtype == torch.float32 and first.device.type == "cpu"
 
@@ -48,8 +48,8 @@ def test_tiny_sdxl_and_controlnets_build_offline():
     canny, depth = components.controlnets.values()
     first_layers = [net.controlnet_cond_embedding.conv_in.weight for net in (canny, depth)]
     assert not torch.equal(*first_layers)  # each kind's stand-in seeded on its own
-    assert components.text_encoder_2.config.projection_dim == 32
-    assert components.unet.config.projection_class_embeddings_input_dim == 6 * 8 + 32
+    assert components.text_encoder_2 is not None and components.text_encoder_2.config.projection_dim == 32
+    assert components.unet.config["projection_class_embeddings_input_dim"] == 6 * 8 + 32
     with pytest.raises(ValueError, match="unknown ControlNet kind 'segmentation'; known: canny, depth"):
         load_model("tiny", device="cpu", controlnet="segmentation")
 

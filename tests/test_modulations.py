@@ -123,7 +123,7 @@ def test_smoothing_is_a_one_pole_low_pass_over_frame_times():
     params = TINY(strength=0.05).replace({"modulations": [entry(amount=0.5, smooth_ms=100)]})
     step, full = 0.99 / GRID_STEPS, 0.5 * 0.99  # the grid, and the full source's offset
 
-    def after(fraction: float) -> float:
+    def after(fraction: float) -> object:  # compares equal to the value within a step
         return pytest.approx(0.05 + full * fraction, abs=step)
 
     modulator = Modulator()
@@ -164,6 +164,7 @@ async def test_a_square_wave_of_loudness_pulses_the_strength_and_the_picture(tin
         loud[0] = frame % 4 >= 2  # quiet, quiet, loud, loud, ...
         worker.submit(camera, time.monotonic(), 0.0)
         prepared = worker.prepare()
+        assert prepared is not None
         strengths.append(prepared.request.plan.params.strength)
         assert worker.modulated == {"strength": strengths[-1]}
         pictures.append(stylise_batch([prepared.request])[0].numpy())

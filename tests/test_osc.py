@@ -41,15 +41,19 @@ def loopback_ice():
     restrict_ice_to_loopback()
 
 
+class OscServer(LiveServer):
+    osc: SimpleUDPClient  # a client that sends to its OSC port
+
+
 @pytest.fixture(scope="module")
 def osc_server(tmp_path_factory):
     scenes = tmp_path_factory.mktemp("show") / "scenes.json"
     scenes.write_text(json.dumps(SCENES))
     port = free_port()  # a TCP probe; the UDP port of the same number is as free on loopback in practice
-    server = LiveServer("--osc-port", str(port), "--scenes", str(scenes))
+    server = OscServer("--osc-port", str(port), "--scenes", str(scenes))
     server.osc = SimpleUDPClient("127.0.0.1", port)
     yield server
-    server.output = server.stop()
+    server.stop()
 
 
 def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
@@ -225,7 +229,13 @@ def test_beyond_localhost_only_listed_senders_are_heard(tiny):
     from pipelines.params import params_model_for
 
     settings = settings_model(params_model_for(tiny), pacing_params_model())
-    control = OscControl(None, SceneBook(settings), settings, Metrics(tiny.device), frozenset({"10.0.0.7"}))
+    control = OscControl(
+        None,  # pyright: ignore[reportArgumentType]  # no registry: these messages stop before any stream
+        SceneBook(settings),
+        settings,
+        Metrics(tiny.device),
+        frozenset({"10.0.0.7"}),
+    )
     message = b"/lcmlive/x/seed\x00,i\x00\x00\x00\x00\x00\x07"
     control.datagram_received(message, ("10.0.0.8", 9000))
     assert control._pending == {}
@@ -235,7 +245,13 @@ def test_beyond_localhost_only_listed_senders_are_heard(tiny):
 
 def test_norm_maps_onto_each_params_range(tiny):
     settings = settings_model(params_model_for(tiny), pacing_params_model())
-    control = OscControl(None, SceneBook(settings), settings, Metrics("cpu"), None)
+    control = OscControl(
+        None,  # pyright: ignore[reportArgumentType]  # no registry: these messages stop before any stream
+        SceneBook(settings),
+        settings,
+        Metrics(tiny.device),
+        None,
+    )
     defaults = settings().as_dict()  # the toy's: 2 steps, img2img
     assert control._from_norm("guidance_scale", 0.5, defaults) == 10.0
     assert control._from_norm("max_resolution", 0.0, defaults) == 64
@@ -256,8 +272,14 @@ def test_norm_maps_onto_each_params_range(tiny):
 
 def test_what_python_osc_cannot_parse_is_counted_and_logged_once_a_minute_per_sender(tiny, caplog):
     settings = settings_model(params_model_for(tiny), pacing_params_model())
-    metrics = Metrics("cpu")
-    control = OscControl(None, SceneBook(settings), settings, metrics, None)
+    metrics = Metrics(tiny.device)
+    control = OscControl(
+        None,  # pyright: ignore[reportArgumentType]  # no registry: these messages stop before any stream
+        SceneBook(settings),
+        settings,
+        metrics,
+        None,
+    )
     datagrams = hostile_datagrams("x")
     started = time.perf_counter()
     with pytest.raises(RecursionError):

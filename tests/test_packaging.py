@@ -100,7 +100,7 @@ def test_the_installed_wheel_serves_the_pages_and_their_modules(tmp_path):
     try:
         deadline = time.monotonic() + 90
         while True:
-            assert server.poll() is None, f"lcmlive serve exited:\n{server.stdout.read()}"
+            assert server.poll() is None, f"lcmlive serve exited:\n{server.stdout.read() if server.stdout else ''}"
             assert time.monotonic() < deadline, "lcmlive serve did not answer /health within 90 s"
             try:
                 http_get(f"{url}/health")

@@ -91,7 +91,8 @@ def test_lcm_lora_parity_with_sd_img2img_and_load_lora_weights(
 def test_lora_parity_is_not_vacuous_the_lora_changes_the_picture(lora_reference, frame):
     """Guards the LoRA parity test: the adapter must move the output far more than the tolerance."""
     without_lora = reference(StableDiffusionImg2ImgPipeline, tiny_sd15_parts(guidance_embedding=False))
-    plain = without_lora(PROMPT, **reference_kwargs(frame, 2, 0.5, 1.0)).images[0]
+    # diffusers types a pipeline's result as its output or a tuple, whatever return_dict is.
+    plain = without_lora(PROMPT, **reference_kwargs(frame, 2, 0.5, 1.0)).images[0]  # pyright: ignore[reportAttributeAccessIssue]
     adapted = lora_reference(PROMPT, **reference_kwargs(frame, 2, 0.5, 1.0)).images[0]
     assert np.abs(plain - adapted).max() > 100 * TOLERANCE
 
@@ -104,5 +105,6 @@ def test_tiny_vae_parity_with_latent_consistency_img2img(frame, steps):
     with_taesd = reference(LatentConsistencyModelImg2ImgPipeline, {**tiny_sd15_parts(), "vae": tiny_taesd()})
     pipe = StreamPipeline(load_model("tiny-random", device="cpu", tiny_vae=True))
     params = pipe.update(prompt=PROMPT, steps=steps, strength=0.6, seed=SEED, **TODAY)
-    expected = with_taesd(PROMPT, **reference_kwargs(frame, steps, 0.6, params.guidance_scale)).images[0]
+    # diffusers types a pipeline's result as its output or a tuple, whatever return_dict is.
+    expected = with_taesd(PROMPT, **reference_kwargs(frame, steps, 0.6, params.guidance_scale)).images[0]  # pyright: ignore[reportAttributeAccessIssue]
     assert np.abs(stream_image(pipe, frame) - expected).max() <= TOLERANCE

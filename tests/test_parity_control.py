@@ -3,6 +3,8 @@ alone, and Canny with depth (MultiControlNetModel), for both families, in txt2im
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import PIL.Image
 import pytest
@@ -15,6 +17,7 @@ from diffusers import (
 )
 
 from pipelines import StreamPipeline, load_model
+from pipelines.control import Preprocessor
 from pipelines.synthetic import moving_pattern
 from pipelines.tiny import save_tiny_lora, tiny_sd15_parts, tiny_sdxl_parts
 
@@ -145,22 +148,35 @@ def test_each_controlnet_moves_the_picture_and_a_zero_scale_skips_its_call(frame
     assert calls == {"canny": 2 * steps, "depth": 2 * steps}
 
 
+class Counted:
+    """A preprocessor that records the shape of each frame it is given."""
+
+    def __init__(self, inner: Preprocessor) -> None:
+        self.inner, self.modules = inner, inner.modules
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, frame: np.ndarray, params: Any) -> np.ndarray:
+        self.calls.append(frame.shape)
+        return self.inner(frame, params)
+
+
 def test_the_control_image_on_view_is_made_only_when_someone_watches(frame):
     """control_view names a kind that does not run: its preprocessor runs for the view alone, and not at all while
     nobody watches the control track."""
     components = load_model("tiny-random", device="cpu", controlnet="canny,depth")
-    calls = []
     depth = components.preprocessors["depth"]
-    components.preprocessors["depth"] = lambda image, params: calls.append(image.shape) or depth(image, params)
+    counted = Counted(depth)
+    calls = counted.calls
+    components.preprocessors["depth"] = counted
     stream = StreamPipeline(components)
     stream.update(controlnet_scale_canny=0.5, controlnet_scale_depth=0.0, control_view="depth")
     shown = stream.prepare(frame, (WIDTH, HEIGHT))
+    assert shown.control_image is not None
     assert calls == [(HEIGHT, WIDTH, 3)] and np.array_equal(shown.control_image, depth(frame, stream.params))
     assert set(shown.host_tensors) == {"pixels", "control_canny"}  # depth's ControlNet does not run
     stream.control_shown = False
     assert stream.prepare(frame, (WIDTH, HEIGHT)).control_image is None and len(calls) == 1
     stream.update(control_view="auto")  # auto: the running kind with the largest scale
     stream.control_shown = True
-    assert np.array_equal(
-        stream.prepare(frame, (WIDTH, HEIGHT)).control_image, components.preprocessors["canny"](frame, stream.params)
-    )
+    shown = stream.prepare(frame, (WIDTH, HEIGHT)).control_image
+    assert shown is not None and np.array_equal(shown, components.preprocessors["canny"](frame, stream.params))

@@ -128,5 +128,5 @@ def test_the_schema_lists_the_styles_loaded_and_refuses_others(lora_dirs):
     assert (schema["style_scale"]["minimum"], schema["style_scale"]["maximum"]) == (0.0, 1.5)
     with pytest.raises(ParamsError, match="style"):
         pipe.update(style="watercolour")
-    assert pipe.params.style == "none"
+    assert pipe.params.as_dict()["style"] == "none"
     assert "style" not in StreamPipeline(load_model("tiny-random", device="cpu")).params_model.model_fields

@@ -16,6 +16,7 @@ import struct
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,12 +46,18 @@ def loopback_ice():
     restrict_ice_to_loopback()  # the clients' side; `--ice-loopback` keeps the replicas' side on 127.0.0.1
 
 
+class Cluster(LiveServer):
+    osc: SimpleUDPClient  # a client that sends to its OSC port
+    osc_port: int
+    scenes: Path  # its scene file
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     osc_port = free_port()  # a TCP probe; the UDP port of the same number is as free on loopback in practice
     scenes = tmp_path_factory.mktemp("show") / "scenes.json"
     scenes.write_text(json.dumps([{"name": "calm", "params": {"prompt": "a calm lake"}}]))
-    server = LiveServer("--replicas", "2", "--osc-port", str(osc_port), "--scenes", str(scenes))
+    server = Cluster("--replicas", "2", "--osc-port", str(osc_port), "--scenes", str(scenes))
     server.osc = SimpleUDPClient("127.0.0.1", osc_port)
     server.osc_port = osc_port
     server.scenes = scenes

@@ -35,11 +35,16 @@ def loopback_ice():
     restrict_ice_to_loopback()
 
 
+class Studio(LiveServer):
+    osc_port: int
+    record_dir: Path  # where it records
+
+
 @pytest.fixture(scope="module")
 def studio(tmp_path_factory):
     osc_port = free_port()
     record_dir = tmp_path_factory.mktemp("recordings")
-    server = LiveServer("--record-dir", str(record_dir), "--osc-port", str(osc_port), "--record-min-free", "0")
+    server = Studio("--record-dir", str(record_dir), "--osc-port", str(osc_port), "--record-min-free", "0")
     server.osc_port = osc_port
     server.record_dir = record_dir
     yield server
@@ -73,6 +78,11 @@ async def live(server: LiveServer, name: str) -> dict:
     return await until(running)
 
 
+def seconds(frame: av.VideoFrame | av.AudioFrame) -> float:
+    assert frame.pts is not None and frame.time_base is not None  # a frame read from a file has both
+    return float(frame.pts * frame.time_base)
+
+
 def decoded(path: Path) -> dict[str, list]:
     """Each stream's frames as (t seconds, frame) by type; reads to the first error (a file cut by a crash)."""
     frames: dict[str, list] = {"video": [], "audio": []}
@@ -80,8 +90,9 @@ def decoded(path: Path) -> dict[str, list]:
         try:
             for packet in container.demux():
                 for frame in packet.decode():
-                    frames[packet.stream.type].append((float(frame.pts * frame.time_base), frame))
-        except av.error.FFmpegError:
+                    assert isinstance(frame, (av.VideoFrame, av.AudioFrame))  # the file has no subtitles
+                    frames[packet.stream.type].append((seconds(frame), frame))
+        except av.FFmpegError:
             pass
     return frames
 

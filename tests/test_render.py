@@ -11,6 +11,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+from test_recording import seconds
 
 from pipelines import StreamPipeline, params_model_for
 from pipelines.batch import stylise_batch
@@ -112,13 +113,13 @@ def show(tiny, tmp_path_factory) -> Path:
 
 def decoded_input(folder: Path) -> list[tuple[float, av.VideoFrame]]:
     with av.open(str(folder / "input.mkv")) as container:
-        return [(float(frame.pts * frame.time_base), frame) for frame in container.decode(video=0)]
+        return [(seconds(frame), frame) for frame in container.decode(video=0)]
 
 
 def decoded_pictures(path: Path) -> tuple[list[float], list[np.ndarray]]:
     with av.open(str(path)) as container:
         frames = list(container.decode(video=0))
-    return [float(f.pts * f.time_base) for f in frames], [f.to_ndarray(format="rgb24") for f in frames]
+    return [seconds(f) for f in frames], [f.to_ndarray(format="rgb24") for f in frames]
 
 
 class Clock:

@@ -37,13 +37,13 @@ class SlowCamera(VideoStreamTrack):
         self.fps = fps
         self.sent = 0
         self.rolling = asyncio.Event()
-        self._start: float | None = None
+        self._rolled: float | None = None  # when it began to roll (not VideoStreamTrack's own _start)
 
     async def recv(self) -> av.VideoFrame:
-        if self._start is None:
+        if self._rolled is None:
             await self.rolling.wait()
-            self._start = time.monotonic()
-        await asyncio.sleep(max(0.0, self._start + self.sent / self.fps - time.monotonic()))
+            self._rolled = time.monotonic()
+        await asyncio.sleep(max(0.0, self._rolled + self.sent / self.fps - time.monotonic()))
         frame = av.VideoFrame.from_ndarray(moving_pattern(SIDE, SIDE, 5 * self.sent), format="rgb24")
         frame.pts, frame.time_base = round(self.sent * 90_000 / self.fps), fractions.Fraction(1, 90_000)
         self.sent += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 
@@ -28,7 +29,7 @@ def server():
     assert "Traceback" not in live.stop()
 
 
-async def rest(server: LiveServer, method: str, path: str, body=None, token: str | None = TOKEN):
+async def rest(server: LiveServer, method: str, path: str, body=None, token: str | None = TOKEN) -> tuple[int, Any]:
     data = None if body is None else (body if isinstance(body, str) else json.dumps(body))
     reply = await http(method, f"{server.url}{path}", data, token, **{"Content-Type": "application/json"})
     return reply.status, (json.loads(reply.body) if reply.body else None)

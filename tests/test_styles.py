@@ -44,10 +44,10 @@ def unet_output(unet: UNet2DConditionModel) -> torch.Tensor:
     """One UNet call on fixed random inputs of its family's shapes."""
     generator = torch.Generator().manual_seed(0)
     latents = torch.randn(1, 4, 8, 8, generator=generator)
-    text = torch.randn(1, 77, unet.config.cross_attention_dim, generator=generator)
-    guidance = torch.randn(1, unet.config.time_cond_proj_dim, generator=generator)
+    text = torch.randn(1, 77, unet.config["cross_attention_dim"], generator=generator)
+    guidance = torch.randn(1, unet.config["time_cond_proj_dim"], generator=generator)
     added = None
-    if unet.config.addition_embed_type == "text_time":  # SDXL's pooled text and size conditioning
+    if unet.config["addition_embed_type"] == "text_time":  # SDXL's pooled text and size conditioning
         pooled, sizes = torch.randn(1, 32, generator=generator), torch.randn(1, 6, generator=generator)
         added = {"text_embeds": pooled, "time_ids": sizes}
     with torch.inference_mode():
@@ -146,7 +146,11 @@ def reference_pipeline(family: str, folder: Path):
         pipe = StableDiffusionXLPipeline(**tiny_sdxl_parts())
     else:
         pipe = StableDiffusionPipeline(
-            **tiny_sd15_parts(), safety_checker=None, feature_extractor=None, requires_safety_checker=False
+            **tiny_sd15_parts(),
+            # None is what diffusers documents for no checker; its annotations leave None out.
+            safety_checker=None,  # pyright: ignore[reportArgumentType]
+            feature_extractor=None,  # pyright: ignore[reportArgumentType]
+            requires_safety_checker=False,
         )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")  # two adapters: meant

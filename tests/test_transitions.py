@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -107,7 +109,7 @@ def test_prompt_mix_blends_two_prompts(tiny, pictures):
 @pytest.mark.parametrize("preset", ["tiny-sdxl", "tiny-lcm-lora"])
 def test_transitions_work_with_pooled_embeddings_and_classifier_free_guidance(preset):
     components = load_model(preset, device="cpu")
-    params = {"guidance_scale": 1.5} if preset == "tiny-lcm-lora" else {}
+    params: dict[str, Any] = {"guidance_scale": 1.5} if preset == "tiny-lcm-lora" else {}
     pipe, clock = pipeline_at(components, prompt=OLD, transition_s=1.0, **params)
     start = picture(pipe)
     pipe.update(prompt=NEW)

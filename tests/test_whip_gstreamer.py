@@ -59,7 +59,7 @@ async def test_a_gstreamer_publisher_streams_over_whip():
         )
         deadline = time.monotonic() + TIMEOUT
         while server.health()["streams"] == 0:
-            assert publisher.returncode is None, await publisher.stderr.read()
+            assert publisher.returncode is None, await publisher.stderr.read() if publisher.stderr else b""
             assert time.monotonic() < deadline, "the GStreamer publisher never started a stream"
             await asyncio.sleep(0.2)
         async with (

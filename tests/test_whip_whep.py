@@ -8,7 +8,7 @@ import time
 import numpy as np
 import pytest
 
-from server.bench.loopback import ControlClient, LoopbackClient, free_port
+from server.bench.loopback import ControlClient, LoopbackClient, SyntheticCamera, free_port
 from server.bench.rtc_clients import WhepViewer, WhipPublisher, http, post_sdp
 from server.media.ice import restrict_ice_to_loopback
 
@@ -67,7 +67,8 @@ async def offer_sdp(kind: str = "video", direction: str = "sendonly", codec: str
 
 async def test_obs_publishes_over_whip_and_a_whep_viewer_sees_the_stylised_stream(studio):
     whip, whep = urls(studio, "obs-main")
-    publisher = WhipPublisher(whip, token=TOKEN, still=True)
+    camera = SyntheticCamera(256, 256, still=True)
+    publisher = WhipPublisher(whip, token=TOKEN, camera=camera)
     async with publisher:
         assert publisher.reply.status == 201
         assert publisher.reply.headers["content-type"].startswith("application/sdp")
@@ -79,7 +80,7 @@ async def test_obs_publishes_over_whip_and_a_whep_viewer_sees_the_stylised_strea
                 await viewer.wait_for_frames(8, timeout=TIMEOUT)
                 # Stylised: far from anything the camera sent.
                 picture = viewer.record.samples[-1][1]
-                assert min(mean_abs_diff(picture, sent) for sent in publisher.camera.frames) > 10
+                assert min(mean_abs_diff(picture, sent) for sent in camera.frames) > 10
                 before = viewer.record.samples[-1][1]
                 echo = await control.send_params(prompt="a forest of glass, neon light")
                 assert echo["params"]["prompt"] == "a forest of glass, neon light"
@@ -165,6 +166,7 @@ async def test_whip_refusals(studio):
     async with WhipPublisher(whip, token=TOKEN) as first:
         second = await post_sdp(whip, good, TOKEN)
         assert second.status == 409 and "stream_taken" in second.body
+        assert first.location is not None
         assert (await http("PATCH", first.location, "a=candidate", TOKEN)).status == 405
         assert (await http("DELETE", first.location + "x", token=TOKEN)).status == 404
         options = await http("OPTIONS", whip, token=TOKEN)
@@ -205,7 +207,7 @@ async def test_a_page_publishes_under_its_name_and_a_second_page_gets_stream_tak
             async with ControlClient(studio.ws_url, "nobody-here", token=TOKEN):
                 pass
     async with LoopbackClient(studio.ws_url, token=TOKEN) as unnamed:
-        assert unnamed.stream_name.startswith("cam-")
+        assert unnamed.stream_name is not None and unnamed.stream_name.startswith("cam-")
 
 
 async def test_server_full_counts_publishers_not_viewers():

@@ -30,7 +30,9 @@ def camera_frame(width: int, height: int) -> VideoFrame:
 async def test_the_ladder_never_goes_above_the_camera(tiny):
     worker = make_worker(tiny)
     worker.submit(camera_frame(320, 240), time.monotonic(), 0.0)
-    request = worker.prepare().request
+    prepared = worker.prepare()
+    assert prepared is not None
+    request = prepared.request
     assert worker.controller.ladder[0] == 320  # not 512: rungs above the camera would all give 320 x 256
     assert (request.width, request.height) == request.output_size == (320, 256)
 
@@ -38,7 +40,9 @@ async def test_the_ladder_never_goes_above_the_camera(tiny):
 async def test_txt2img_before_any_camera_frame_draws_a_square_picture(tiny):
     worker = make_worker(tiny)
     worker.update({"mode": "txt2img", "max_resolution": 256})
-    request = worker.prepare().request
+    prepared = worker.prepare()
+    assert prepared is not None
+    request = prepared.request
     assert set(request.host_tensors) == {"noise"}  # no camera frame
     assert (request.width, request.height) == request.output_size == (256, 256)
 
@@ -117,7 +121,9 @@ async def test_a_recording_starts_the_temporal_smoothing_afresh_and_hears_of_fra
     def prepared(index: int) -> dict:
         frame = VideoFrame.from_ndarray(moving_pattern(256, 192, index), format="rgb24")
         worker.submit(frame, time.monotonic(), 0.0)
-        return worker.prepare().request.host_tensors
+        prepared = worker.prepare()
+        assert prepared is not None
+        return prepared.request.host_tensors
 
     assert "flow" not in prepared(0) and "flow" in prepared(1)  # the camera's motion from its second frame on
     worker.record(lambda arrival, size, modulated, sound: told.append(size))
