@@ -235,7 +235,7 @@ async def test_osc_sets_modulations_as_json_and_scenes_carry_them(tmp_path):
             await page.wait_for_frames(2, timeout=60)
             osc.send_message("/lcmlive/vj/modulations", json.dumps(pulse))
             echo = await control.wait_for_params(lambda p: p["modulations"] == expected)
-            assert echo["params"]["strength"] == 0.5  # the base is untouched
+            assert echo["params"]["strength"] == PRESETS["tiny"].default_strength  # the base is untouched
 
             rejected = rejected_over_osc(server)
             for bad in ["[{", json.dumps([entry(param="steps")]), json.dumps({"param": "strength"}), 3, "[" * 5000]:
