@@ -20,6 +20,8 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
+pytestmark = pytest.mark.slow  # a live server and bursts of 16 connections: 16 s the module in a loaded run
+
 BURST = 16
 LIMIT = 2
 TIMEOUT = 60

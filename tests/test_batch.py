@@ -63,11 +63,13 @@ def tiny_canny():
 FRAMES = [moving_pattern(*SIZE, index) for index in (0, 5, 9)]
 
 
+@pytest.mark.slow
 def test_batch_of_mixed_prompts_strengths_guidance_and_seeds_equals_frames_run_alone(tiny_canny):
     alone, batched = alone_and_batched(tiny_canny, [{**c, "controlnet_scale": 0.0} for c in MIXED], FRAMES)
     assert_same_pictures(alone, batched)
 
 
+@pytest.mark.slow
 def test_batch_with_controlnet_images_and_scales_per_stream(tiny_canny):
     changes = [{**c, "controlnet_scale": scale} for c, scale in zip(MIXED, (0.3, 1.0, 1.7), strict=True)]
     alone, batched = alone_and_batched(tiny_canny, changes, FRAMES)
@@ -80,6 +82,7 @@ def test_batch_in_txt2img(tiny_canny):
     assert_same_pictures(alone, batched)
 
 
+@pytest.mark.slow
 def test_batch_with_classifier_free_guidance_and_negative_prompts():
     components = load_model("tiny-lcm-lora", device="cpu")
     # LCM-LoRA runs int(steps x strength) steps: 4 x 0.5 and 4 x 0.7 both run 2, so the two can share a call.
@@ -91,6 +94,7 @@ def test_batch_with_classifier_free_guidance_and_negative_prompts():
     assert_same_pictures(alone, batched)
 
 
+@pytest.mark.slow
 def test_batch_on_sdxl_with_pooled_embeddings():
     components = load_model("tiny-sdxl", device="cpu", controlnet="canny")
     # SDXL's img2img runs int(steps x strength) steps: 4 x 0.5, 0.6, 0.7 all run 2.

@@ -22,6 +22,7 @@ from server.bench.adaptive import SlowedStylise
 from server.bench.pipeline import both_ways
 
 
+@pytest.mark.slow
 def test_bench_prints_a_table_and_a_json_line():
     result = subprocess.run(
         [sys.executable, "-m", "server.cli", "bench", "--model", "tiny", "--size", "64", "--frames", "3", "--json"],
@@ -38,6 +39,7 @@ def test_bench_prints_a_table_and_a_json_line():
     assert any("stream pipeline" in line for line in lines)
 
 
+@pytest.mark.slow
 def test_bench_rejects_a_bad_size():
     result = subprocess.run(
         [sys.executable, "-m", "server.cli", "bench", "--size", "100"], capture_output=True, text=True, timeout=120
@@ -57,12 +59,14 @@ def test_bench_reports_each_mode_and_controlnet_combination():
     assert all(run["stream_fps"] > 0 and run["naive_fps"] > 0 for run in report["runs"])
 
 
+@pytest.mark.slow
 def test_bench_rejects_an_unknown_mode():
     command = [sys.executable, "-m", "server.cli", "bench", "--size", "64", "--mode", "inpaint"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--mode" in result.stderr
 
 
+@pytest.mark.slow
 def test_adaptive_bench_without_matplotlib_names_the_extra_before_running():
     # A None entry in sys.modules is how Python marks a module as not importable.
     script = "import sys; sys.modules['matplotlib'] = None; from server.cli import main; sys.exit(main())"
@@ -113,6 +117,7 @@ def test_adaptive_slowdown_doubles_the_model_work_through_the_cpu_executor(tiny,
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-lcm-lora"])
+@pytest.mark.slow
 def test_the_guides_way_and_the_stream_pipeline_do_equal_work(model):
     components = load_model(model, device="cpu", controlnet="canny")
     calls: list[tuple[str, int]] = []

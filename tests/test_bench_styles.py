@@ -36,6 +36,7 @@ def test_styles_bench_reports_rates_switch_costs_and_checks():
     assert report["unfuse_restores_max_abs"] <= 1e-3
 
 
+@pytest.mark.slow
 def test_styles_bench_through_the_command_defaults_to_256_and_2_steps_and_ends_with_json(capsys):
     command = ["bench", "--styles", "--model", "tiny-random", "--device", "cpu", "--frames", "1", "--warmup", "0"]
     assert main([*command, "--json"]) == 0

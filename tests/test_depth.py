@@ -31,6 +31,7 @@ def random_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
 
 
+@pytest.mark.slow
 def test_tiny_estimator_is_small_seeded_and_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     pixels = torch.randn(1, 3, 126, 182, generator=torch.Generator().manual_seed(0))

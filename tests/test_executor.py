@@ -52,6 +52,7 @@ def refuse_cuda_calls(monkeypatch) -> None:
         monkeypatch.setattr(torch.cuda, name, refuse)
 
 
+@pytest.mark.slow
 def test_results_come_back_in_order_identical_to_the_unbuffered_path(components, executor):
     # Two pipelines with the same history (temporal smoothing is on by default): the staged one must match.
     unbuffered, pipe = StreamPipeline(components), StreamPipeline(components)
@@ -78,6 +79,7 @@ def test_results_come_back_in_order_identical_to_the_unbuffered_path(components,
         assert spans["compute"][1] <= spans["download"][0] <= spans["download"][1]
 
 
+@pytest.mark.slow
 def test_two_streams_pipelines_share_one_executor(components, executor):
     def viewer(**changes) -> StreamPipeline:
         pipeline = StreamPipeline(components)
@@ -134,6 +136,7 @@ class FailingFirst:
         return stylise_batch(requests, on_device)
 
 
+@pytest.mark.slow
 def test_an_error_in_one_slot_reaches_its_collector_and_both_slots_run_on(components):
     frames = [moving_pattern(64, 64, index) for index in range(4)]
     staged, direct = StreamPipeline(components), StreamPipeline(components)
@@ -211,6 +214,7 @@ def tiny_canny(request) -> ModelComponents:
     [("txt2img", 0.0), ("txt2img", 0.5), ("img2img", 0.5)],
     ids=["txt2img", "txt2img-canny", "img2img-canny"],
 )
+@pytest.mark.slow
 def test_staged_noise_and_canny_maps_give_the_direct_pictures(tiny_canny, mode, controlnet_scale, monkeypatch):
     if tiny_canny.device.type == "cpu":
         refuse_cuda_calls(monkeypatch)

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 
+import pytest
 import torch
 from av import VideoFrame
 
@@ -61,6 +62,7 @@ async def run_camera(engine: Engine, components, target_fps: float) -> tuple[Str
     return worker, stats
 
 
+@pytest.mark.slow
 async def test_out_of_memory_at_one_size_steps_down_and_the_stream_goes_on(tiny, caplog):
     device_side = OutOfMemoryAbove(limit=128)
     engine = Engine(tiny.device, stylise=device_side)

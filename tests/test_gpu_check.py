@@ -91,6 +91,7 @@ def test_the_gpu_plan_fits_eight_minutes_and_measures_what_the_issue_names():
     assert "--collect-only" not in gpu["pytest -m cuda"]
 
 
+@pytest.mark.slow
 def test_a_step_past_its_limit_is_stopped_with_its_children(tmp_path):
     script = load_script()
     pid_file = tmp_path / "child.pid"

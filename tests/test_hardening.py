@@ -114,6 +114,7 @@ async def test_a_publisher_that_never_connects_and_one_that_goes_quiet_are_dropp
     assert "Traceback" not in output
 
 
+@pytest.mark.slow
 async def test_pages_from_other_origins_are_refused_unless_allowed():
     server = LiveServer("--allow-origin", "http://studio.example")
     same = f"http://127.0.0.1:{server.port}"
@@ -223,6 +224,7 @@ def test_stats_sizes_are_never_seen_half_written():
     assert torn == 0
 
 
+@pytest.mark.slow
 async def test_a_camera_that_changes_resolution_keeps_streaming(live_server):
     async with LoopbackClient(live_server.ws_url, 256, 192, sample_every=1) as client:
         await client.wait_for_frames(4, timeout=TIMEOUT)
@@ -234,6 +236,7 @@ async def test_a_camera_that_changes_resolution_keeps_streaming(live_server):
     assert not client.record.errors
 
 
+@pytest.mark.slow
 async def test_two_live_publishers_get_fair_shares(live_server):
     async with (
         LoopbackClient(live_server.ws_url, 128, 128) as first,

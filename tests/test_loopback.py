@@ -12,6 +12,8 @@ import pytest
 from server.bench.loopback import LoopbackClient
 from server.media.ice import restrict_ice_to_loopback
 
+pytestmark = pytest.mark.slow  # a live server (20 s to start in a loaded run) for tests of 6-39 s
+
 SIZE = 256
 # What the toy model makes possible, with room to spare: measured through VP8 here, a grey correlation of 0.97
 # with the camera frame and a prompt change of 57/255 against 0.2 between two frames under one prompt.

@@ -19,6 +19,8 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
+pytestmark = pytest.mark.slow  # a live server with ControlNets and styles: 22 s to start in a loaded run
+
 SIZE = 128
 # Not one-letter names (see tests/test_styles.py: diffusers matches adapter names as substrings of module keys).
 # A random LoRA sits on the attention projections, which the toy's picture hardly depends on. Measured on the

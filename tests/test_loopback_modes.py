@@ -12,6 +12,8 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
+pytestmark = pytest.mark.slow  # live servers of other models: 18 s to start in a loaded run
+
 SIZE = 128
 
 
@@ -70,7 +72,6 @@ async def test_txt2img_with_controlnet_keeps_drawing(controlnet_server):
     assert not client.record.errors
 
 
-@pytest.mark.slow
 async def test_sdxl_model_serves_img2img():
     server = LiveServer("--model", "tiny-sdxl")
     try:

@@ -42,6 +42,7 @@ def value(families: dict, name: str, **labels: str) -> float:
     return sum(matching)
 
 
+@pytest.mark.slow
 async def test_metrics_move_when_frames_flow_and_need_the_token():
     server = LiveServer("--token", TOKEN)
     try:
@@ -82,6 +83,7 @@ async def test_metrics_move_when_frames_flow_and_need_the_token():
         server.stop()
 
 
+@pytest.mark.slow
 def test_metrics_public_needs_no_token():
     server = LiveServer("--token", TOKEN, "--metrics-public")
     try:

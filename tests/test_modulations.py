@@ -152,6 +152,7 @@ def worker_of(components) -> StreamWorker:
     return StreamWorker(pipeline, Feed("test", stats), stats, lambda: None, pacing_params_model(128, 30.0))
 
 
+@pytest.mark.slow
 async def test_a_square_wave_of_loudness_pulses_the_strength_and_the_picture(tiny):
     worker = worker_of(tiny)
     loud = [False]
@@ -219,6 +220,7 @@ def rejected_over_osc(server: LiveServer) -> float:
     return 0.0
 
 
+@pytest.mark.slow
 async def test_osc_sets_modulations_as_json_and_scenes_carry_them(tmp_path):
     scenes = tmp_path / "scenes.json"
     scenes.write_text("[]")

@@ -29,6 +29,8 @@ from server.scenes import SceneBook
 
 from conftest import LiveServer
 
+pytestmark = pytest.mark.slow  # a live server with OSC: 13 s to start in a loaded run, 27 s the module
+
 TIMEOUT = 60
 SCENES = [
     {"name": "calm", "params": {"prompt": "a calm blue lake", "strength": 0.4}},

@@ -117,6 +117,7 @@ def test_the_schema_carries_every_limit_of_the_models():
     assert all(spec.get("description") for spec in properties.values())
 
 
+@pytest.mark.slow
 def test_the_served_schema_is_the_models_schema(live_server, tiny):
     from server.pacing import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS
 

@@ -88,6 +88,7 @@ def run(stream: StreamPipeline, reference, frame, kinds, scales, mode: str, **pa
 
 
 @pytest.mark.parametrize(("kinds", "scales"), [(("depth",), (0.8,)), (("canny", "depth"), (0.6, 0.9))])
+@pytest.mark.slow
 def test_sd15_controlnet_txt2img_parity_with_stable_diffusion_controlnet(frame, kinds, scales):
     stream, reference = stream_and_reference("tiny-random", kinds, StableDiffusionControlNetPipeline, tiny_sd15_parts())
     actual, expected = run(stream, reference, frame, kinds, scales, "txt2img", steps=2, guidance_scale=8.0)
@@ -97,6 +98,7 @@ def test_sd15_controlnet_txt2img_parity_with_stable_diffusion_controlnet(frame, 
 # As in test_parity_guide: the ControlNet img2img pipelines pass no w-embedding, so img2img runs on LCM-LoRA models.
 @pytest.mark.parametrize(("kinds", "scales"), [(("depth",), (0.8,)), (("canny", "depth"), (0.5, 1.2))])
 @pytest.mark.parametrize("guidance", [1.0, 1.5])
+@pytest.mark.slow
 def test_sd15_controlnet_img2img_parity_with_controlnet_img2img(frame, lora_dirs, kinds, scales, guidance):
     parts = tiny_sd15_parts(guidance_embedding=False)
     stream, reference = stream_and_reference(
@@ -109,6 +111,7 @@ def test_sd15_controlnet_img2img_parity_with_controlnet_img2img(frame, lora_dirs
 
 
 @pytest.mark.parametrize(("kinds", "scales"), [(("depth",), (0.7,)), (("canny", "depth"), (0.5, 0.5))])
+@pytest.mark.slow
 def test_sdxl_controlnet_txt2img_parity_with_sdxl_controlnet(frame, kinds, scales):
     stream, reference = stream_and_reference("tiny-sdxl", kinds, StableDiffusionXLControlNetPipeline, tiny_sdxl_parts())
     actual, expected = run(stream, reference, frame, kinds, scales, "txt2img", steps=2, guidance_scale=8.0)
@@ -116,6 +119,7 @@ def test_sdxl_controlnet_txt2img_parity_with_sdxl_controlnet(frame, kinds, scale
 
 
 @pytest.mark.parametrize(("kinds", "scales"), [(("depth",), (0.9,)), (("canny", "depth"), (0.4, 0.8))])
+@pytest.mark.slow
 def test_sdxl_controlnet_img2img_parity_with_sdxl_controlnet_img2img(frame, lora_dirs, kinds, scales):
     parts = tiny_sdxl_parts(guidance_embedding=False)
     stream, reference = stream_and_reference(
@@ -127,6 +131,7 @@ def test_sdxl_controlnet_img2img_parity_with_sdxl_controlnet_img2img(frame, lora
     assert np.abs(actual - expected).max() <= TOLERANCE
 
 
+@pytest.mark.slow
 def test_each_controlnet_moves_the_picture_and_a_zero_scale_skips_its_call(frame):
     """Guards the parity tests against passing vacuously: depth and Canny each change the picture; a kind at scale
     0 is not called at all."""

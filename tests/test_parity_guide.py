@@ -68,6 +68,7 @@ def assert_parity(actual: np.ndarray, expected: np.ndarray) -> None:
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
+@pytest.mark.slow
 def test_sdxl_lcm_txt2img_parity_with_stable_diffusion_xl_pipeline(steps):
     pipe = reference(StableDiffusionXLPipeline, tiny_sdxl_parts())
     expected = run_reference(pipe, num_inference_steps=steps, guidance_scale=8.0, width=WIDTH, height=HEIGHT)
@@ -76,6 +77,7 @@ def test_sdxl_lcm_txt2img_parity_with_stable_diffusion_xl_pipeline(steps):
 
 
 @pytest.mark.parametrize(("steps", "strength"), [(1, 1.0), (2, 0.5), (4, 0.5), (4, 0.8)])
+@pytest.mark.slow
 def test_sdxl_lcm_img2img_parity_with_stable_diffusion_xl_img2img(frame, steps, strength):
     pipe = reference(StableDiffusionXLImg2ImgPipeline, tiny_sdxl_parts())
     kwargs = {"image": PIL.Image.fromarray(frame), "strength": strength, "guidance_scale": 8.0}
@@ -85,6 +87,7 @@ def test_sdxl_lcm_img2img_parity_with_stable_diffusion_xl_img2img(frame, steps, 
 
 
 @pytest.mark.parametrize("steps", [1, 4])
+@pytest.mark.slow
 def test_sdxl_controlnet_txt2img_parity_with_stable_diffusion_xl_controlnet(frame, canny, steps):
     pipe = reference(StableDiffusionXLControlNetPipeline, tiny_sdxl_parts(), controlnet=tiny_controlnet(sdxl=True))
     kwargs = {"image": canny, "controlnet_conditioning_scale": 0.5, "guidance_scale": 8.0}
@@ -98,6 +101,7 @@ def test_sdxl_controlnet_txt2img_parity_with_stable_diffusion_xl_controlnet(fram
 # The ControlNet img2img reference pipelines pass no w-embedding to the UNet, so an LCM UNet would run there
 # without its guidance; LCM-LoRA models, the usual real-time ControlNet set-up, have none to pass.
 @pytest.mark.parametrize("guidance", [1.0, 1.5])
+@pytest.mark.slow
 def test_sd15_controlnet_img2img_parity_with_controlnet_img2img_and_lora(frame, canny, lora_dirs, guidance):
     pipe = reference(
         StableDiffusionControlNetImg2ImgPipeline,
@@ -119,6 +123,7 @@ def test_sd15_controlnet_img2img_parity_with_controlnet_img2img_and_lora(frame, 
 
 
 @pytest.mark.parametrize("guidance", [0.0, 1.5])
+@pytest.mark.slow
 def test_sdxl_controlnet_img2img_parity_with_sdxl_controlnet_img2img_and_lora(frame, canny, lora_dirs, guidance):
     pipe = reference(
         StableDiffusionXLControlNetImg2ImgPipeline,
@@ -138,6 +143,7 @@ def test_sdxl_controlnet_img2img_parity_with_sdxl_controlnet_img2img_and_lora(fr
 
 @pytest.mark.parametrize(("guidance", "negative"), [(0.0, ""), (1.5, ""), (1.5, "fog, blur")])
 @pytest.mark.parametrize("mode", ["txt2img", "img2img"])
+@pytest.mark.slow
 def test_sdxl_lcm_lora_parity_with_load_lora_weights(frame, lora_dirs, guidance, negative, mode):
     cls = StableDiffusionXLPipeline if mode == "txt2img" else StableDiffusionXLImg2ImgPipeline
     pipe = reference(cls, tiny_sdxl_parts(guidance_embedding=False), lora_dirs["sdxl"])
@@ -160,6 +166,7 @@ def test_sdxl_lcm_lora_parity_with_load_lora_weights(frame, lora_dirs, guidance,
     assert_parity(actual, expected)
 
 
+@pytest.mark.slow
 def test_the_controlnet_and_the_sdxl_lora_really_move_the_picture(frame, canny, lora_dirs):
     """Guards the parity tests above against passing vacuously."""
     with_control = run_stream("tiny-sdxl", frame, "canny", mode="txt2img", controlnet_scale=1.0)

@@ -201,6 +201,7 @@ async def test_token_is_required_before_any_peer_connection():
         server.stop()
 
 
+@pytest.mark.slow
 async def test_ctrl_c_with_a_live_session_exits_cleanly():
     server = LiveServer()
     async with websockets.connect(server.ws_url) as ws:

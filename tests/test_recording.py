@@ -120,6 +120,7 @@ def tone_share(frames: list, hz: float) -> float:
     return float(spectrum[np.abs(bins - hz) < 20].sum() / spectrum.sum())
 
 
+@pytest.mark.slow
 async def test_a_whip_stream_with_sound_is_recorded_with_a_prompt_change(studio):
     async with WhipPublisher(f"{studio.url}/whip/rec1", tone_hz=TONE_HZ):
         before = await live(studio, "rec1")

@@ -157,6 +157,7 @@ def model_only(model, params: dict) -> dict:
     return {name: value for name, value in params.items() if name in model.model_fields}
 
 
+@pytest.mark.slow
 def test_each_frame_runs_with_the_params_and_modulated_values_it_had_live(tiny, show):
     recording = read_recording(show)
     assert recording.notes == []
@@ -178,6 +179,7 @@ def master(tiny, show) -> tuple[Path, object]:
     return out, render(read_recording(show), out, tiny)
 
 
+@pytest.mark.slow
 def test_the_master_holds_every_input_frame_at_its_own_time_with_the_sound(tiny, show, master):
     out, summary = master
     assert (summary.frames, summary.live_frames, summary.size, summary.sound) == (FRAMES, FRAMES - 2, CAMERA, True)

@@ -46,6 +46,7 @@ def test_a_bad_scene_file_is_one_clear_error(tmp_path, content, words):
     assert words in str(error.value)
 
 
+@pytest.mark.slow
 def test_the_server_refuses_to_start_with_a_bad_scene_file(tmp_path):
     path = tmp_path / "scenes.json"
     path.write_text('[{"name": "a", "params": {"strength": 7}}]')
@@ -107,6 +108,7 @@ async def test_a_store_over_a_cap_changes_nothing_and_the_file_holds_the_list(tm
     assert len(kept) <= MAX_FILE_BYTES and json.loads(kept) == [scene.as_dict() for scene in await book.all()]
 
 
+@pytest.mark.slow
 async def test_scenes_are_saved_from_a_stream_and_recalled_over_rest(tmp_path):
     path = tmp_path / "scenes.json"
     path.write_text(json.dumps([{"name": "calm", "params": {"prompt": "a calm lake", "strength": 0.4}}]))

@@ -175,6 +175,7 @@ async def wait_until(condition, what: str, timeout: float = TIMEOUT):
     return value
 
 
+@pytest.mark.slow
 async def test_a_whep_viewer_hears_the_publishers_tone_and_a_video_viewer_sees_as_before(studio):
     whip, whep = f"{studio.url}/whip/tone", f"{studio.url}/whep/tone"
     async with (
@@ -212,6 +213,7 @@ async def test_a_whep_viewer_hears_the_publishers_tone_and_a_video_viewer_sees_a
         assert 'lcmlive_sound_delay_seconds{stream="tone"}' in metrics.body
 
 
+@pytest.mark.slow
 async def test_a_stream_without_sound_answers_an_audio_viewer_with_no_audio_track(studio):
     whip, whep = f"{studio.url}/whip/mute", f"{studio.url}/whep/mute"
     async with WhipPublisher(whip, audio=False), WhepViewer(whep, audio=True) as listener:

@@ -18,6 +18,7 @@ def count_calls(module: torch.nn.Module) -> list[tuple]:
     return calls
 
 
+@pytest.mark.slow
 def test_same_seed_and_input_give_the_same_output(tiny, frame):
     first = StreamPipeline(tiny)
     second = StreamPipeline(tiny)
@@ -54,6 +55,7 @@ def test_output_differs_from_input_and_is_uint8(tiny, frame):
     assert np.abs(out.astype(int) - frame).mean() > 5
 
 
+@pytest.mark.slow
 def test_text_encoder_runs_once_per_distinct_prompt_never_per_frame(frame):
     from pipelines import load_model
 
@@ -90,6 +92,7 @@ def test_prompt_cache_is_bounded_and_least_recently_used(tiny):
     assert cache.encoder_calls == calls + 1
 
 
+@pytest.mark.slow
 def test_lcm_unet_never_doubles_the_batch_and_ignores_the_negative_prompt(frame):
     from pipelines import load_model
 
@@ -106,6 +109,7 @@ def test_lcm_unet_never_doubles_the_batch_and_ignores_the_negative_prompt(frame)
     assert any("no effect" in note for note in pipe.notes())
 
 
+@pytest.mark.slow
 def test_lcm_lora_uses_classifier_free_guidance_only_above_one(frame):
     from pipelines import load_model
 

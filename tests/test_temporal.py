@@ -26,6 +26,7 @@ def pipeline_with(model, **changes) -> StreamPipeline:
     return pipeline
 
 
+@pytest.mark.slow
 def test_smoothing_is_on_by_default_and_off_after_on_is_todays_pipeline_bit_for_bit(tiny):
     assert StreamPipeline(tiny).params.temporal_smoothing == 0.5
     today = outputs(pipeline_with(tiny, temporal_smoothing=0.0), CLIP)
@@ -35,6 +36,7 @@ def test_smoothing_is_on_by_default_and_off_after_on_is_todays_pipeline_bit_for_
     assert all(np.array_equal(a, b) for a, b in zip(today, outputs(switched, CLIP), strict=True))
 
 
+@pytest.mark.slow
 def test_smoothing_on_changes_the_picture_after_the_first_frame(tiny):
     today = outputs(pipeline_with(tiny, temporal_smoothing=0.0), CLIP)
     smoothed = outputs(pipeline_with(tiny, temporal_smoothing=1.0), CLIP)
@@ -54,6 +56,7 @@ def test_a_scene_cut_leaves_no_ghost_of_the_last_scene(tiny):
     )  # as if the stream had just started
 
 
+@pytest.mark.slow
 def test_two_streams_in_one_batch_keep_their_own_history(tiny):
     other_clip = [np.ascontiguousarray(frame[::-1]) for frame in moving_clip(*SIZE, (-3, 1), 6, seed=3)]
     alone_a = outputs(pipeline_with(tiny, temporal_smoothing=1.0), CLIP)

@@ -34,6 +34,7 @@ def test_style_words_are_whole_tokens(tiny):
 
 
 @pytest.mark.parametrize("name", sorted(BARS))
+@pytest.mark.slow
 def test_toy_meets_the_bar(report, name):
     assert report[name] >= BARS[name], report
 

@@ -44,6 +44,7 @@ def pictures(tiny):
     return {prompt: picture(pipeline_at(tiny, prompt=prompt)[0]) for prompt in (OLD, NEW)}
 
 
+@pytest.mark.slow
 def test_a_new_prompt_fades_in_over_transition_s(tiny, pictures):
     cache = PromptCache()
     pipe, clock = pipeline_at(tiny, cache, prompt=OLD, transition_s=2.0)

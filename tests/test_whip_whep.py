@@ -65,6 +65,7 @@ async def offer_sdp(kind: str = "video", direction: str = "sendonly", codec: str
     return sdp
 
 
+@pytest.mark.slow
 async def test_obs_publishes_over_whip_and_a_whep_viewer_sees_the_stylised_stream(studio):
     whip, whep = urls(studio, "obs-main")
     camera = SyntheticCamera(256, 256, still=True)
@@ -210,6 +211,7 @@ async def test_a_page_publishes_under_its_name_and_a_second_page_gets_stream_tak
         assert unnamed.stream_name is not None and unnamed.stream_name.startswith("cam-")
 
 
+@pytest.mark.slow
 async def test_server_full_counts_publishers_not_viewers():
     server = LiveServer("--max-sessions", "1")
     try:
