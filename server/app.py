@@ -42,7 +42,13 @@ from .frontends.whep import whep_routes
 from .frontends.whip import whip_routes
 from .media.peers import PeerConnections
 from .metrics import Metrics
-from .pacing import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, pacing_params_model, settings_model
+from .pacing import (
+    DEFAULT_MAX_RESOLUTION,
+    DEFAULT_MIN_RESOLUTION,
+    DEFAULT_TARGET_FPS,
+    pacing_params_model,
+    settings_model,
+)
 from .registry import StreamRegistry
 from .scenes import SceneBook, Scenes
 
@@ -114,7 +120,9 @@ def build_parts(
     peers = PeerConnections()
     device = model.device.type
     pacing_model = pacing_params_model(
-        DEFAULT_MAX_RESOLUTION.get(device, 512), config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0)
+        DEFAULT_MAX_RESOLUTION.get(device, 512),
+        config.target_fps or DEFAULT_TARGET_FPS.get(device, 30.0),
+        DEFAULT_MIN_RESOLUTION.get(device, 128),
     )
     pacing = pacing_model()
     ladder = ladder_sizes(PAGE_CAMERA, pacing.max_resolution, pacing.min_resolution)

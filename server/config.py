@@ -32,12 +32,15 @@ ENV_PREFIX = "LCMLIVE_"
 # Batches of 8 at 512 px stay far inside a GPU's memory next to an SD1.5 model; more streams make more batches.
 DEFAULT_MAX_BATCH = 8
 DEFAULT_BITRATE_KBPS = 2500
-# The tiny model on a CPU makes about 2 frames/s at 512 px and 6-8 at 256 px; a GPU holds 512 at 30 fps. At 8 fps
-# the page's first picture left 256x192 on 2 cores with the browser beside it (the model alone 115 ms a frame,
-# docs/performance.md; a step down at 1.1 x 125 ms) for 192x128 and 128x128, where the toy's shapes blur; 6 fps
-# gives 256x192 183 ms a frame. On this shared machine (load 4-8, scripts/screenshots.py) it settled at 192x128 or
-# 128x128 at 6-7 fps either way; the floor stays 128 so that a loaded machine still moves.
+# The tiny model on a CPU makes about 2 frames/s at 512 px and 6-8 at 256 px; a GPU holds 512 at 30 fps. A CPU's
+# first picture, on 2 cores with the browser beside the server (scripts/screenshots.py, 3 runs each at load 1-2.5):
+# at 8 fps it settled at 192x128, at 6 fps at 256x192 (twice the Laplacian variance of the output). The CPU ladder
+# stops at 192: its 128 rung is a 128x128 square of the 4:3 camera, where the toy's shapes are blobs (at load 7-9
+# the 8 fps default sat there), and the controller, which predicts a rung's time from its longest side, takes
+# 128x128 to 192x128 for 2.25x the work (it is 1.5x), so a stream that fell there stayed ("steady" at 6 fps, 80 ms
+# a frame, where 192x128 ran in 100).
 DEFAULT_MAX_RESOLUTION = {"cuda": 512, "cpu": 256}
+DEFAULT_MIN_RESOLUTION = {"cuda": 128, "cpu": 192}
 DEFAULT_TARGET_FPS = {"cuda": 30.0, "cpu": 6.0}
 MIN_TARGET_FPS, MAX_TARGET_FPS = 1.0, 60.0
 

@@ -10,9 +10,16 @@ from pydantic_core import PydanticCustomError
 from pipelines.params import Params, WholeNumber
 
 # The device's defaults live with the settings: `--target-fps`'s help and range are declared there.
-from .config import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS, MAX_TARGET_FPS, MIN_TARGET_FPS
+from .config import DEFAULT_MAX_RESOLUTION, DEFAULT_MIN_RESOLUTION, DEFAULT_TARGET_FPS, MAX_TARGET_FPS, MIN_TARGET_FPS
 
-__all__ = ["DEFAULT_MAX_RESOLUTION", "DEFAULT_TARGET_FPS", "PacingParams", "pacing_params_model", "settings_model"]
+__all__ = [
+    "DEFAULT_MAX_RESOLUTION",
+    "DEFAULT_MIN_RESOLUTION",
+    "DEFAULT_TARGET_FPS",
+    "PacingParams",
+    "pacing_params_model",
+    "settings_model",
+]
 
 P = TypeVar("P", bound=Params)
 
@@ -58,8 +65,10 @@ class PacingParams(Params):
         return self
 
 
-def pacing_params_model(default_max_resolution: int = 512, default_target_fps: float = 30.0) -> type[PacingParams]:
-    """PacingParams with a device's defaults (a CPU starts smaller and slower than a GPU)."""
+def pacing_params_model(
+    default_max_resolution: int = 512, default_target_fps: float = 30.0, default_min_resolution: int = 128
+) -> type[PacingParams]:
+    """PacingParams with a device's defaults (a CPU starts smaller and slower than a GPU, and stops higher)."""
     fields = PacingParams.model_fields
     return create_model(
         "PacingParams",
@@ -81,6 +90,16 @@ def pacing_params_model(default_max_resolution: int = 512, default_target_fps: f
                 le=1024,
                 multiple_of=64,
                 description=fields["max_resolution"].description,
+            ),
+        ),
+        min_resolution=(
+            WholeNumber,
+            Field(
+                default=default_min_resolution,
+                ge=64,
+                le=1024,
+                multiple_of=64,
+                description=fields["min_resolution"].description,
             ),
         ),
     )

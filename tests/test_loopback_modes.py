@@ -15,6 +15,8 @@ from conftest import LiveServer
 pytestmark = pytest.mark.slow  # live servers of other models: 18 s to start in a loaded run
 
 SIZE = 128
+# One processing size (on a CPU the ladder's floor, 192, is above it): txt2img draws at max_resolution.
+AT_SIZE = {"max_resolution": SIZE, "min_resolution": SIZE}
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 async def test_txt2img_draws_new_pictures_from_a_still_camera(controlnet_server):
     async with LoopbackClient(controlnet_server.ws_url, SIZE, SIZE, still=True, sample_every=1) as client:
-        echo = await client.send_params(mode="txt2img", controlnet_scale=0.0, max_resolution=SIZE, target_fps=10)
+        echo = await client.send_params(mode="txt2img", controlnet_scale=0.0, **AT_SIZE, target_fps=10)
         assert echo["params"]["mode"] == "txt2img"
         assert any("txt2img" in note for note in echo["notes"])
         changed = len(client.record.samples)
@@ -47,7 +49,7 @@ async def test_img2img_with_controlnet_follows_the_edges_and_shows_the_canny_map
     async with LoopbackClient(
         controlnet_server.ws_url, SIZE, SIZE, still=True, sample_every=1, canny_view=True
     ) as client:
-        await client.send_params(controlnet_scale=0.0, max_resolution=SIZE)
+        await client.send_params(controlnet_scale=0.0, **AT_SIZE)
         await client.wait_for_frames(len(client.record.arrivals) + 4, timeout=60)
         without = client.record.samples[-1][1]
         await client.send_params(controlnet_scale=1.5, canny_low=50, canny_high=150)
@@ -66,7 +68,7 @@ async def test_img2img_with_controlnet_follows_the_edges_and_shows_the_canny_map
 
 async def test_txt2img_with_controlnet_keeps_drawing(controlnet_server):
     async with LoopbackClient(controlnet_server.ws_url, SIZE, SIZE, sample_every=1) as client:
-        await client.send_params(mode="txt2img", controlnet_scale=1.0, max_resolution=SIZE)
+        await client.send_params(mode="txt2img", controlnet_scale=1.0, **AT_SIZE)
         start = len(client.record.arrivals)
         await client.wait_for_frames(start + 6, timeout=60)
     assert not client.record.errors
@@ -76,7 +78,7 @@ async def test_sdxl_model_serves_img2img():
     server = LiveServer("--model", "tiny-sdxl")
     try:
         async with LoopbackClient(server.ws_url, SIZE, SIZE) as client:
-            echo = await client.send_params(max_resolution=SIZE, steps=2, strength=0.5)
+            echo = await client.send_params(**AT_SIZE, steps=2, strength=0.5)
             assert echo["params"]["steps"] == 2
             await client.wait_for_frames(4, timeout=90)
         assert server.health()["model"] == "tiny-sdxl"

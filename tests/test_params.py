@@ -119,9 +119,11 @@ def test_the_schema_carries_every_limit_of_the_models():
 
 @pytest.mark.slow
 def test_the_served_schema_is_the_models_schema(live_server, tiny):
-    from server.pacing import DEFAULT_MAX_RESOLUTION, DEFAULT_TARGET_FPS
+    from server.pacing import DEFAULT_MAX_RESOLUTION, DEFAULT_MIN_RESOLUTION, DEFAULT_TARGET_FPS
 
     with urllib.request.urlopen(f"{live_server.url}/params/schema", timeout=10) as response:
         served = json.loads(response.read())
-    pacing = pacing_params_model(DEFAULT_MAX_RESOLUTION["cpu"], DEFAULT_TARGET_FPS["cpu"])
+    pacing = pacing_params_model(
+        DEFAULT_MAX_RESOLUTION["cpu"], DEFAULT_TARGET_FPS["cpu"], DEFAULT_MIN_RESOLUTION["cpu"]
+    )
     assert served == json.loads(json.dumps(params_json_schema(params_model_for(tiny), pacing)))
