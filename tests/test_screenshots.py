@@ -26,8 +26,8 @@ MAX_LOOP_BYTES = 2_000_000
 # defaults changed); a model that ignores the camera scores about 0.
 FOLLOWS_CAMERA = 0.6
 # Mean Sobel gradient magnitude (0-255 grey) of the output pane between the stats overlay and the pane's caption:
-# 4.0-4.8 measured on the fake camera restyled (the camera's own pane, a flat card with one sharp pie, 2.8-3.2);
-# a flat field is 0.
+# 5.7-6.3 measured at the CPU defaults, 4.2-4.8 at the old ones (the camera's own pane, a flat card with one sharp
+# pie, 2.5-3.2); a flat field is 0.
 OUTPUT_EDGES = 2.0
 CAPTION_PX = 32  # the pane's "output" caption, at its foot
 
