@@ -58,6 +58,7 @@ def test_the_script_makes_the_studio_picture_and_the_loop(tmp_path: Path):
     frames = [np.array(frame.convert("RGB")) for frame in ImageSequence.Iterator(Image.open(loop_path))]
     assert len(frames) >= 10, len(frames)
     outputs = [frame[:, frame.shape[1] // 2 :].astype(np.float32) for frame in frames]
-    # The output moves: the fake camera's pie turns, so frames a few apart differ by more than coding noise.
-    changes = [float(np.abs(a - b).mean()) for a, b in zip(outputs, outputs[3:], strict=False)]
+    # The output moves: the fake camera's pie sweeps, so frames half a second apart (10 Hz; a new output frame even
+    # at 2 fps) differ by more than coding noise. Measured: 30-36 of 36 pairs over 2/255, at 2 to 8 fps.
+    changes = [float(np.abs(a - b).mean()) for a, b in zip(outputs, outputs[5:], strict=False)]
     assert sum(change > 2.0 for change in changes) >= len(changes) // 2, changes
