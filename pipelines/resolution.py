@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .stream import SIZE_MULTIPLE
+from .stream import SIZE_MULTIPLE, processing_size
 
 
 def size_ladder(max_side: int, floor: int = 128) -> list[int]:
@@ -34,7 +34,8 @@ class ControllerSettings:
     up_after_s: float = 10.0  # ... sustained this long, and at least this long since the last switch
     settle_frames: int = 2  # frames ignored after a switch: the first ones at a new size run cold
     blocked_s: float = 60.0  # a rung that proved too slow (or ran out of memory) is not retried for this long
-    # Frame time ~ side ** exponent. 2 (pixel count) until measured: fixed per-frame costs make it smaller.
+    # Frame time ~ side ** exponent, the side of a square with the rung's pixels. 2 (pixel count) until measured:
+    # fixed per-frame costs make it smaller.
     initial_exponent: float = 2.0
 
 
@@ -63,6 +64,7 @@ class ResolutionController:
         self._blocked_until: dict[int, float] = {}
         self.exponent = self.settings.initial_exponent
         self._left: tuple[int, float] | None = None  # (side, typical frame time) of the rung just left
+        self._shape: tuple[int, int] | None = None  # the camera's (width, height); None: square frames
 
     @property
     def side(self) -> int:
@@ -142,9 +144,22 @@ class ResolutionController:
         else:
             self.state = "headroom"
 
+    def frame_shape(self, width: int, height: int) -> None:
+        """The camera's frame size, from which each rung's processing size follows. Its sides snap to multiples of
+        64, so the rungs' shapes differ: a 4:3 camera runs 192x128 at 192 and 128x128 at 128, 1.5x the pixels where
+        the sides squared say 2.25x (a stream held at 128 read 192 as too slow and never climbed back)."""
+        self._shape = (width, height)
+
+    def _square_side(self, side: int) -> float:
+        """The side of a square with as many pixels as the rung `side` processes."""
+        if self._shape is None:
+            return float(side)
+        width, height = processing_size(*self._shape, side)
+        return math.sqrt(width * height)
+
     def _predict(self, seconds_here: float, index: int) -> float:
-        """Frame time at another rung, by the learnt power of the side (the aspect ratio is the same on every rung)."""
-        return seconds_here * (self.ladder[index] / self.side) ** self.exponent
+        """Frame time at another rung, by the learnt power of its pixels' square side."""
+        return seconds_here * (self._square_side(self.ladder[index]) / self._square_side(self.side)) ** self.exponent
 
     def _learn_exponent(self, typical: float) -> None:
         """After a switch, the times just before and just after it give the real cost-versus-size exponent.
@@ -155,8 +170,9 @@ class ResolutionController:
             return
         side, seconds = self._left
         self._left = None
-        if side != self.side and seconds > 0 and typical > 0:
-            measured = math.log(seconds / typical) / math.log(side / self.side)
+        before, now = self._square_side(side), self._square_side(self.side)
+        if before != now and seconds > 0 and typical > 0:
+            measured = math.log(seconds / typical) / math.log(before / now)
             self.exponent = min(2.5, max(0.5, measured))
 
     def _block(self, side: int, now: float) -> None:

@@ -197,7 +197,7 @@ class StreamWorker:
             return None
         if camera is not None:
             frame_width, frame_height = camera.frame.width, camera.frame.height
-            self._fit_ladder_to_camera(max(frame_width, frame_height))
+            self._fit_ladder_to_camera(frame_width, frame_height)
         else:  # txt2img before any camera frame: a square picture
             frame_width = frame_height = self.pacing.max_resolution
         size = processing_size(frame_width, frame_height, self.controller.side)
@@ -271,9 +271,11 @@ class StreamWorker:
             return model_seconds
         return max(model_seconds, busy - mark[1])
 
-    def _fit_ladder_to_camera(self, camera_side: int) -> None:
+    def _fit_ladder_to_camera(self, width: int, height: int) -> None:
         """No rung above the camera's own size: above it every rung gives the same picture, and stepping down
-        through them would change nothing."""
+        through them would change nothing. The controller predicts a rung's cost from the pixels it processes."""
+        self.controller.frame_shape(width, height)
+        camera_side = max(width, height)
         if camera_side == self._camera_side:
             return
         self._camera_side = camera_side

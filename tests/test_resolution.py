@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pipelines.resolution import ResolutionController, size_ladder
+from pipelines.stream import processing_size
 
 TARGET_FPS = 10.0
 
@@ -18,6 +19,7 @@ class SimulatedStream:
         target_fps: float = TARGET_FPS,
         max_side: int = 512,
         fixed_seconds: float = 0.0,
+        camera: tuple[int, int] | None = None,
     ):
         self.now = 0.0
         self.seconds_at_256 = seconds_at_256
@@ -25,11 +27,15 @@ class SimulatedStream:
         self.slowdown = 1.0
         self.target_fps = target_fps
         self.controller = ResolutionController(target_fps, max_side=max_side, floor=128, clock=lambda: self.now)
+        self.camera = camera  # (width, height); None: square frames
+        if camera is not None:
+            self.controller.frame_shape(*camera)
         self.delivered: list[float] = []
         self.sides: list[tuple[float, int]] = []
 
     def frame_seconds(self, side: int) -> float:
-        return self.slowdown * (self.fixed_seconds + self.seconds_at_256 * (side / 256) ** 2)
+        width, height = processing_size(*self.camera, side) if self.camera is not None else (side, side)
+        return self.slowdown * (self.fixed_seconds + self.seconds_at_256 * width * height / 256**2)
 
     def run(self, seconds: float) -> None:
         end = self.now + seconds
@@ -150,3 +156,13 @@ def test_learns_that_small_sizes_cost_more_than_their_pixels():
     recovered = [t for t in (slowed_at + 0.25 * k for k in range(1, 80)) if sim.within_target(sim.fps_at(t))]
     assert recovered and recovered[0] - slowed_at <= 3.0
     assert sim.switches_between(slowed_at, sim.now) == 1
+
+
+def test_a_4_3_camera_held_at_the_floor_climbs_back_when_the_next_rung_fits():
+    """A 640x480 camera runs 128x128 at 128 and 192x128 at 192: 1.5x the pixels, not the 2.25x of the sides
+    squared. At 110 ms a frame at 128 and a 4 fps target, 192 takes 165 ms, 66% of the budget: room to climb."""
+    sim = SimulatedStream(seconds_at_256=0.110 * 4, target_fps=4.0, max_side=256, camera=(640, 480))
+    sim.controller.index = sim.controller.ladder.index(128)
+    sim.run(30.0)
+    assert sim.controller.side == 192, sim.sides[-1]
+    assert sim.switches_between(0.0, sim.now) == 1
