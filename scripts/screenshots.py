@@ -32,21 +32,10 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from server.bench.chromium import CHROMIUM, CHROMIUM_ARGS
+
 ROOT = Path(__file__).resolve().parent.parent
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # Chromium's moving test pattern instead of a webcam, and camera permission granted without a prompt.
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    # Loopback host candidates, so that ICE with the server (--ice-loopback) stays on 127.0.0.1.
-    "--allow-loopback-in-peer-connection",
-]
 VIEWPORT = {"width": 1280, "height": 720}
 # The pictures are taken once the processing size has held this long (the adaptation has settled).
 SETTLE_S = 4.0

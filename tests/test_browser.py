@@ -12,10 +12,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 import pytest
 
+from server.bench import chromium
+from server.bench.chromium import CHROMIUM_ARGS
+
 import conftest
 from conftest import ROOT, LiveServer
 
-CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM = Path(chromium.CHROMIUM)
 if not CHROMIUM.exists():
     pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
 if TYPE_CHECKING:  # the annotations name its classes; a module found at run time is not a type to a checker
@@ -25,18 +28,6 @@ else:
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    # A moving test pattern instead of a webcam, and camera permission granted without a prompt.
-    "--use-fake-device-for-media-stream",
-    "--use-fake-ui-for-media-stream",
-    # Loopback host candidates, so that ICE with the server (--ice-loopback) stays on 127.0.0.1.
-    "--allow-loopback-in-peer-connection",
-]
 ARTIFACTS = ROOT / "artifacts"
 # At its default 512 px the tiny model makes about 2 frames/s on two cores shared with Chromium, and ICE plus the
 # first frames take a few seconds: generous, but bounded.
