@@ -18,6 +18,7 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc import sdp as aiortc_sdp
+from aiortc.exceptions import InvalidStateError
 
 from . import jitter
 from .ice import end_consent_checks_of_closed_connections
@@ -104,6 +105,7 @@ class PeerConnections:
     def __init__(self) -> None:
         self._open: set[RTCPeerConnection] = set()
         end_consent_checks_of_closed_connections()
+        end_connects_of_closed_connections()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -149,6 +151,30 @@ class PeerConnections:
             await pc.close()
         except Exception as error:  # a connection made from a broken offer may fail to close; it is dropped anyway
             log.warning("closing a peer connection failed: %r", error)
+
+
+def end_connects_of_closed_connections() -> None:
+    """Process-wide and idempotent: a peer connection closed while it connects ends its connecting quietly.
+
+    aiortc 1.x connects in a task of its own that nobody awaits (`RTCPeerConnection.__connect`), one transport after
+    another; closed meanwhile (a WHIP DELETE right after its POST), the next transport's start raises
+    InvalidStateError("RTCIceTransport is closed"), logged as "Task exception was never retrieved" with a traceback
+    (seen in `tests/test_admission.py`'s burst of publishers on a loaded machine). A connection still open that
+    fails to connect raises as before.
+    """
+    original = RTCPeerConnection._RTCPeerConnection__connect  # pyright: ignore[reportAttributeAccessIssue]: name-mangled
+    if getattr(original, "__module__", None) == __name__:  # already the one below
+        return
+
+    async def connect(self: RTCPeerConnection) -> None:
+        try:
+            await original(self)
+        except InvalidStateError:
+            if self.signalingState != "closed":  # set first thing by close(), before its transports stop
+                raise
+            log.info("a peer connection was closed while it connected")
+
+    RTCPeerConnection._RTCPeerConnection__connect = connect  # pyright: ignore[reportAttributeAccessIssue]: as above
 
 
 def _take_dtls_server_role(pc: RTCPeerConnection) -> None:
