@@ -59,8 +59,27 @@ fi
 site="$(mktemp -d)"
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --site-dir "$site"
 rm -rf "$site"
+# Two pytest-xdist workers (LCMLIVE_TEST_WORKERS, 1 for one process), each taking whole modules (their servers are
+# module fixtures), the modules with slow tests first; the tests marked serial then run alone, as their checks hold
+# a real-time pace (a latency, a beat, frames a second) that a test beside them on the same cores would move.
+workers="${LCMLIVE_TEST_WORKERS:-2}"
+run_tests() {
+  if [ "$workers" -le 1 ]; then
+    .venv/bin/python -m pytest "$@"
+    return
+  fi
+  local parallel=0 serial=0
+  .venv/bin/python -m pytest -n "$workers" --dist loadfile --part parallel "$@" || parallel=$?
+  .venv/bin/python -m pytest --part serial "$@" || serial=$?
+  # 5: no test selected in that part (say `-k parity` matches no serial test), fine while the other part ran some.
+  if [ "$parallel" -eq 5 ] && [ "$serial" -eq 5 ]; then return 5; fi
+  [ "$parallel" -eq 5 ] && parallel=0
+  [ "$serial" -eq 5 ] && serial=0
+  [ "$parallel" -eq 0 ] && [ "$serial" -eq 0 ] || return $((parallel ? parallel : serial))
+}
 if [ -n "$quick" ]; then
-  exec .venv/bin/python -m pytest -m "not slow" "$@"
+  run_tests -m "not slow" "$@"
+  exit
 fi
 # Line coverage of the double-buffered executor and its device streams ([tool.coverage.run] in pyproject.toml),
 # printed and held at 90%: the executor's own tests, traced, in a run of their own: 18-19 s of CPU with one model
@@ -68,4 +87,4 @@ fi
 # on every Python call) cost 20% more CPU on the loopback, fuzz and executor tests (user 163-173 s untraced, 199-205 s
 # traced): minutes of CI's 17.
 .venv/bin/python -m pytest -q tests/test_executor.py --cov --cov-report=term-missing --cov-fail-under=90
-exec .venv/bin/python -m pytest "$@"
+run_tests "$@"

@@ -26,10 +26,29 @@ ROOT = Path(__file__).resolve().parent.parent
 SLOW_KINDS = ("browser", "ray", "packaging")
 
 
+def pytest_addoption(parser):
+    parser.addoption(
+        "--part",
+        choices=("parallel", "serial"),
+        help="run only the tests marked serial, or only the others (scripts/test.sh runs the others on two workers "
+        "with pytest-xdist, then the serial ones alone)",
+    )
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if any(kind in item.keywords for kind in SLOW_KINDS):
             item.add_marker(pytest.mark.slow)
+    part = config.getoption("part")
+    if part is not None:
+        kept = [item for item in items if ("serial" in item.keywords) == (part == "serial")]
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+    # Modules with slow tests first (a stable sort: the rest keep their order): pytest-xdist's `--dist loadfile`
+    # hands out modules in this order, so the long ones start early and the short ones fill in at the end, rather
+    # than one worker finishing the 2-minute gpu-check module alone while the other sits idle.
+    slow_modules = {item.module.__name__ for item in items if "slow" in item.keywords and item.module is not None}
+    items.sort(key=lambda item: item.module is None or item.module.__name__ not in slow_modules)
     if torch.cuda.is_available():
         return
     skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -78,6 +78,7 @@ def test_adaptive_bench_without_matplotlib_names_the_extra_before_running():
     assert "loading" not in result.stdout + result.stderr
 
 
+@pytest.mark.serial  # times the model twice over: a test beside it on the same cores moves the ratio
 def test_adaptive_slowdown_doubles_the_model_work_through_the_cpu_executor(tiny, monkeypatch):
     # The executor's clock reads this thread's CPU time, with one model thread, instead of the wall: the machine is
     # shared, and under other processes' load one frame's wall time ranged from 37 to 870 ms in one run (and with

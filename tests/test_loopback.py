@@ -12,7 +12,9 @@ import pytest
 from server.bench.loopback import LoopbackClient
 from server.media.ice import restrict_ice_to_loopback
 
-pytestmark = pytest.mark.slow  # a live server (20 s to start in a loaded run) for tests of 6-39 s
+# a live server (20 s to start in a loaded run) for tests of 6-39 s
+# serial: its checks hold a real-time pace (scripts/test.sh runs it alone)
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 SIZE = 256
 # What the toy model makes possible, with room to spare: measured through VP8 here, a grey correlation of 0.97

@@ -121,6 +121,7 @@ def tone_share(frames: list, hz: float) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the delay against the latency, frames against seconds: real-time checks
 async def test_a_whip_stream_with_sound_is_recorded_with_a_prompt_change(studio):
     async with WhipPublisher(f"{studio.url}/whip/rec1", tone_hz=TONE_HZ):
         before = await live(studio, "rec1")

@@ -15,7 +15,9 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
-pytestmark = pytest.mark.slow  # the soak: 88 s, and the soak command's refusals 15 s (CI, under load)
+# the soak: 88 s, and the soak command's refusals 15 s (CI, under load)
+# serial: its checks hold a real-time pace (scripts/test.sh runs it alone)
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 # Short timeouts, so that the storm's sockets that never offer, and peers that never connect, are closed by the
 # server within the test. The idle timeout never fires: every publisher sends 30 frames a second.

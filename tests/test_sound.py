@@ -176,6 +176,7 @@ async def wait_until(condition, what: str, timeout: float = TIMEOUT):
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # the delay against the latency, frames against seconds: real-time checks
 async def test_a_whep_viewer_hears_the_publishers_tone_and_a_video_viewer_sees_as_before(studio):
     whip, whep = f"{studio.url}/whip/tone", f"{studio.url}/whep/tone"
     async with (

@@ -16,7 +16,9 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
-pytestmark = pytest.mark.slow  # a live server and a drum machine: 22 s to start (CI, under load)
+# a live server and a drum machine: 22 s to start (CI, under load)
+# serial: its checks hold a real-time pace (scripts/test.sh runs it alone)
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 TIMEOUT = 60
 BPM = 120.0

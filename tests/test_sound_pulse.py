@@ -16,7 +16,9 @@ from server.media.ice import restrict_ice_to_loopback
 
 from conftest import LiveServer
 
-pytestmark = pytest.mark.slow  # 34 s (CI, under load)
+# 34 s (CI, under load)
+# serial: its checks hold a real-time pace (scripts/test.sh runs it alone)
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 TIMEOUT = 60
 BPM = 120.0
