@@ -40,16 +40,34 @@ def load_script():
     return module
 
 
-@pytest.mark.slow  # every step once, tiny-random at 64x64, two at a time: 137-159 s here at load 4-6 (171 s of CPU)
-def test_the_dry_run_passes_every_step_and_writes_the_report(tmp_path):
-    report_path = tmp_path / "gpu-report.json"
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
+    """`scripts/gpu-check --dry-run` once for the module: every step, tiny-random at 64x64, two at a time: 137-159 s
+    here at load 4-6 (171 s of CPU). Its benches' results are checked below as `bench --streams` and `--viewers`'s."""
+    folder = tmp_path_factory.mktemp("gpu-check")
+    report_path = folder / "gpu-report.json"
     done = subprocess.run(
         [str(ROOT / "scripts" / "gpu-check"), "--dry-run", "--report", str(report_path)],
         capture_output=True,
         text=True,
         timeout=1200,
     )
-    report = json.loads(report_path.read_text())
+    return done, json.loads(report_path.read_text()), folder
+
+
+def step_result(report: dict, name: str) -> dict:
+    (step,) = [step for step in report["steps"] if step["name"] == name]
+    assert step["status"] == "passed", step["error_tail"]
+    return step["result"]
+
+
+def finite_and_positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_the_dry_run_passes_every_step_and_writes_the_report(dry_run):
+    done, report, folder = dry_run
     failed = {step["name"]: step["error_tail"] for step in report["steps"] if step["status"] != "passed"}
     assert done.returncode == 0 and not failed, failed
     assert [step["name"] for step in report["steps"]] == STEPS
@@ -72,7 +90,35 @@ def test_the_dry_run_passes_every_step_and_writes_the_report(tmp_path):
     # One table: a row per step, its status and seconds.
     for step in report["steps"]:
         assert any(line.startswith(step["name"]) and "passed" in line for line in done.stdout.splitlines())
-    assert (tmp_path / "gpu-report-logs").is_dir()
+    assert (folder / "gpu-report-logs").is_dir()
+
+
+@pytest.mark.slow
+def test_the_streams_bench_reports_a_batch_gain_per_cpu_second_of_the_models_threads(dry_run):
+    # `bench --streams 2`: two streams, one at a time then batched, each way's fps over the CPU time of the model's
+    # threads (the dry run's step; it ran as a test of its own before, the same command at 1.5 s).
+    report = step_result(dry_run[1], "streams 1,2,4,8")
+    assert finite_and_positive(report["batch_gain"])
+    assert report["gain_measured_on"] == "CPU time of the model's threads"
+    assert report["model_cpu_counted"].startswith("the engine thread + ")
+    (run,) = report["runs"]
+    for way in ("one_at_a_time", "batched"):
+        assert finite_and_positive(run[f"{way}_fps_per_cpu_second"])
+        assert 0 <= run[f"{way}_helper_cpu_share"] < 1
+
+
+@pytest.mark.slow
+def test_the_viewers_bench_reports_a_fanout_cost_ratio_outside_the_models_threads(dry_run):
+    # `bench --viewers 1`: one viewer count, the smallest run (the publisher's and the viewer's processes each take
+    # 6 s of CPU to import aiortc and torch). With one count the ratio is 1 by construction, so the per-frame costs
+    # it divides are checked too.
+    report = step_result(dry_run[1], "viewers 1,4")
+    assert finite_and_positive(report["fanout_cost_ratio"])
+    assert report["model_cpu_counted"].startswith("the engine thread + ")
+    (run,) = report["runs"]
+    assert finite_and_positive(run["model_cpu_ms_per_frame"])
+    assert finite_and_positive(run["outside_model_cpu_ms_per_frame"])
+    assert run["frames_out"] > 1
 
 
 def test_the_gpu_plan_fits_eight_minutes_and_measures_what_the_issue_names():
