@@ -44,16 +44,20 @@ if [ -z "$quick" ]; then
 else
   scripts/bootstrap.sh test,bench,docs
 fi
+# Types over pipelines/, server/ and tests/ ([tool.basedpyright] in pyproject.toml): a call that no longer fits its
+# signature (a test's too) fails here, GPU-only code included. About 50 s of one core: it runs beside the checks
+# below (ruff, the contracts, the docs, the executor's coverage) and the suite's parallel part. Not in the quick loop, which installs no Ray: server/cluster's imports of it would not resolve.
+typecheck=""
+if [ -z "$quick" ]; then
+  typecheck_log="$(mktemp)"
+  .venv/bin/basedpyright > "$typecheck_log" 2>&1 &
+  typecheck=$!
+  trap 'kill "$typecheck" 2>/dev/null || true' EXIT  # a check below failed: the type check stops with the script
+fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/pre-commit validate-config .pre-commit-config.yaml  # the hooks a contributor installs (0.3 s)
 .venv/bin/lint-imports --no-cache  # the layers in .importlinter: an upward import fails here with its contract's name
-# Types over pipelines/, server/ and tests/ ([tool.basedpyright] in pyproject.toml): a call that no longer fits its
-# signature (a test's too) fails here, GPU-only code included. About a minute on a 2-core machine (50 s of CPU). Not
-# in the quick loop, which installs no Ray: server/cluster's imports of it would not resolve.
-if [ -z "$quick" ]; then
-  .venv/bin/basedpyright
-fi
 # The docs site (mkdocs.yml): a link to a missing page or anchor, or a page left out of the nav, fails the build.
 # About 2 s, and 11 s to install the docs extra once, measured here.
 site="$(mktemp -d)"
@@ -62,19 +66,34 @@ rm -rf "$site"
 # Two pytest-xdist workers (LCMLIVE_TEST_WORKERS, 1 for one process), each taking whole modules (their servers are
 # module fixtures), the modules with slow tests first; the tests marked serial then run alone, as their checks hold
 # a real-time pace (a latency, a beat, frames a second) that a test beside them on the same cores would move.
+# The type check, started above, is waited for once the parallel part is done: before the serial tests, which it
+# would slow.
 workers="${LCMLIVE_TEST_WORKERS:-2}"
-run_tests() {
-  if [ "$workers" -le 1 ]; then
-    .venv/bin/python -m pytest "$@"
-    return
+finish_typecheck() {
+  [ -z "$typecheck" ] && return 0
+  if wait "$typecheck"; then
+    tail -n 1 "$typecheck_log"
+  else
+    cat "$typecheck_log"
+    return 1
   fi
-  local parallel=0 serial=0
+}
+run_tests() {
+  local parallel=0 serial=0 typed=0
+  if [ "$workers" -le 1 ]; then
+    finish_typecheck || typed=$?
+    .venv/bin/python -m pytest "$@" || serial=$?
+    [ "$typed" -eq 0 ] || return "$typed"
+    return "$serial"
+  fi
   .venv/bin/python -m pytest -n "$workers" --dist loadfile --part parallel "$@" || parallel=$?
+  finish_typecheck || typed=$?
   .venv/bin/python -m pytest --part serial "$@" || serial=$?
   # 5: no test selected in that part (say `-k parity` matches no serial test), fine while the other part ran some.
   if [ "$parallel" -eq 5 ] && [ "$serial" -eq 5 ]; then return 5; fi
   [ "$parallel" -eq 5 ] && parallel=0
   [ "$serial" -eq 5 ] && serial=0
+  [ "$typed" -eq 0 ] || return "$typed"
   [ "$parallel" -eq 0 ] && [ "$serial" -eq 0 ] || return $((parallel ? parallel : serial))
 }
 if [ -n "$quick" ]; then
