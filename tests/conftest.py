@@ -83,6 +83,9 @@ def frame() -> np.ndarray:
 class LiveServer:
     """`lcmlive serve` in a subprocess on a free loopback port; stopped (SIGINT) when the fixture ends."""
 
+    # Load, import and bind: 5-20 s on the 2-core machine, more while the other test worker loads it too.
+    START_SECONDS = 90
+
     def __init__(self, *args: str) -> None:
         self.token = args[args.index("--token") + 1] if "--token" in args else None
         self.port = free_port()
@@ -101,7 +104,7 @@ class LiveServer:
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, name=f"lcmlive-{self.port}-output", daemon=True)
         self._reader.start()
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + self.START_SECONDS
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 self._reader.join(timeout=5)
@@ -112,7 +115,7 @@ class LiveServer:
             except OSError:
                 time.sleep(0.3)
         self.stop()
-        raise RuntimeError("lcmlive serve did not answer /health within 90 s")
+        raise RuntimeError(f"lcmlive serve did not answer /health within {self.START_SECONDS} s")
 
     def health(self) -> dict:
         return self.get_json("/health")

@@ -146,6 +146,7 @@ async def test_pages_from_other_origins_are_refused_unless_allowed():
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # real-time checks: an exit within 5 s; a recording kept to within 1 s of a kill
 async def test_sigterm_tells_every_client_and_exits_cleanly_within_five_seconds():
     server = LiveServer()
     async with (

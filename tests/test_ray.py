@@ -47,6 +47,9 @@ def loopback_ice():
 
 
 class Cluster(LiveServer):
+    # Ray, Serve and two replicas before /health answers: 30 s alone in CI, 64 s beside the other test worker, over
+    # 90 s with two others (three workers, tried once).
+    START_SECONDS = 180
     osc: SimpleUDPClient  # a client that sends to its OSC port
     osc_port: int
     scenes: Path  # its scene file

@@ -261,6 +261,7 @@ async def test_a_recording_is_refused_below_the_free_space_minimum(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.serial  # real-time checks: an exit within 5 s; a recording kept to within 1 s of a kill
 async def test_a_recording_survives_kill_9_of_the_server(tmp_path):
     record_dir = tmp_path / "recordings"
     server = LiveServer("--record-dir", str(record_dir), "--record-min-free", "0")
