@@ -223,8 +223,10 @@ def run_step(
             returncode: int | None = process.wait(timeout=max(limit, 1.0))
         except subprocess.TimeoutExpired:
             returncode = None
-            stop_group(process)
         finally:
+            # Its session whether it overran, ended leaving a child (a bench's viewer, a compile worker) or was
+            # interrupted (Ctrl-C here reaches only this process: the step runs in a session of its own).
+            stop_group(process)
             RUNNING.discard(process)
         seconds = time.monotonic() - started
         out.seek(0)

@@ -46,7 +46,8 @@ else
 fi
 # Types over pipelines/, server/ and tests/ ([tool.basedpyright] in pyproject.toml): a call that no longer fits its
 # signature (a test's too) fails here, GPU-only code included. About 50 s of one core: it runs beside the checks
-# below (ruff, the contracts, the docs, the executor's coverage) and the suite's parallel part. Not in the quick loop, which installs no Ray: server/cluster's imports of it would not resolve.
+# below (ruff, the contracts, the docs, the executor's coverage) and the suite's parallel part. Not in the quick
+# loop, which installs no Ray: server/cluster's imports of it would not resolve.
 typecheck=""
 if [ -z "$quick" ]; then
   typecheck_log="$(mktemp)"
@@ -79,22 +80,21 @@ finish_typecheck() {
   fi
 }
 run_tests() {
-  local parallel=0 serial=0 typed=0
+  local status=0 parallel=0 serial=0
   if [ "$workers" -le 1 ]; then
-    finish_typecheck || typed=$?
-    .venv/bin/python -m pytest "$@" || serial=$?
-    [ "$typed" -eq 0 ] || return "$typed"
-    return "$serial"
+    finish_typecheck || status=1
+    .venv/bin/python -m pytest "$@" || status=$?
+    return "$status"
   fi
   .venv/bin/python -m pytest -n "$workers" --dist loadfile --part parallel "$@" || parallel=$?
-  finish_typecheck || typed=$?
+  finish_typecheck || status=1
   .venv/bin/python -m pytest --part serial "$@" || serial=$?
   # 5: no test selected in that part (say `-k parity` matches no serial test), fine while the other part ran some.
   if [ "$parallel" -eq 5 ] && [ "$serial" -eq 5 ]; then return 5; fi
-  [ "$parallel" -eq 5 ] && parallel=0
-  [ "$serial" -eq 5 ] && serial=0
-  [ "$typed" -eq 0 ] || return "$typed"
-  [ "$parallel" -eq 0 ] && [ "$serial" -eq 0 ] || return $((parallel ? parallel : serial))
+  for part in "$parallel" "$serial"; do
+    if [ "$part" -ne 0 ] && [ "$part" -ne 5 ]; then status=$part; fi
+  done
+  return "$status"
 }
 if [ -n "$quick" ]; then
   run_tests -m "not slow" "$@"

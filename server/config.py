@@ -36,9 +36,7 @@ DEFAULT_BITRATE_KBPS = 2500
 # first picture, on 2 cores with the browser beside the server (scripts/screenshots.py, 3 runs each at load 1-2.5):
 # at 8 fps it settled at 192x128, at 6 fps at 256x192 (twice the Laplacian variance of the output). The CPU ladder
 # stops at 192: its 128 rung is a 128x128 square of the 4:3 camera, where the toy's shapes are blobs (at load 7-9
-# the 8 fps default sat there), and the controller, which predicts a rung's time from its longest side, takes
-# 128x128 to 192x128 for 2.25x the work (it is 1.5x), so a stream that fell there stayed ("steady" at 6 fps, 80 ms
-# a frame, where 192x128 ran in 100).
+# the 8 fps default sat there).
 DEFAULT_MAX_RESOLUTION = {"cuda": 512, "cpu": 256}
 DEFAULT_MIN_RESOLUTION = {"cuda": 128, "cpu": 192}
 DEFAULT_TARGET_FPS = {"cuda": 30.0, "cpu": 6.0}

@@ -104,7 +104,7 @@ class StreamWorker:
             max_side=self.pacing.max_resolution,
             floor=self.pacing.min_resolution,
         )
-        self._camera_side = 0  # the camera's longest side, which caps the ladder
+        self._camera_size: tuple[int, int] | None = None  # (width, height): its longest side caps the ladder
         self._device_busy = device_busy
         self._busy_mark: tuple[float, float] | None = None  # (wall time, device busy seconds) at the last frame
         # Similarity skip: a small grey thumbnail of the last camera frame that ran the model, and its result.
@@ -274,18 +274,17 @@ class StreamWorker:
     def _fit_ladder_to_camera(self, width: int, height: int) -> None:
         """No rung above the camera's own size: above it every rung gives the same picture, and stepping down
         through them would change nothing. The controller predicts a rung's cost from the pixels it processes."""
-        self.controller.frame_shape(width, height)
-        camera_side = max(width, height)
-        if camera_side == self._camera_side:
+        if (width, height) == self._camera_size:
             return
-        self._camera_side = camera_side
+        self._camera_size = (width, height)
+        self.controller.frame_shape(width, height)
         self._configure_controller()
 
     def _configure_controller(self) -> None:
         params = self.pacing
         largest = params.max_resolution
-        if self._camera_side:
-            largest = min(largest, max(64, self._camera_side // 64 * 64))
+        if self._camera_size is not None:
+            largest = min(largest, max(64, max(self._camera_size) // 64 * 64))
         self.controller.configure(params.target_fps, largest, min(params.min_resolution, largest))
 
     def _similar_to_last(self, frame: VideoFrame) -> bool:

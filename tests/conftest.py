@@ -41,8 +41,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
     part = config.getoption("part")
     if part is not None:
-        kept = [item for item in items if ("serial" in item.keywords) == (part == "serial")]
-        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        kept, left = [], []
+        for item in items:
+            (kept if ("serial" in item.keywords) == (part == "serial") else left).append(item)
+        config.hook.pytest_deselected(items=left)
         items[:] = kept
     # Modules with slow tests first (a stable sort: the rest keep their order): pytest-xdist's `--dist loadfile`
     # hands out modules in this order, so the long ones start early and the short ones fill in at the end, rather

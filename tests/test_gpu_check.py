@@ -52,6 +52,7 @@ def dry_run(tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict, Path]:
         text=True,
         timeout=1200,
     )
+    assert report_path.exists(), done.stdout + done.stderr  # it stopped before writing its report
     return done, json.loads(report_path.read_text()), folder
 
 

@@ -13,10 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageSequence
 
+from server.bench.chromium import CHROMIUM
+
 from conftest import ROOT
 
-if not Path("/usr/bin/chromium").exists():
-    pytest.skip("no Chromium at /usr/bin/chromium", allow_module_level=True)
+if not Path(CHROMIUM).exists():
+    pytest.skip(f"no Chromium at {CHROMIUM}", allow_module_level=True)
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 pytestmark = pytest.mark.browser
