@@ -97,7 +97,7 @@ def test_adaptive_slowdown_doubles_the_model_work_through_the_cpu_executor(tiny,
         frame = moving_pattern(128, 128, 0)
         executor.result(executor.submit([pipe.prepare(frame)]))[0]  # warm-up
         plain_seconds, slowed_seconds = [], []
-        for _ in range(3):
+        for _ in range(5):
             unet_calls.clear()
             executor.stylise = stylise_batch
             plain = executor.result(executor.submit([pipe.prepare(frame)]))[0]
@@ -113,8 +113,12 @@ def test_adaptive_slowdown_doubles_the_model_work_through_the_cpu_executor(tiny,
         hook.remove()
         executor.close()
         torch.set_num_threads(threads)
-    # The model's own time, as the controller sees it: about twice.
-    assert 1.6 <= statistics.median(slowed_seconds) / statistics.median(plain_seconds) <= 2.4
+    # The model's own time, as the controller sees it: about twice. What this guards against is a clock that misses
+    # the reruns (a ratio of 1) or counts them again (3 and more). Even this thread's CPU time varies: in one CI run
+    # the plain frame took 42, 50 and 65 ms and the slowed one 104, 123 and 127 ms (medians 2.45x apart; 1.87-2.16x
+    # in nine runs here, three of them beside two busy loops), so the bounds leave room and five pairs are taken.
+    ratio = statistics.median(slowed_seconds) / statistics.median(plain_seconds)
+    assert 1.5 <= ratio <= 2.8, (plain_seconds, slowed_seconds)
 
 
 @pytest.mark.parametrize("model", ["tiny", "tiny-lcm-lora"])
