@@ -11,14 +11,24 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     from .metrics import StreamMetrics
 
 RECENT_LATENCIES = 1000
+# A picture held to the sound's delay leaves in step with it; one readier than the delay is held, one later leaves
+# late (its sound early by the difference). Each frame's latency swings around its median (tiny at 2 fps on the
+# 2-core CPU: the model's own time 290-400 ms, median 305 ms, slowed), so the delay follows a high percentile of the
+# last seconds' ready latencies: most pictures are held a little, few are late. `lcmlive bench --av`, four runs:
+# the hold's median 6-16 ms, 9-27 ms slowed; the latency p50 +20 ms, +40-60 ms slowed, against runs without it.
+READY_PERCENTILE = 90
+READY_WINDOW_SECONDS = 2.0
 # The stages of a frame's way through the server (FrameTimes.stages): the decoder, the wait in the mailbox for
 # the engine, the engine's own work around the model (conversion, preparation, collection), the model, the
-# encoder (with the hop to the event loop and the feed's slot), and the wait for a viewer's sender.
-STAGES = ("decode", "wait", "prepare", "model", "encode", "send")
+# encoder (with the hop to the event loop and the feed's slot), the hold that keeps the picture in step with the
+# stream's sound (none without listeners), and the wait for a viewer's sender.
+STAGES = ("decode", "wait", "prepare", "model", "encode", "hold", "send")
 
 
 @dataclass(slots=True)
@@ -26,9 +36,10 @@ class FrameTimes:
     """When one camera frame passed each point on its way through the server (time.monotonic(); nan: not yet).
 
     arrival: its last RTP packet came; decoded: aiortc's decoder handed it over; taken: the engine took it from the
-    mailbox; done: the model's picture is back; encoded: the feed's encoder has its packet; sent: a viewer's sender
-    took that packet to send. `model_seconds`: the model's own time, within taken to done. A frame the engine made
-    itself (txt2img) arrives when it is taken.
+    mailbox; done: the model's picture is back; encoded: the feed's encoder has its packet; released: the feed offered
+    it to the senders (later than encoded while it was held for the sound); sent: a viewer's sender took it to send.
+    `model_seconds`: the model's own time, within taken to done. A frame the engine made itself (txt2img) arrives
+    when it is taken.
     """
 
     arrival: float
@@ -36,6 +47,7 @@ class FrameTimes:
     taken: float = math.nan
     done: float = math.nan
     encoded: float = math.nan
+    released: float = math.nan
     sent: float = math.nan
     model_seconds: float = 0.0
 
@@ -47,12 +59,18 @@ class FrameTimes:
             "prepare": self.done - self.taken - self.model_seconds,
             "model": self.model_seconds,
             "encode": self.encoded - self.done,
-            "send": self.sent - self.encoded,
+            "hold": self.released - self.encoded,
+            "send": self.sent - self.released,
         }
 
     @property
     def latency(self) -> float:
         return self.sent - self.arrival
+
+    @property
+    def ready_latency(self) -> float:
+        """Arrival to encoded: the latency the picture would have had without a hold."""
+        return self.encoded - self.arrival
 
 
 @dataclass
@@ -111,6 +129,17 @@ class StreamStats:
         since = time.monotonic() - seconds
         recent = list(itertools.takewhile(lambda entry: entry[0] >= since, reversed(self.recent_latencies)))
         return statistics.median(latency for _, latency in recent) if recent else None
+
+    def recent_ready_latency(self, seconds: float = READY_WINDOW_SECONDS) -> float | None:
+        """The READY_PERCENTILE of the ready latencies (arrival to encoded) of the frames sent in the last `seconds`
+        (None if none was): what the stream's sound follows, and, through the sound's delay, what the picture is
+        held to while the sound has listeners. The ready latency, not the sent one: a held picture's latency is the
+        sound's delay, and following it would never let the delay fall."""
+        since = time.monotonic() - seconds
+        recent = list(itertools.takewhile(lambda times: times.sent >= since, reversed(self.recent_times)))
+        if not recent:
+            return None
+        return float(np.percentile([times.ready_latency for times in recent], READY_PERCENTILE))
 
     def set(self, **values: object) -> None:
         """Set fields (sizes, state) from the engine thread while the loop may be taking a snapshot."""

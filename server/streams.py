@@ -84,11 +84,13 @@ class Stream:
         self.stats = worker.stats
         self.picture = worker.picture
         self.control = worker.control
-        # The first audio m-line the source sends is the stream's sound, delayed by the picture's latency.
+        # The first audio m-line the source sends is the stream's sound, delayed by the picture's latency; the
+        # picture waits for the sound's delay while someone listens (media/feed.py).
         has_sound = bool(offered_transceivers(source, "audio", sends=True))
-        self.sound = SoundFeed(f"{name}-sound", self.stats.recent_latency) if has_sound else None
-        if self.sound is not None:  # the params' modulations read the sound's features once a frame
-            worker.sound_levels = self.sound.features.snapshot
+        self.sound = SoundFeed(f"{name}-sound", self.stats.recent_ready_latency) if has_sound else None
+        if self.sound is not None:
+            worker.sound_levels = self.sound.features.snapshot  # the params' modulations read them once a frame
+            self.picture.hold_to = self.sound.picture_latency
         self.viewers: dict[str, Viewer] = {}
         self.joining_viewers = 0  # admitted, their offers being answered: they count against --max-viewers
         self.listeners: set[Listener] = set()

@@ -43,10 +43,12 @@ async def test_every_frame_sent_is_stamped_at_each_stage_and_the_stages_add_up_t
     assert reply.status == 200, reply
     assert len(frames) >= 5, len(frames)
     for times in frames:
-        marks = (times.arrival, times.decoded, times.taken, times.done, times.encoded, times.sent)
+        marks = (times.arrival, times.decoded, times.taken, times.done, times.encoded, times.released, times.sent)
         assert all(math.isfinite(mark) for mark in marks), times
         # Arrival is the last packet's, before the decoder handed the frame over (the receive buffer's stamp).
-        assert times.arrival < times.decoded <= times.taken <= times.done <= times.encoded <= times.sent, times
+        assert (
+            times.arrival < times.decoded <= times.taken <= times.done <= times.encoded <= times.released <= times.sent
+        ), times
         assert 0 < times.model_seconds <= times.done - times.taken, times
         stages = times.stages()
         assert tuple(stages) == STAGES

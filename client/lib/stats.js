@@ -12,6 +12,7 @@ const STAT_LABELS = {
   stage_prepare: "· prepare ms",
   stage_model: "· model ms",
   stage_encode: "· encode ms",
+  stage_hold: "· hold ms",
   stage_send: "· send ms",
   sound_delay_ms: "sound delay ms",
   size: "size",

@@ -8,6 +8,10 @@ sender: aiortc's sender packetises packets it is given instead of encoding frame
 A subscriber that has not sent its last packet when the next one comes has lost a picture that the following
 ones refer to: it skips to the next keyframe, which it asks the encoder for (as a viewer's PLI does).
 
+While the stream's sound has listeners, each picture is held until it is as old as the sound's delay
+(`hold_to`): both leave together, and the sound's delay follows a high percentile of the pictures' latencies
+(stats.py, READY_PERCENTILE), so that most pictures are held a little and few are late.
+
 A picture is sent when the first subscriber's sender takes its packet: the stream's latency ends there.
 """
 
@@ -17,6 +21,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Callable
 
 import av
 from aiortc import MediaStreamTrack
@@ -26,6 +31,9 @@ from av import VideoFrame
 from ..stats import FrameTimes, StreamStats
 from .encoder import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, VideoEncoder
 from .fanout import FanOut
+
+# A longer hold would be a sound delay far off the picture's (a publisher's clock that restarted): not held for.
+MAX_HOLD_SECONDS = 1.0
 
 
 class Feed(FanOut["PacketTrack"]):
@@ -46,6 +54,8 @@ class Feed(FanOut["PacketTrack"]):
         self._last_pts = -1
         self.encodes = 0  # frames encoded, summed over codecs: one per frame per codec, whatever the viewers
         self.encode_seconds = 0.0
+        # The latency each picture is held to before it leaves (the sound's delay), None for no hold.
+        self.hold_to: Callable[[], float | None] | None = None
 
     def publish(self, frame: VideoFrame, arrival: float, times: FrameTimes | None = None) -> None:
         """From the engine thread: a finished picture, the arrival time of the camera frame it came from, and the
@@ -99,10 +109,20 @@ class Feed(FanOut["PacketTrack"]):
             self.encode_seconds += time.perf_counter() - started
             self.encodes += len(encoders)
             times.encoded = time.monotonic()
+            await self._hold(times)
+            times.released = time.monotonic()
             for track in list(self._subscribers):
                 packet = packets.get(track.codec) if track.codec is not None else None
                 if packet is not None:
                     track.offer(packet, times)
+
+    async def _hold(self, times: FrameTimes) -> None:
+        """Wait until the picture is as old as `hold_to` says (a newer one meanwhile waits in the slot)."""
+        latency = self.hold_to() if self.hold_to is not None else None
+        if latency is not None:
+            wait = min(times.arrival + latency - time.monotonic(), MAX_HOLD_SECONDS)
+            if wait > 0:
+                await asyncio.sleep(wait)
 
     def _stamp(self, frame: VideoFrame) -> None:
         """Monotonic timestamps on a 90 kHz clock from the feed's first frame: viewers play at the real pace."""

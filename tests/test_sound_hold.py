@@ -1,0 +1,91 @@
+"""The picture held for its sound: while the sound has listeners, each picture leaves as old as the sound's delay
+(less its aim), and the delay follows a high percentile of the pictures' ready latencies, not their held ones."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+
+import numpy as np
+from av import VideoFrame
+
+from server.media.delayline import SAMPLE_RATE, START_HOLD_SECONDS
+from server.media.feed import MAX_HOLD_SECONDS, Feed
+from server.media.sound import AIM_LATE_SECONDS, OPUS, SoundFeed
+from server.stats import READY_PERCENTILE, FrameTimes, StreamStats
+
+PICTURE = VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+
+
+async def send_one(feed: Feed, track, age: float) -> FrameTimes:
+    """Publish a picture whose camera frame arrived `age` seconds ago; return its times once a sender took it."""
+    arrival = time.monotonic() - age
+    times = FrameTimes(arrival, arrival, taken=arrival, done=arrival)
+    feed.publish(PICTURE, arrival, times)
+    await asyncio.wait_for(track.recv(), 10)
+    return times
+
+
+async def test_a_picture_leaves_as_old_as_the_hold_and_no_older_without_one():
+    stats = StreamStats()
+    feed = Feed("held", stats)
+    track = feed.subscribe()
+    track.bind("video/VP8")
+    try:
+        feed.hold_to = lambda: 0.25
+        held = await send_one(feed, track, age=0.05)
+        assert 0.25 <= held.released - held.arrival < 0.25 + 0.05, held
+        assert held.stages()["hold"] > 0.1, held.stages()
+        assert math.isclose(sum(held.stages().values()), held.latency, abs_tol=1e-9)
+
+        late = await send_one(feed, track, age=0.4)  # older than the hold already: not held
+        assert late.stages()["hold"] < 0.05, late.stages()
+
+        feed.hold_to = lambda: 5.0  # a delay far off the picture's: held at most MAX_HOLD_SECONDS
+        capped = await send_one(feed, track, age=0.0)
+        assert capped.stages()["hold"] < MAX_HOLD_SECONDS + 0.05, capped.stages()
+
+        feed.hold_to = lambda: None  # nobody listens to the sound
+        free = await send_one(feed, track, age=0.0)
+        assert free.stages()["hold"] < 0.05, free.stages()
+    finally:
+        await feed.close()
+    assert stats.frames_out == 4
+
+
+def test_the_sound_follows_the_ready_latency_s_high_percentile_not_the_held_one():
+    stats = StreamStats()
+    now = time.monotonic()
+    ready = [0.10, 0.11, 0.12, 0.13, 0.14, 0.15, 0.16, 0.17, 0.18, 0.30]
+    for index, seconds in enumerate(ready):
+        arrival = now - 1.0 + index * 0.05
+        times = FrameTimes(arrival, arrival, taken=arrival, done=arrival)
+        times.encoded = arrival + seconds
+        times.released = times.sent = arrival + 0.3  # all held to 0.3 s
+        stats.sent(times)
+    assert math.isclose(stats.recent_ready_latency(), float(np.percentile(ready, READY_PERCENTILE)))
+    assert stats.recent_ready_latency() < 0.3  # the held latency would keep the delay up for good
+    assert stats.recent_ready_latency(seconds=0.01) is None  # none sent that recently
+
+
+async def test_the_picture_is_held_to_the_sound_s_delay_only_while_someone_listens():
+    sound = SoundFeed("hold", lambda: 0.2)
+    try:
+        assert sound.picture_latency() is None  # nobody listens
+        listener = sound.subscribe()
+        listener.bind(OPUS)
+        start = time.monotonic()
+        written = 0
+        while (elapsed := time.monotonic() - start) < START_HOLD_SECONDS + 2.0:  # a tone in real time, as sent
+            due = int(elapsed * SAMPLE_RATE)
+            sound.line.write(np.full((due - written, 2), 1000, np.int16), time.monotonic())
+            written = due
+            await asyncio.sleep(0.01)
+        assert sound.delay is not None
+        assert math.isclose(sound.picture_latency(), sound.delay - AIM_LATE_SECONDS)
+        assert abs(sound.picture_latency() - 0.2) < 0.03, sound.delay  # the target, within the dead band
+        listener.stop()
+        assert sound.picture_latency() is None
+    finally:
+        await sound.close()
