@@ -401,7 +401,8 @@ def main(args: argparse.Namespace) -> dict:
     )
     for name, label in (("", "before"), ("_slowed", "slowed")):
         stages = ", ".join(f"{stage} {ms}" for stage, ms in result[f"stages_ms_p50{name}"].items())
-        print(f"  server stages p50 {label} (ms): {stages}; all but the model {result[f'outside_model_ms_p50{name}']}")
+        outside = result[f"outside_model_ms_p50{name}"]
+        print(f"  server stages p50 {label} (ms): {stages}; all but the model and the hold {outside}")
     return result
 
 

@@ -46,7 +46,7 @@ CATCH_UP_SECONDS = 0.2
 # reaches the viewer AIM - 11 ms before it (its few ms more on the way). A picture slower than the hold leaves late,
 # its sound early by the difference: seen up to 27 ms slowed, up to 74 ms once the model's time rose again (tiny at
 # 2 fps on the 2-core CPU, `lcmlive bench --av`). R37 is lopsided, and so is what is left: the aim sits late in the
-# window (held pictures at +23..+29 ms at the viewer), which leaves 64 ms for a late picture before -40.
+# window (held pictures at about +24 ms at the viewer), which leaves 64 ms for a late picture before -40.
 # Without the hold (the sound at the median latency + 15 ms): 13-14 of 14 flashes inside, -73..+49 ms; with it and
 # this aim, 14 of 14 in four runs, -2..+29 ms.
 AIM_LATE_SECONDS = 0.035
