@@ -26,7 +26,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import cv2
 import numpy as np
@@ -34,9 +34,12 @@ from PIL import Image, ImageDraw
 
 from server.bench.chromium import CHROMIUM, CHROMIUM_ARGS
 
+if TYPE_CHECKING:
+    from playwright.sync_api import ViewportSize
+
 ROOT = Path(__file__).resolve().parent.parent
 
-VIEWPORT = {"width": 1280, "height": 720}
+VIEWPORT: ViewportSize = {"width": 1280, "height": 720}
 # The pictures are taken once the processing size has held this long (the adaptation has settled).
 SETTLE_S = 4.0
 SETTLE_TIMEOUT_S = 40.0
@@ -316,7 +319,7 @@ def photograph(server: Server, folder: Path, prompt: str | None, params: dict, l
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("folder", nargs="?", type=Path, default=ROOT / "docs" / "images")
     parser.add_argument("--prompt", help="typed into the page's prompt (default: the model's first prompt)")
     parser.add_argument("--params", type=json.loads, default={}, help="stream params (JSON) set before the prompt")

@@ -44,7 +44,7 @@ if [ -z "$quick" ]; then
 else
   scripts/bootstrap.sh test,bench,docs
 fi
-# Types over pipelines/, server/ and tests/ ([tool.basedpyright] in pyproject.toml): a call that no longer fits its
+# Types over pipelines/, server/, tests/ and scripts/ ([tool.basedpyright] in pyproject.toml): a call that no longer fits its
 # signature (a test's too) fails here, GPU-only code included. About 50 s of one core: it runs beside the checks
 # below (ruff, the contracts, the docs, the executor's coverage) and the suite's parallel part. Not in the quick
 # loop, which installs no Ray: server/cluster's imports of it would not resolve.
