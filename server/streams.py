@@ -90,7 +90,9 @@ class Stream:
         self.sound = SoundFeed(f"{name}-sound", self.stats.recent_ready_latency) if has_sound else None
         if self.sound is not None:
             worker.sound_levels = self.sound.features.snapshot  # the params' modulations read them once a frame
-            self.picture.hold_to = self.sound.picture_latency
+            for feed in (self.picture, self.control):  # the control map stays in step with the picture
+                if feed is not None:
+                    feed.hold_to = self.sound.picture_latency
         self.viewers: dict[str, Viewer] = {}
         self.joining_viewers = 0  # admitted, their offers being answered: they count against --max-viewers
         self.listeners: set[Listener] = set()

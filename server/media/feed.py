@@ -8,9 +8,10 @@ sender: aiortc's sender packetises packets it is given instead of encoding frame
 A subscriber that has not sent its last packet when the next one comes has lost a picture that the following
 ones refer to: it skips to the next keyframe, which it asks the encoder for (as a viewer's PLI does).
 
-While the stream's sound has listeners, each picture is held until it is as old as the sound's delay
+While the stream's sound has listeners, each picture, once encoded, is held until it is as old as the sound's delay
 (`hold_to`): both leave together, and the sound's delay follows a high percentile of the pictures' latencies
-(stats.py, READY_PERCENTILE), so that most pictures are held a little and few are late.
+(stats.py, READY_PERCENTILE), so that most pictures are held a little and few are late. Held pictures wait in order,
+each for its own time: the hold delays the stream as a whole, it does not slow it down.
 
 A picture is sent when the first subscriber's sender takes its packet: the stream's latency ends there.
 """
@@ -21,6 +22,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections import deque
 from collections.abc import Callable
 
 import av
@@ -32,7 +34,7 @@ from ..stats import FrameTimes, StreamStats
 from .encoder import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, VideoEncoder
 from .fanout import FanOut
 
-# A longer hold would be a sound delay far off the picture's (a publisher's clock that restarted): not held for.
+# A longer hold would be a sound delay far off the picture's (a publisher's clock that restarted): not held at all.
 MAX_HOLD_SECONDS = 1.0
 
 
@@ -56,6 +58,12 @@ class Feed(FanOut["PacketTrack"]):
         self.encode_seconds = 0.0
         # The latency each picture is held to before it leaves (the sound's delay), None for no hold.
         self.hold_to: Callable[[], float | None] | None = None
+        # Encoded pictures waiting for their time, in order: (due, packets by codec, times). A picture is encoded
+        # as soon as it is taken and waits here, so that one held does not hold up the next (at 30 fps a hold of
+        # over 33 ms would otherwise have the one-slot mailbox drop pictures); bounded by MAX_HOLD_SECONDS.
+        self._held: deque[tuple[float, dict[str, av.Packet | None], FrameTimes]] = deque()
+        self._release_timer: asyncio.TimerHandle | None = None
+        self._last_due = 0.0
 
     def publish(self, frame: VideoFrame, arrival: float, times: FrameTimes | None = None) -> None:
         """From the engine thread: a finished picture, the arrival time of the camera frame it came from, and the
@@ -100,7 +108,8 @@ class Feed(FanOut["PacketTrack"]):
             codecs = {track.codec for track in self._subscribers if track.codec is not None}
             if not codecs:
                 continue  # nobody receives this feed now: nothing to encode
-            self._stamp(frame)
+            due = self._due(times)
+            self._stamp(frame, due)
             keyframes = codecs & self._keyframes_wanted
             self._keyframes_wanted -= keyframes
             encoders = {codec: self._encoder(codec) for codec in codecs}
@@ -109,27 +118,49 @@ class Feed(FanOut["PacketTrack"]):
             self.encode_seconds += time.perf_counter() - started
             self.encodes += len(encoders)
             times.encoded = time.monotonic()
-            await self._hold(times)
-            times.released = time.monotonic()
+            self._held.append((due, packets, times))
+            self._release_due()
+
+    def _due(self, times: FrameTimes) -> float:
+        """When the picture is to leave: at once, or, while `hold_to` gives a latency, once it is that old; never
+        before the one before it."""
+        now = time.monotonic()
+        latency = self.hold_to() if self.hold_to is not None else None
+        due = times.arrival + latency if latency is not None else now
+        if due - now > MAX_HOLD_SECONDS:
+            due = now
+        due = max(due, now, self._last_due)
+        self._last_due = due
+        return due
+
+    def _release_due(self) -> None:
+        """Offer the held pictures whose time has come, in order, and wake up for the next one."""
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+            self._release_timer = None
+        now = time.monotonic()
+        while self._held and self._held[0][0] <= now:
+            _, packets, times = self._held.popleft()
+            times.released = now
             for track in list(self._subscribers):
                 packet = packets.get(track.codec) if track.codec is not None else None
                 if packet is not None:
                     track.offer(packet, times)
+        if self._held:
+            self._release_timer = self._loop.call_later(self._held[0][0] - now, self._release_due)
 
-    async def _hold(self, times: FrameTimes) -> None:
-        """Wait until the picture is as old as `hold_to` says (a newer one meanwhile waits in the slot)."""
-        latency = self.hold_to() if self.hold_to is not None else None
-        if latency is not None:
-            wait = min(times.arrival + latency - time.monotonic(), MAX_HOLD_SECONDS)
-            if wait > 0:
-                await asyncio.sleep(wait)
+    async def close(self) -> None:
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+        self._held.clear()
+        await super().close()
 
-    def _stamp(self, frame: VideoFrame) -> None:
-        """Monotonic timestamps on a 90 kHz clock from the feed's first frame: viewers play at the real pace."""
-        now = time.monotonic()
+    def _stamp(self, frame: VideoFrame, due: float) -> None:
+        """Timestamps on a 90 kHz clock from the feed's first frame, of when each picture is due to leave (a held one
+        later than it was made): viewers play at the real pace, and the hold is not jitter to them."""
         if self._start is None:
-            self._start = now
-        pts = max(int((now - self._start) * VIDEO_CLOCK_RATE), self._last_pts + 1)
+            self._start = due
+        pts = max(int((due - self._start) * VIDEO_CLOCK_RATE), self._last_pts + 1)
         self._last_pts = pts
         frame.pts, frame.time_base = pts, VIDEO_TIME_BASE
 
