@@ -47,7 +47,16 @@ LOOP_S = 4.0
 LOOP_INTERVAL_MS = 100
 MAX_LOOP_BYTES = 2_000_000
 SCREENSHOTS = 12
+# The clip's white disc: about 3.7% of the picture (a 60 px radius in 640x480).
+DISC_SHARE = 0.03
 SCREENSHOT_INTERVAL_MS = 150
+
+# The camera: a clip Chromium plays as its fake camera (Chromium's own test pattern, a pie sweeping at 600 degrees
+# a second, turned by a third of a turn between the camera and an output 200 ms late: the loop could not show the
+# output following it).
+CAMERA_SIZE = (640, 480)
+CAMERA_FPS = 15
+CAMERA_LOOP_S = 8
 
 # The camera and the output drawn side by side, each at the output video's size, every `interval` ms for `seconds`,
 # kept as PNG data URLs with their times. Sampled on a timer, as a viewer's eye sees the page: the loop shows the
@@ -74,6 +83,40 @@ CAPTURE = """
   grab();
 })
 """
+
+
+def camera_frame(index: int) -> np.ndarray:
+    """Frame `index` of the camera clip (RGB, CAMERA_SIZE): shapes a webcam might see, moving slowly enough that
+    the output, a few hundred ms late, is seen to follow. A white disc swings from side to side and a pale bar turns
+    about the middle, once per CAMERA_LOOP_S each (the clip loops without a jump), in front of a dark graded wall
+    with a window, a shelf and a framed square."""
+    width, height = CAMERA_SIZE
+    t = index / CAMERA_FPS / CAMERA_LOOP_S  # 0..1 over the loop
+    wall = np.linspace(70, 30, height, dtype=np.float32)[:, None, None] * np.array([0.8, 0.9, 1.2], np.float32)
+    frame = np.ascontiguousarray(np.broadcast_to(wall, (height, width, 3)).clip(0, 255).astype(np.uint8))
+    cv2.rectangle(frame, (40, 40), (220, 200), (120, 140, 170), -1)  # a window
+    cv2.line(frame, (130, 40), (130, 200), (40, 40, 50), 6)
+    cv2.line(frame, (40, 120), (220, 120), (40, 40, 50), 6)
+    cv2.rectangle(frame, (420, 60), (580, 180), (150, 110, 70), 10)  # a picture frame
+    cv2.rectangle(frame, (0, 380), (width, 400), (110, 90, 70), -1)  # a shelf
+    centre = (width // 2, height // 2 + 20)
+    angle = 2 * np.pi * t
+    end = (round(centre[0] + 170 * np.cos(angle)), round(centre[1] + 170 * np.sin(angle)))
+    start = (round(centre[0] - 170 * np.cos(angle)), round(centre[1] - 170 * np.sin(angle)))
+    cv2.line(frame, start, end, (190, 170, 140), 18, cv2.LINE_AA)  # a turning bar
+    disc = (round(width / 2 + 200 * np.sin(2 * np.pi * t)), 270)
+    cv2.circle(frame, disc, 60, (255, 255, 255), -1, cv2.LINE_AA)  # a white disc, the brightest thing in view
+    return frame
+
+
+def write_camera_clip(path: Path) -> None:
+    """The camera clip as a Y4M file, which Chromium plays (looping) as its fake camera."""
+    width, height = CAMERA_SIZE
+    with path.open("wb") as clip:
+        clip.write(f"YUV4MPEG2 W{width} H{height} F{CAMERA_FPS}:1 Ip A1:1 C420jpeg\n".encode())
+        for index in range(round(CAMERA_FPS * CAMERA_LOOP_S)):
+            clip.write(b"FRAME\n")
+            clip.write(cv2.cvtColor(camera_frame(index), cv2.COLOR_RGB2YUV_I420).tobytes())
 
 
 def free_port() -> int:
@@ -218,6 +261,7 @@ def measure(frames: list[np.ndarray]) -> dict:
         return round(float(np.median(list(values))), 3)
 
     return {
+        **follow(cameras, outputs),
         "grey_correlation": median(follows),
         "edge_correlation": median(edges_follow),
         "style_distance": median(distances),
@@ -225,6 +269,31 @@ def measure(frames: list[np.ndarray]) -> dict:
         "output_laplacian_var": median(cv2.Laplacian(o, cv2.CV_32F).var() for o in outputs),
         "camera_gradient": median(gradient(c).mean() for c in cameras),
         "output_gradient": median(gradient(o).mean() for o in outputs),
+    }
+
+
+def disc_x(grey: np.ndarray) -> float:
+    """Where the camera clip's white disc is across a pane, 0-1: the middle of its brightest DISC_SHARE of pixels."""
+    bright = grey >= np.quantile(grey, 1 - DISC_SHARE)
+    return float(np.nonzero(bright)[1].mean() / grey.shape[1])
+
+
+def follow(cameras: list[np.ndarray], outputs: list[np.ndarray]) -> dict:
+    """How the output follows the camera: the white disc's place across each pane, and the lag (in loop frames, up
+    to a second) at which the output's disc is nearest the camera's. `disc_travel`: how far the camera's disc went
+    in the loop; `follow_error`: the median distance between the two discs at that lag; both a share of the width.
+    """
+    camera_x, output_x = [disc_x(c) for c in cameras], [disc_x(o) for o in outputs]
+    most = min(len(cameras) // 2, 1000 // LOOP_INTERVAL_MS)
+    errors = {
+        lag: float(np.median(np.abs(np.subtract(output_x[lag:], camera_x[: len(camera_x) - lag]))))
+        for lag in range(most + 1)
+    }
+    lag = min(errors, key=errors.__getitem__)
+    return {
+        "disc_travel": round(max(camera_x) - min(camera_x), 3),
+        "follow_error": round(errors[lag], 3),
+        "follow_lag_ms": lag * LOOP_INTERVAL_MS,
     }
 
 
@@ -264,8 +333,11 @@ def photograph(server: Server, folder: Path, prompt: str | None, params: dict, l
     """The studio page on `server` in headless Chromium: Start, the prompt, settling, the loop, the screenshot."""
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with tempfile.TemporaryDirectory() as scratch, sync_playwright() as playwright:
+        clip = Path(scratch) / "camera.y4m"
+        write_camera_clip(clip)
+        camera = [*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"]
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=camera)
         page = browser.new_page(viewport=VIEWPORT)
         page.set_default_timeout(45_000)
         page.goto(server.url)

@@ -78,8 +78,8 @@ class Metrics:
         )
         self.stage_seconds = Histogram(
             "lcmlive_stage_seconds",
-            "Seconds a frame spent in each stage between its arrival and its leaving (decode, wait, model, encode, "
-            "send): the stages add up to lcmlive_latency_seconds",
+            "Seconds a frame spent in each stage between its arrival and its leaving (decode, wait, prepare, model, "
+            "encode, hold, send): the stages add up to lcmlive_latency_seconds",
             ["stream", "stage"],
             buckets=STAGE_BUCKETS,
             registry=self.registry,
@@ -124,12 +124,13 @@ class _StreamCollector(Collector):
         )
         sound_delay = GaugeMetricFamily(
             "lcmlive_sound_delay_seconds",
-            "Seconds a stream's sound leaves after it came in (following the picture's latency)",
+            "Seconds a stream's sound leaves after it came in (following the picture's latency; held pictures leave "
+            "with it)",
             labels=["stream"],
         )
         recent_latency = GaugeMetricFamily(
             "lcmlive_recent_latency_seconds",
-            "A stream's picture latency now (median of the last second's frames): what its sound is delayed by",
+            "A stream's picture latency now (median of the last second's frames, held ones with their hold)",
             labels=["stream"],
         )
         sound = GaugeMetricFamily(

@@ -159,8 +159,8 @@ def test_sound_on_plays_on_the_view_page(server, pages):
 
 # The page offers its microphone and its sound back on two audio m-lines. Under aiortc's default bundle policy the
 # second one joins the first one's transport before BUNDLE moves that one to the primary, and sends on a
-# transport that never connects: no packet arrives. The fix belongs in server/media/peers.py (answer an offer that
-# bundles every m-line with RTCBundlePolicy.MAX_BUNDLE); with it this test passes (36 s for the module here).
+# transport that never connects: no packet arrived until server/media/peers.py answered an offer that bundles
+# every m-line with RTCBundlePolicy.MAX_BUNDLE.
 def test_hear_plays_the_sound_back_in_the_studio(server, pages):
     studio = pages()
     open_page(studio, f"{server.url}/?stream=hear")
