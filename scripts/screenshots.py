@@ -1,15 +1,16 @@
-"""The README's pictures: the studio page restyling Chromium's fake camera (studio.png) and a loop of the camera and
-the stylised output side by side (loop.webp), made from a real `lcmlive serve --model tiny` in headless Chromium.
+"""The README's pictures: the studio page restyling a test camera (studio.png) and a loop of the camera and the
+stylised output side by side (loop.webp), made from a real `lcmlive serve --model tiny` in headless Chromium, whose
+fake camera plays a clip this script draws (a room with a white disc swinging and a bar turning, slowly).
 
     .venv/bin/python scripts/screenshots.py [FOLDER]      # default docs/images
 
-It types the prompt (default: the model's own first prompt), waits for the processing size to settle, records the
-loop, takes the screenshot (of a dozen, the one whose output is most like its camera: the output comes a few
-hundred ms late, and the fake camera's pie sweeps at 600 degrees a second), and prints what it measured of the
-loop's frames (JSON): the output's grey and edge correlation with the camera, how far the style moved it, the edge
-sharpness of each, the frame rate the page showed and the processing size. `--params` sets stream params before
-the prompt (to compare settings on the same camera). About 25-40 s on a loaded 2-core machine, most of it the
-server's start and the settling.
+It types the prompt (default: the model's own first prompt), waits for the processing size to settle, records the loop,
+takes the screenshot (of a dozen, the one whose output is most like its camera: the output comes a few hundred ms late),
+and prints what it measured of the loop's frames (JSON): how the output's disc follows the camera's (the lag, the
+distance), the output's grey and edge correlation with the camera, how far the style moved it, the edge sharpness of
+each, the frame rate the page showed and the processing size. `--params` sets stream params before the prompt (to
+compare settings on the same camera). About 25-40 s on a loaded 2-core machine, most of it the server's start and the
+settling.
 """
 
 from __future__ import annotations
@@ -333,8 +334,9 @@ def photograph(server: Server, folder: Path, prompt: str | None, params: dict, l
     """The studio page on `server` in headless Chromium: Start, the prompt, settling, the loop, the screenshot."""
     from playwright.sync_api import sync_playwright
 
-    with tempfile.TemporaryDirectory() as scratch, sync_playwright() as playwright:
-        clip = Path(scratch) / "camera.y4m"
+    # The page names the camera after the clip's path: a short one.
+    with tempfile.TemporaryDirectory(prefix="lcmlive-") as scratch, sync_playwright() as playwright:
+        clip = Path(scratch) / "test-camera.y4m"
         write_camera_clip(clip)
         camera = [*CHROMIUM_ARGS, f"--use-file-for-fake-video-capture={clip}"]
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=camera)
@@ -360,8 +362,8 @@ def photograph(server: Server, folder: Path, prompt: str | None, params: dict, l
         frames_during = state(page)["outputFrames"] - frames_before
         # Where the panes and the output's stats overlay are in the picture (CSS pixels: the picture's, at scale 1).
         boxes = {name: box(page, f"#{name}") for name in ("input-video", "output-video", "stats")}
-        # The output shows the camera a few hundred ms late, and the fake camera's pie sweeps at 600 degrees a
-        # second: of a dozen screenshots, the one whose output pane is most like its camera pane.
+        # The output shows the camera a few hundred ms late: of a dozen screenshots, the one whose output pane is
+        # most like its camera pane.
         shots = []
         for _ in range(SCREENSHOTS):
             shot = page.screenshot()

@@ -1,5 +1,5 @@
 """scripts/screenshots.py into a temporary folder: the README's pictures can be made again, and they show the
-camera restyled (not a flat field, not a still loop)."""
+camera restyled (not a flat field, not a still loop) and the output following it."""
 
 from __future__ import annotations
 
@@ -24,13 +24,18 @@ pytest.importorskip("playwright.sync_api", reason="the playwright package is not
 pytestmark = pytest.mark.browser
 
 MAX_LOOP_BYTES = 2_000_000
-# The toy shows the fake camera: grey correlation 0.87-0.89 measured through the page (before and after the CPU
-# defaults changed); a model that ignores the camera scores about 0.
+# The toy shows the script's camera clip: grey correlation 0.92 measured through the page (0.88-0.92 on Chromium's
+# own test pattern, before and after the CPU defaults changed); a model that ignores the camera scores about 0.
 FOLLOWS_CAMERA = 0.6
-# Mean Sobel gradient magnitude (0-255 grey) of the output pane between the stats overlay and the pane's caption:
-# 5.7-6.3 measured at the CPU defaults, 4.2-4.8 at the old ones (the camera's own pane, a flat card with one sharp
-# pie, 2.5-3.2); a flat field is 0.
+# Mean Sobel gradient magnitude (0-255 grey) of the output pane between the stats overlay and the pane's caption,
+# 7.7 measured at the CPU defaults on the clip (5.7-6.3 on Chromium's test pattern); a flat field is 0.
 OUTPUT_EDGES = 2.0
+# The clip's white disc, across the pane (0-1): it went 0.60-0.63 of the width in a 4 s loop (0.41-0.42 in this
+# test's 2 s), and the output's disc was 0.004-0.012 of the width from the camera's of 200-300 ms before. A model or
+# a path that showed a still or an old picture would be a disc's width off (0.19) or more.
+DISC_TRAVEL = 0.05
+FOLLOW_ERROR = 0.04
+MAX_FOLLOW_LAG_MS = 1000
 CAPTION_PX = 32  # the pane's "output" caption, at its foot
 
 
@@ -52,15 +57,19 @@ def test_the_script_makes_the_studio_picture_and_the_loop(tmp_path: Path):
     pane = studio[below_stats : top + height - CAPTION_PX, left : left + width]
     assert pane.size > 0.2 * width * height, (report["output_box"], report["stats_box"])
     edges = float(gradient(pane).mean())
+    print(f"output pane mean gradient {edges:.2f}; {report}")
     assert edges > OUTPUT_EDGES, f"the output pane is nearly a flat field (mean gradient {edges:.2f})"
     assert report["grey_correlation"] > FOLLOWS_CAMERA, report
+    # The output follows the moving picture: its disc is where the camera's was a latency before.
+    assert report["disc_travel"] > DISC_TRAVEL, report
+    assert report["follow_error"] < FOLLOW_ERROR and report["follow_lag_ms"] <= MAX_FOLLOW_LAG_MS, report
 
     loop_path = tmp_path / "loop.webp"
     assert loop_path.stat().st_size < MAX_LOOP_BYTES
     frames = [np.array(frame.convert("RGB")) for frame in ImageSequence.Iterator(Image.open(loop_path))]
     assert len(frames) >= 10, len(frames)
     outputs = [frame[:, frame.shape[1] // 2 :].astype(np.float32) for frame in frames]
-    # The output moves: the fake camera's pie sweeps, so frames half a second apart (10 Hz; a new output frame even
-    # at 2 fps) differ by more than coding noise. Measured: 30-36 of 36 pairs over 2/255, at 2 to 8 fps.
+    # The output moves: the disc swings and the bar turns, so frames half a second apart (10 Hz; a new output frame
+    # even at 2 fps) differ by more than coding noise.
     changes = [float(np.abs(a - b).mean()) for a, b in zip(outputs, outputs[5:], strict=False)]
     assert sum(change > 2.0 for change in changes) >= len(changes) // 2, changes
