@@ -145,6 +145,16 @@ def test_sound_on_plays_on_the_view_page(server, pages):
     stats = stream_stats(server, "beeps", lambda s: s.get("sound_delay_ms") is not None)
     assert stats.get("sound_delay_ms") is not None and stats["sound_delay_ms"] >= 0, stats
 
+    # "+ modulation" in the page's editor links the strength to the sound; the overlay shows the sound's features
+    # and the strength each frame ran with.
+    studio.locator("button", has_text="+ modulation").click()
+    params = stream_stats(server, "beeps", lambda s: s.get("modulated"))
+    modulations = server.get_json("/streams/beeps")["params"]["modulations"]
+    assert [(m["param"], m["source"]) for m in modulations] == [("strength", "level")], modulations
+    assert "strength" in params["modulated"], params
+    overlay = "document.getElementById('stats').textContent"
+    studio.wait_for_function(f"() => {overlay}.includes('♪ level') && {overlay}.includes('~ strength')")
+
     # Hear off mutes the studio at once; a live change of microphone keeps the stream's sound going.
     studio.uncheck("#hear")
     assert state(studio)["sound"]["muted"]
