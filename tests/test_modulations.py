@@ -21,8 +21,10 @@ from pipelines.params import MODULATION_SOURCES, lowest_strength, modulatable_pa
 from pipelines.synthetic import moving_pattern
 from server.bench.loopback import ControlClient, LoopbackClient, free_port
 from server.bench.rtc_clients import http
+from server.media.delayline import SAMPLE_RATE
 from server.media.feed import Feed
 from server.media.ice import restrict_ice_to_loopback
+from server.media.sound_features import SoundFeatures
 from server.pacing import pacing_params_model
 from server.stats import StreamStats
 from server.worker import StreamWorker
@@ -152,24 +154,34 @@ def worker_of(components) -> StreamWorker:
     return StreamWorker(pipeline, Feed("test", stats), stats, lambda: None, pacing_params_model(128, 30.0))
 
 
+def tone(loud: bool, seconds: float = 0.2) -> np.ndarray:
+    """`seconds` of a 440 Hz tone at 0.3 of full scale (-13.5 dBFS RMS), or of silence: stereo int16 at 48 kHz."""
+    count = round(SAMPLE_RATE * seconds)
+    wave = 0.3 * 32767 * np.sin(2 * np.pi * 440 * np.arange(count) / SAMPLE_RATE) if loud else np.zeros(count)
+    return np.repeat(wave.astype(np.int16)[:, None], 2, axis=1)
+
+
 @pytest.mark.slow
-async def test_a_square_wave_of_loudness_pulses_the_strength_and_the_picture(tiny):
+async def test_a_tone_switched_on_and_off_pulses_the_strength_and_the_picture(tiny):
     worker = worker_of(tiny)
-    loud = [False]
-    worker.sound_levels = lambda: {"level": 0.9 if loud[0] else 0.0, "beat": None}
+    features = SoundFeatures()  # the stream's sound, as its SoundFeed hands it over
+    worker.sound_levels = features.snapshot
     worker.update({"strength": 0.3, "temporal_smoothing": 0.0, "modulations": [entry(amount=0.6)]})
     camera = VideoFrame.from_ndarray(moving_pattern(128, 128, 0), format="rgb24")
-    strengths, pictures = [], []
+    strengths, levels, pictures = [], [], []
     encoder_calls = worker.pipeline.prompt_cache.encoder_calls
     for frame in range(8):
-        loud[0] = frame % 4 >= 2  # quiet, quiet, loud, loud, ...
+        features.write(tone(loud=frame % 4 >= 2), arrival=frame * 0.2)  # quiet, quiet, loud, loud, ...
+        levels.append(features.snapshot()["level"])
         worker.submit(camera, time.monotonic(), 0.0)
         prepared = worker.prepare()
         assert prepared is not None
         strengths.append(prepared.request.plan.params.strength)
         assert worker.modulated == {"strength": strengths[-1]}
         pictures.append(stylise_batch([prepared.request])[0].numpy())
-    quiet_strength, loud_strength = 0.3, round(0.3 + 0.54 * 0.99, 6)
+    # -13.5 dBFS on the -60..0 scale: level 0.83; silence 0. The strength's range is 0.01-1: 0.3 + 0.6 x 0.99 x 0.83.
+    assert levels == [0.0] * 2 + [pytest.approx(0.826, abs=0.01)] * 2 + levels[:4], levels
+    quiet_strength, loud_strength = 0.3, 0.3 + 0.6 * 0.99 * levels[2]
     assert strengths == [quiet_strength] * 2 + [pytest.approx(loud_strength, abs=0.005)] * 2 + strengths[:4]
     # The base is what was set: the params echo and the pipeline's params keep it.
     assert worker.effective()["params"]["strength"] == 0.3 and worker.pipeline.params.strength == 0.3
