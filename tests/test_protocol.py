@@ -111,6 +111,9 @@ async def test_an_offer_read_but_not_answerable_is_refused_and_the_session_goes_
         ({"max_resolution": 100}, "multiple of 64"),
         ({"target_fps": 0}, "target_fps must be between"),
         ({"prompt": "valid", "steps": 0}, "steps must be between"),
+        ({"modulations": [{"param": "steps", "source": "level", "amount": 0.5}]}, "'steps' cannot be modulated"),
+        ({"modulations": [{"param": "strength", "source": "level", "amount": 2}]}, "amount must be between -1 and 1"),
+        ({"modulations": "[]"}, "modulations must be a list"),
     ],
 )
 async def test_bad_params_are_refused_and_change_nothing(live_server, params, fragment):
