@@ -153,7 +153,8 @@ class StreamStats:
                 setattr(self, name, getattr(self, name) + value)
 
     def snapshot(self) -> dict:
-        """Rates over the interval since the previous snapshot, plus running totals."""
+        """Rates and medians over the interval since the previous snapshot, plus running totals (on the event
+        loop, where `sent` is called)."""
         now = time.monotonic()
         with self._lock:
             current = (
@@ -168,13 +169,14 @@ class StreamStats:
             elapsed = max(now - since, 1e-6)
             self._last, self._last_time = current, now
             delta = [c - p for c, p in zip(current, previous, strict=True)]
-            processed, out = max(delta[1], 1), max(delta[2], 1)
+            processed = max(delta[1], 1)
+            latency = self.recent_latency(now - since)  # the median: one frame held up does not move it
             return {
                 "fps_in": round(delta[0] / elapsed, 2),
                 "fps_model": round(delta[1] / elapsed, 2),
                 "fps_out": round(delta[2] / elapsed, 2),
                 "model_ms": round(delta[3] / processed * 1000, 1),
-                "latency_ms": round(delta[4] / out * 1000, 1),
+                "latency_ms": round(latency * 1000, 1) if latency is not None else 0.0,
                 "queue_ms": round(delta[5] / processed * 1000, 1),
                 "width": self.width,
                 "height": self.height,
