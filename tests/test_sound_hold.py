@@ -35,7 +35,8 @@ async def test_a_picture_leaves_as_old_as_the_hold_and_no_older_without_one():
     try:
         feed.hold_to = lambda: 0.25
         held = await send_one(feed, track, age=0.05)
-        assert 0.25 <= held.released - held.arrival < 0.25 + 0.05, held
+        # Never early; late only by the event loop's wake-up (this module runs beside another on two cores).
+        assert 0.25 <= held.released - held.arrival < 0.25 + 0.15, held
         assert held.stages()["hold"] > 0.1, held.stages()
         assert math.isclose(sum(held.stages().values()), held.latency, abs_tol=1e-9)
 
@@ -85,7 +86,8 @@ async def test_at_30_fps_a_hold_longer_than_a_frame_drops_nothing_and_keeps_the_
     assert stats.dropped_out == 0 and track.dropped == 0 and track.skipped == 0
     assert len(received) == 60, len(received)
     held = [times.released - times.arrival for times in sent]
-    assert all(0.2 <= seconds < 0.2 + 0.03 for seconds in held), held
+    # Each one never early, and at the median on time; a loaded machine's loop may wake a little late for some.
+    assert min(held) >= 0.2 and float(np.median(held)) < 0.2 + 0.015 and max(held) < 0.2 + 0.15, held
     pts = [p for _, p in received]
     assert pts == sorted(pts) and len(set(pts)) == 60
     spacing = np.diff([at for at, _ in received])
