@@ -11,7 +11,7 @@ import numpy as np
 from av import VideoFrame
 
 from server.media.delayline import SAMPLE_RATE, START_HOLD_SECONDS
-from server.media.feed import MAX_HOLD_SECONDS, Feed
+from server.media.feed import MAX_HOLD_SECONDS, Feed, PacketTrack
 from server.media.sound import AIM_LATE_SECONDS, OPUS, SoundFeed
 from server.stats import READY_PERCENTILE, FrameTimes, StreamStats
 
@@ -55,11 +55,11 @@ async def test_a_picture_leaves_as_old_as_the_hold_and_no_older_without_one():
     assert stats.frames_out == 4
 
 
-async def test_at_30_fps_a_hold_longer_than_a_frame_drops_nothing_and_keeps_the_pace():
-    """Pictures ready 50 ms after their camera frame, held to 200 ms: six wait at once, each leaves at its time."""
+async def stream_at_30_fps(holds: list[float | None]) -> tuple[StreamStats, PacketTrack, list, list[FrameTimes]]:
+    """60 pictures at 30 fps, each ready 50 ms after its camera frame, held to `holds[i]` from picture i on; a
+    viewer's sender taking each as it comes. Returns the stats, the track, (time, pts) received, and the times."""
     stats = StreamStats()
     feed = Feed("paced", stats)
-    feed.hold_to = lambda: 0.2
     track = feed.subscribe()
     track.bind("video/VP8")
     received: list[tuple[float, int]] = []
@@ -73,8 +73,9 @@ async def test_at_30_fps_a_hold_longer_than_a_frame_drops_nothing_and_keeps_the_
     sent: list[FrameTimes] = []
     try:
         start = time.monotonic()
-        for index in range(60):
+        for index, hold in enumerate(holds):
             await asyncio.sleep(max(0.0, start + index / 30 - time.monotonic()))
+            feed.hold_to = lambda hold=hold: hold
             arrival = time.monotonic() - 0.05
             times = FrameTimes(arrival, arrival, taken=arrival, done=arrival)
             sent.append(times)
@@ -83,6 +84,12 @@ async def test_at_30_fps_a_hold_longer_than_a_frame_drops_nothing_and_keeps_the_
     finally:
         watcher.cancel()
         await feed.close()
+    return stats, track, received, sent
+
+
+async def test_at_30_fps_a_hold_longer_than_a_frame_drops_nothing_and_keeps_the_pace():
+    """Pictures ready 50 ms after their camera frame, held to 200 ms: six wait at once, each leaves at its time."""
+    stats, track, received, sent = await stream_at_30_fps([0.2] * 60)
     assert stats.dropped_out == 0 and track.dropped == 0 and track.skipped == 0
     assert len(received) == 60, len(received)
     held = [times.released - times.arrival for times in sent]
@@ -94,6 +101,18 @@ async def test_at_30_fps_a_hold_longer_than_a_frame_drops_nothing_and_keeps_the_
     assert 0.025 < float(np.median(spacing)) < 0.042, spacing  # 30 fps out, as in
     # Timestamped when due, not when encoded: the gaps between timestamps are the departures', 33 ms at 90 kHz.
     assert abs(float(np.median(np.diff(pts))) - 3000) < 300, np.diff(pts)
+
+
+async def test_when_the_hold_ends_or_shrinks_the_waiting_pictures_still_all_reach_the_viewer():
+    """The last listener leaves (no hold) while six pictures wait, then the hold comes back and falls from 200 to
+    50 ms: pictures due at once leave one at a time, in order, and the viewer's sender drops none of them."""
+    stats, track, received, sent = await stream_at_30_fps([0.2] * 20 + [None] * 20 + [0.2] * 10 + [0.05] * 10)
+    assert stats.dropped_out == 0 and track.dropped == 0 and track.skipped == 0
+    assert len(received) == 60, len(received)
+    pts = [p for _, p in received]
+    assert pts == sorted(pts) and len(set(pts)) == 60
+    released = [times.released for times in sent]
+    assert released == sorted(released)
 
 
 def test_the_sound_follows_the_ready_latency_s_high_percentile_not_the_held_one():

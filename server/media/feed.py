@@ -8,10 +8,11 @@ sender: aiortc's sender packetises packets it is given instead of encoding frame
 A subscriber that has not sent its last packet when the next one comes has lost a picture that the following
 ones refer to: it skips to the next keyframe, which it asks the encoder for (as a viewer's PLI does).
 
-While the stream's sound has listeners, each picture, once encoded, is held until it is as old as the sound's delay
-(`hold_to`): both leave together, and the sound's delay follows a high percentile of the pictures' latencies
-(stats.py, READY_PERCENTILE), so that most pictures are held a little and few are late. Held pictures wait in order,
-each for its own time: the hold delays the stream as a whole, it does not slow it down.
+While the stream's sound has listeners, each picture, once encoded, is held until it is as old as `hold_to` says:
+the sound's delay less a few ms (sound.py, AIM_LATE_SECONDS), so that it leaves just before its own sound. The
+sound's delay follows a high percentile of the pictures' latencies (stats.py, READY_PERCENTILE): most pictures are
+held a little, few are late. Held pictures wait in order, each for its own time, and leave one at a time (a
+viewer's sender takes one before the next is offered): the hold delays the stream, it neither slows nor thins it.
 
 A picture is sent when the first subscriber's sender takes its packet: the stream's latency ends there.
 """
@@ -34,8 +35,11 @@ from ..stats import FrameTimes, StreamStats
 from .encoder import VIDEO_CLOCK_RATE, VIDEO_TIME_BASE, VideoEncoder
 from .fanout import FanOut
 
-# A longer hold would be a sound delay far off the picture's (a publisher's clock that restarted): not held at all.
+# A longer hold would be a sound delay far off the picture's (a publisher's clock that restarted): such a picture
+# is not held for it, only kept behind the pictures before it.
 MAX_HOLD_SECONDS = 1.0
+# Pictures due at the same moment (the hold ended, the sound's delay fell) leave at least this far apart.
+RELEASE_GAP_SECONDS = 0.001
 
 
 class Feed(FanOut["PacketTrack"]):
@@ -56,7 +60,7 @@ class Feed(FanOut["PacketTrack"]):
         self._last_pts = -1
         self.encodes = 0  # frames encoded, summed over codecs: one per frame per codec, whatever the viewers
         self.encode_seconds = 0.0
-        # The latency each picture is held to before it leaves (the sound's delay), None for no hold.
+        # The latency each picture is held to before it leaves (the sound's delay less its aim), None for no hold.
         self.hold_to: Callable[[], float | None] | None = None
         # Encoded pictures waiting for their time, in order: (due, packets by codec, times). A picture is encoded
         # as soon as it is taken and waits here, so that one held does not hold up the next (at 30 fps a hold of
@@ -129,17 +133,19 @@ class Feed(FanOut["PacketTrack"]):
         due = times.arrival + latency if latency is not None else now
         if due - now > MAX_HOLD_SECONDS:
             due = now
-        due = max(due, now, self._last_due)
+        due = max(due, now, self._last_due + RELEASE_GAP_SECONDS)
         self._last_due = due
         return due
 
     def _release_due(self) -> None:
-        """Offer the held pictures whose time has come, in order, and wake up for the next one."""
+        """Offer the first held picture if its time has come, and wake up for the next one: on the next turn of the
+        loop if it is due too, after the senders woken by this one have taken it (two offered at once, a sender
+        would drop the first and skip to a keyframe, which comes only after the pictures held meanwhile)."""
         if self._release_timer is not None:
             self._release_timer.cancel()
             self._release_timer = None
         now = time.monotonic()
-        while self._held and self._held[0][0] <= now:
+        if self._held and self._held[0][0] <= now:
             _, packets, times = self._held.popleft()
             times.released = now
             for track in list(self._subscribers):
@@ -147,11 +153,13 @@ class Feed(FanOut["PacketTrack"]):
                 if packet is not None:
                     track.offer(packet, times)
         if self._held:
-            self._release_timer = self._loop.call_later(self._held[0][0] - now, self._release_due)
+            wait = max(0.0, self._held[0][0] - now)
+            self._release_timer = self._loop.call_later(wait, self._release_due)
 
     async def close(self) -> None:
         if self._release_timer is not None:
             self._release_timer.cancel()
+            self._release_timer = None
         self._held.clear()
         await super().close()
 
