@@ -30,12 +30,12 @@ FOLLOWS_CAMERA = 0.6
 # Mean Sobel gradient magnitude (0-255 grey) of the output pane between the stats overlay and the pane's caption,
 # 7.7 measured at the CPU defaults on the clip (5.7-6.3 on Chromium's test pattern); a flat field is 0.
 OUTPUT_EDGES = 2.0
-# The clip's white disc, across the pane (0-1): it went 0.60-0.63 of the width in a 4 s loop (0.41-0.42 in this
-# test's 2 s), and the output's disc was 0.004-0.012 of the width from the camera's of 200-300 ms before. A model or
-# a path that showed a still or an old picture would be a disc's width off (0.19) or more.
-DISC_TRAVEL = 0.05
+# The clip's white disc, across the pane (0-1): it went 0.44-0.63 of the width in a 4 s loop (at least 0.31
+# whenever it starts), and the output's disc was 0.004-0.012 of the width from the camera's of 200-300 ms before
+# (the lag is searched up to 500 ms). An output that stood still, or showed a picture seconds old, has its disc
+# travel little or the discs a disc's width apart (0.19) near the middle of the swing.
+DISC_TRAVEL = 0.2
 FOLLOW_ERROR = 0.04
-MAX_FOLLOW_LAG_MS = 1000
 CAPTION_PX = 32  # the pane's "output" caption, at its foot
 
 
@@ -45,8 +45,9 @@ def gradient(grey: np.ndarray) -> np.ndarray:
 
 
 def test_the_script_makes_the_studio_picture_and_the_loop(tmp_path: Path):
-    # A shorter loop and settling than the committed pictures': the same path, less of CI's time.
-    command = [sys.executable, "scripts/screenshots.py", str(tmp_path), "--loop-seconds", "2", "--settle-seconds", "2"]
+    # A shorter settling than the committed pictures': the same path, less of CI's time. The loop as long as theirs,
+    # half the disc's 8 s swing: it goes at least half its way (0.31 of the width) whenever the loop starts.
+    command = [sys.executable, "scripts/screenshots.py", str(tmp_path), "--loop-seconds", "4", "--settle-seconds", "2"]
     run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
     report = json.loads(run.stdout.strip().splitlines()[-1])
@@ -60,9 +61,11 @@ def test_the_script_makes_the_studio_picture_and_the_loop(tmp_path: Path):
     print(f"output pane mean gradient {edges:.2f}; {report}")
     assert edges > OUTPUT_EDGES, f"the output pane is nearly a flat field (mean gradient {edges:.2f})"
     assert report["grey_correlation"] > FOLLOWS_CAMERA, report
-    # The output follows the moving picture: its disc is where the camera's was a latency before.
+    # The output follows the moving picture: its disc goes as far as the camera's, and is where the camera's was a
+    # latency before.
     assert report["disc_travel"] > DISC_TRAVEL, report
-    assert report["follow_error"] < FOLLOW_ERROR and report["follow_lag_ms"] <= MAX_FOLLOW_LAG_MS, report
+    assert report["output_disc_travel"] > report["disc_travel"] / 2, report
+    assert report["follow_error"] < FOLLOW_ERROR, report
 
     loop_path = tmp_path / "loop.webp"
     assert loop_path.stat().st_size < MAX_LOOP_BYTES
