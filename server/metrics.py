@@ -125,7 +125,7 @@ class _StreamCollector(Collector):
         sound_delay = GaugeMetricFamily(
             "lcmlive_sound_delay_seconds",
             "Seconds a stream's sound leaves after it came in (following the picture's latency; held pictures leave "
-            "with it)",
+            "just before it)",
             labels=["stream"],
         )
         recent_latency = GaugeMetricFamily(

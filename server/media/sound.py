@@ -44,11 +44,11 @@ CATCH_UP_SECONDS = 0.2
 # EBU R37 allows sound 40 ms early and 60 ms late. While the sound has listeners the picture is held until it is as
 # old as the sound's delay less this aim (feed.py), so a held picture leaves exactly this much before its sound; it
 # reaches the viewer AIM - 11 ms before it (its few ms more on the way). A picture slower than the hold leaves late,
-# its sound early by the difference: seen up to 27 ms slowed, up to 74 ms once the model's time rose again (tiny at
+# its sound early by the difference: seen up to 27 ms slowed; once, with an aim of 15 ms, 74 ms (tiny at
 # 2 fps on the 2-core CPU, `lcmlive bench --av`). R37 is lopsided, and so is what is left: the aim sits late in the
 # window (held pictures at about +24 ms at the viewer), which leaves 64 ms for a late picture before -40.
 # Without the hold (the sound at the median latency + 15 ms): 13-14 of 14 flashes inside, -73..+49 ms; with it and
-# this aim, 14 of 14 in four runs, -2..+29 ms.
+# this aim, 14 of 14 in six runs, -2..+29 ms.
 AIM_LATE_SECONDS = 0.035
 
 
@@ -82,8 +82,8 @@ class SoundFeed(FanOut["SoundTrack"]):
         return self.line.delay
 
     def picture_latency(self) -> float | None:
-        """The latency to hold the picture to, so that it leaves with its sound: the sound's delay less the aim
-        (below); None while nobody receives the sound, or before it has a delay."""
+        """The latency to hold the picture to, so that it leaves just before its sound: the sound's delay less the
+        aim (AIM_LATE_SECONDS); None while nobody receives the sound, or before it has a delay."""
         if not self._subscribers or self.line.delay is None:
             return None
         return self.line.delay - AIM_LATE_SECONDS
