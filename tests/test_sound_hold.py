@@ -67,6 +67,7 @@ async def stream_at_30_fps(holds: list[float | None]) -> tuple[StreamStats, Pack
     async def watch() -> None:
         while True:
             packet = await track.recv()
+            assert packet.pts is not None  # stamped by the feed
             received.append((time.monotonic(), packet.pts))
 
     watcher = asyncio.create_task(watch())
