@@ -20,8 +20,8 @@ RECENT_LATENCIES = 1000
 # A picture held to the sound's delay leaves in step with it; one readier than the delay is held, one later leaves
 # late (its sound early by the difference). Each frame's latency swings around its median (tiny at 2 fps on the
 # 2-core CPU: the model's own time 290-400 ms, median 305 ms, slowed), so the delay follows a high percentile of the
-# last seconds' ready latencies: most pictures are held a little, few are late. `lcmlive bench --av`, six runs:
-# the hold's median 6-16 ms, 9-27 ms slowed; the latency p50 about +20 ms, +60 ms slowed, against runs without it.
+# last seconds' ready latencies: most pictures are held a little, few are late. `lcmlive bench --av`, seven runs:
+# the hold's median 0-16 ms, 9-30 ms slowed; the latency p50 about +20 ms, +60 ms slowed, against runs without it.
 READY_PERCENTILE = 90
 READY_WINDOW_SECONDS = 2.0
 # The stages of a frame's way through the server (FrameTimes.stages): the decoder, the wait in the mailbox for
