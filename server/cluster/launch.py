@@ -24,6 +24,7 @@ APP_NAME = "lcmlive"
 # Serve drains a stopping replica's open requests (page sockets included) for at most this long.
 GRACEFUL_SHUTDOWN_SECONDS = 10.0
 STOP_NOTICE_SECONDS = 5.0  # for the board to hear that the show stops
+WAKE_SECONDS = 0.5  # how often the main thread wakes to run a signal handler that another thread received
 
 
 def run(settings: ServeSettings) -> int:
@@ -101,8 +102,11 @@ def run(settings: ServeSettings) -> int:
             relay.start()
         print(f"\n  lcmlive is up: open {settings.page_url()}\n", file=sys.stderr, flush=True)
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        # Short sleeps: Python runs a signal's handler in the main thread only, and a Ctrl-C the kernel hands to
+        # another of the process's threads (Ray's own, the OSC relay's) does not wake a sleeping main thread. With
+        # an hour's sleep, two CI runs saw Ctrl-C go unanswered for 60 and 150 s, not even "stopping" logged.
         while True:
-            time.sleep(3600)
+            time.sleep(WAKE_SECONDS)
     except KeyboardInterrupt:
         log.info("stopping: every stream ends")
     finally:
