@@ -98,7 +98,7 @@ class StreamStats:
     recent_times: deque = field(default_factory=lambda: deque(maxlen=RECENT_LATENCIES), repr=False)
     metrics: StreamMetrics | None = field(default=None, repr=False)  # histograms for /metrics
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    _last: tuple = field(default=(0, 0, 0, 0.0, 0.0, 0.0), repr=False)
+    _last: tuple = field(default=(0, 0, 0, 0.0, 0.0), repr=False)
     _last_time: float = field(default_factory=time.monotonic, repr=False)
 
     def processed(self, model_seconds: float, queue_seconds: float) -> None:
@@ -119,9 +119,13 @@ class StreamStats:
 
     def recent_stages(self, seconds: float = 1.0) -> dict[str, float] | None:
         """The median seconds of each stage over the frames sent in the last `seconds` (None if none was)."""
-        since = time.monotonic() - seconds
-        recent = list(itertools.takewhile(lambda times: times.sent >= since, reversed(self.recent_times)))
+        recent = self._recent_times(seconds)
         return stage_medians(recent) if recent else None
+
+    def _recent_times(self, seconds: float) -> list[FrameTimes]:
+        """The FrameTimes of the frames sent in the last `seconds`, newest first."""
+        since = time.monotonic() - seconds
+        return list(itertools.takewhile(lambda times: times.sent >= since, reversed(self.recent_times)))
 
     def recent_latency(self, seconds: float = 1.0) -> float | None:
         """The median latency of the frames sent in the last `seconds` (None if none was): the picture's current
@@ -135,8 +139,7 @@ class StreamStats:
         (None if none was): what the stream's sound follows, and, through the sound's delay, what the picture is
         held to while the sound has listeners. The ready latency, not the sent one: a held picture's latency is the
         sound's delay, and following it would never let the delay fall."""
-        since = time.monotonic() - seconds
-        recent = list(itertools.takewhile(lambda times: times.sent >= since, reversed(self.recent_times)))
+        recent = self._recent_times(seconds)
         if not recent:
             return None
         return float(np.percentile([times.ready_latency for times in recent], READY_PERCENTILE))
@@ -162,7 +165,6 @@ class StreamStats:
                 self.frames_processed,
                 self.frames_out,
                 self.model_seconds,
-                self.latency_seconds,
                 self.queue_seconds,
             )
             previous, since = self._last, self._last_time
@@ -177,7 +179,7 @@ class StreamStats:
                 "fps_out": round(delta[2] / elapsed, 2),
                 "model_ms": round(delta[3] / processed * 1000, 1),
                 "latency_ms": round(latency * 1000, 1) if latency is not None else 0.0,
-                "queue_ms": round(delta[5] / processed * 1000, 1),
+                "queue_ms": round(delta[4] / processed * 1000, 1),
                 "width": self.width,
                 "height": self.height,
                 "output_width": self.output_width,
